@@ -1,0 +1,96 @@
+/*
+ * config.h - fusion-host.yaml (SPEC section 3), parsed with libyaml.
+ *
+ * Owns: an immutable fh_config snapshot built by fh_config_load(). Once
+ * loaded it is never modified, so any thread may read it; the daemon swaps
+ * whole snapshots on reload. Every key is validated: unknown keys, wrong
+ * types and out-of-range values are reported as "FILE:LINE:COL: key.path:
+ * problem" diagnostics and the load fails. Relative paths are resolved
+ * against the config file's folder, so all path fields are absolute.
+ */
+#ifndef FH_CONFIG_H
+#define FH_CONFIG_H
+
+#include "diag.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define FH_DEFAULT_CONFIG_PATH "/etc/fusion-host/fusion-host.yaml"
+
+typedef struct fh_breaker_cfg {
+    int failure_threshold;   /* default 5, 1..1000 */
+    int recovery_timeout_s;  /* default 300, 1..86400 */
+    int half_open_max_calls; /* default 3, 1..1000 */
+} fh_breaker_cfg;
+
+typedef struct fh_budget_cfg {
+    int hook_latency_ms;         /* default 50, 1..60000 */
+    double token_delta_warn_pct; /* default 12, 0..1000 */
+    double token_delta_max_pct;  /* default 25, 0..1000 */
+    int token_window;            /* default 20, 1..1000 */
+    int consecutive_breaches;    /* default 3, 1..1000 */
+    long tokens_per_minute;      /* default 0 = no limit, >= 0 */
+} fh_budget_cfg;
+
+typedef struct fh_overlay_cfg {
+    char *name;
+    fh_breaker_cfg breaker;
+    fh_budget_cfg budget;
+    double quality_threshold; /* default 0.8, 0..1 */
+    char *config_json;        /* `config:` as a JSON object text, "{}" if absent */
+} fh_overlay_cfg;
+
+typedef struct fh_config {
+    char *path; /* absolute path of the file it was read from */
+    char *dir;  /* its folder */
+
+    char *listen; /* "host:port" */
+    struct {
+        char *listen;     /* "unix:/path" or "host:port" */
+        char *token_file; /* absolute, or "" */
+    } admin;
+    struct {
+        char *base_url;
+        char *api_key_env; /* may be "" */
+        int timeout_ms;
+        int connect_timeout_ms;
+    } upstream;
+    struct {
+        char *dir;
+        bool watch;
+    } plugins;
+    char *state_dir;
+    char *feature_flags;      /* absolute path of the flags file */
+    char *micro_overlays_dir; /* absolute */
+    char *environment;
+
+    fh_overlay_cfg *overlays; /* the `overlays:` map, in file order */
+    size_t overlay_count;
+
+    struct {
+        long max_body_bytes;
+        long max_connections;
+    } limits;
+    struct {
+        long max_series_per_metric;
+    } metrics;
+    int drain_timeout_ms;
+} fh_config;
+
+/* Returns NULL and appends to `diag` on any problem (file unreadable, YAML
+ * syntax, unknown key, wrong type, out of range). */
+fh_config *fh_config_load(const char *path, fh_diag *diag);
+void fh_config_free(fh_config *cfg);
+
+/* The overlay's settings: its `overlays.<name>` entry, or the defaults (with
+ * config_json "{}") when the file has none. Never NULL. */
+const fh_overlay_cfg *fh_config_overlay(const fh_config *cfg, const char *name);
+
+/* Fills the documented defaults (name and config_json left NULL). */
+void fh_overlay_cfg_defaults(fh_overlay_cfg *o);
+
+/* Resolves `path` against `base_dir` unless absolute; malloc'd result. */
+char *fh_path_resolve(const char *base_dir, const char *path);
+
+#endif
