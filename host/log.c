@@ -50,7 +50,8 @@ const char *fh_log_current_overlay(void)
 
 void fh_logv(fh_log_level level, const char *fmt, va_list ap)
 {
-    if ((int)level > atomic_load(&log_level))
+    if ((int)level < FH_LOG_ERROR || (int)level > FH_LOG_DEBUG ||
+        (int)level > atomic_load(&log_level))
         return;
     char line[2048];
     int n;

@@ -14,6 +14,7 @@
 #include <stdarg.h>
 
 typedef enum fh_log_level {
+    FH_LOG_OFF = -1, /* only as a threshold: nothing is logged */
     FH_LOG_ERROR = 0,
     FH_LOG_WARN = 1,
     FH_LOG_INFO = 2,

@@ -1,0 +1,168 @@
+/*
+ * directives.c - see directives.h. Reading is done with stdio; the UTF-8
+ * check is the strict one (no overlongs, no surrogates) because the texts
+ * are sent to the model inside JSON strings.
+ */
+#include "directives.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t len;
+        unsigned min;
+        unsigned cp;
+        if (c < 0x80) {
+            if (c == 0)
+                return 0;
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            len = 2, min = 0x80, cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3, min = 0x800, cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4, min = 0x10000, cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + len > n)
+            return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Reads a whole text file; NULL with a reason in *why on failure. */
+static char *read_text(const char *path, size_t *len, const char **why)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *why = errno == ENOENT ? "missing" : strerror(errno);
+        return NULL;
+    }
+    char *buf = malloc(FH_DIRECTIVE_MAX_BYTES + 1);
+    if (!buf) {
+        fclose(f);
+        *why = "out of memory";
+        return NULL;
+    }
+    size_t n = fread(buf, 1, FH_DIRECTIVE_MAX_BYTES + 1, f);
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        *why = "read error";
+    } else if (n > FH_DIRECTIVE_MAX_BYTES) {
+        *why = "larger than 64 KiB";
+    } else if (!utf8_valid((const unsigned char *)buf, n)) {
+        *why = "not valid UTF-8 text";
+    } else {
+        size_t start = 0;
+        while (start < n && (buf[start] == ' ' || buf[start] == '\n' || buf[start] == '\t' ||
+                             buf[start] == '\r'))
+            start++;
+        if (start == n) {
+            *why = "empty";
+        } else {
+            buf[n] = '\0';
+            *len = n;
+            return buf;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+size_t fh_directives_load(const char *dir, const fh_feature *feature, fh_directive_set *out,
+                          fh_diag *diag)
+{
+    size_t problems = 0;
+    memset(out, 0, sizeof(*out));
+    if (feature->enabled_overlay_count == 0)
+        return 0;
+    out->items = calloc(feature->enabled_overlay_count, sizeof(*out->items));
+    if (!out->items) {
+        fh_diag_add(diag, "%s: out of memory reading directive texts", feature->name);
+        return 1;
+    }
+    for (size_t i = 0; i < feature->enabled_overlay_count; i++) {
+        const char *name = feature->enabled_overlays[i];
+        char *path = NULL;
+        if (asprintf(&path, "%s/%s.md", dir, name) < 0) {
+            problems++;
+            continue;
+        }
+        const char *why = NULL;
+        size_t len = 0;
+        char *text = read_text(path, &len, &why);
+        char *name_copy = text ? strdup(name) : NULL;
+        if (!text || !name_copy) {
+            fh_diag_add(diag,
+                        "%s: micro-overlay text '%s' of feature %s is %s; write the directive "
+                        "there or remove '%s' from its enabled_overlays",
+                        path, name, feature->name, why ? why : "out of memory", name);
+            free(text);
+            problems++;
+        } else {
+            fusion_directive *d = &out->items[out->count++];
+            d->name = name_copy;
+            d->text = text;
+            d->text_len = len;
+        }
+        free(path);
+    }
+    return problems;
+}
+
+void fh_directives_free(fh_directive_set *set)
+{
+    for (size_t i = 0; i < set->count; i++) {
+        free((char *)set->items[i].name);
+        free((char *)set->items[i].text);
+    }
+    free(set->items);
+    memset(set, 0, sizeof(*set));
+}
+
+int fh_inputs_for(void *provider, const char *name, fh_overlay_inputs *in)
+{
+    fh_inputs_provider *p = provider;
+    fh_directives_free(&p->current);
+    memset(in, 0, sizeof(*in));
+    if (!p->cfg)
+        return 0;
+    in->config_json = fh_config_overlay(p->cfg, name)->config_json;
+    const fh_feature *feature = p->flags ? fh_flags_feature(p->flags, name) : NULL;
+    if (!feature)
+        return 0; /* no feature: init decides whether it can work without texts */
+    fh_diag diag = {0};
+    fh_directives_load(p->cfg->micro_overlays_dir, feature, &p->current, &diag);
+    /* The overlay gets the texts that exist and its init() refuses if that
+     * is not enough; the operator hears about the others here. */
+    for (size_t i = 0; i < diag.count; i++)
+        fh_warn("%s", diag.items[i]);
+    fh_diag_clear(&diag);
+    in->directives = p->current.items;
+    in->directive_count = p->current.count;
+    return 0;
+}
+
+void fh_inputs_provider_clear(fh_inputs_provider *p)
+{
+    fh_directives_free(&p->current);
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages fusion-host needs to build and test, when
+# something is missing. As root it runs apt-get; otherwise it prints the exact
+# command and fails, so a user knows what to do.
+set -euo pipefail
+
+FH_PACKAGES=(cmake gcc clang make pkg-config libyaml-dev libjansson-dev libmicrohttpd-dev
+    libsystemd-dev libcmocka-dev libcurl4-openssl-dev)
+
+missing=()
+for p in "${FH_PACKAGES[@]}"; do
+    # ${db:Status-Status} is "installed" only for a fully installed package.
+    if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != "installed" ]; then
+        missing+=("$p")
+    fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    echo "deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    echo "deps: missing packages; run:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
