@@ -1,0 +1,605 @@
+/*
+ * loader.c - one plugin file to a mapped, validated descriptor (see loader.h).
+ *
+ * Owns: the private copy of a plugin file under cache_dir and its dlopen
+ * handle, from fh_loader_open() until fh_loader_close().
+ *
+ * Why a private copy: dlopen() hands back the handle of an already-mapped
+ * object when the path (or the file's dev/inode) matches one, so loading a
+ * new version dropped over the same path would silently return the old code,
+ * and an installer rewriting the file in place would change pages under a
+ * running plugin. Copying to a unique name gives every generation its own
+ * mapping; RTLD_NOLOAD on that name first proves nothing stale answers to it.
+ *
+ * Order of checks, and why:
+ *   1. open + fstat the file once and run every check on that descriptor, so
+ *      the file checked is the file copied (no check-then-swap race);
+ *   2. ownership and group/other write bits of the file and of its folder:
+ *      anyone who can write either can run code as the daemon;
+ *   3. the ELF header (magic, ET_DYN), so a stray text file gets a clear
+ *      message rather than dlerror()'s "invalid ELF header";
+ *   4. copy, RTLD_NOLOAD, dlopen(RTLD_NOW | RTLD_LOCAL): RTLD_NOW surfaces a
+ *      missing symbol now rather than in the middle of a request, LOCAL keeps
+ *      two plugins' symbols apart;
+ *   5. the descriptor: magic, ABI major, ABI minor and size are read before
+ *      any other field, because an object of another ABI may be shorter than
+ *      ours; then min(size, sizeof) is copied into a zeroed local, so a plugin
+ *      built against an older minor has the newer fields NULL.
+ * Every refusal undoes what was done (dlclose, unlink the copy) and writes
+ * one line naming the file and what to do about it.
+ *
+ * Threads: no shared state but the atomic counter that makes copy names
+ * unique; any thread may load or close. A plugin's constructors and its entry
+ * function run on the calling thread, attributed in the log to the file name.
+ */
+#include "loader.h"
+
+#include "log.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The 1.0 descriptor ends after `evaluate`: the least a plugin may declare. */
+#define FH_DESC_SIZE_1_0                                                                           \
+    (offsetof(fusion_overlay_descriptor, evaluate) +                                               \
+     sizeof(((fusion_overlay_descriptor *)0)->evaluate))
+
+static atomic_ulong copy_counter;
+
+static const char *const err_names[FH_LOAD_ERR_COUNT] = {
+    [FH_LOAD_OK] = "ok",
+    [FH_LOAD_IO] = "io",
+    [FH_LOAD_NOT_ELF] = "not_elf",
+    [FH_LOAD_UNSAFE_PERMS] = "unsafe_permissions",
+    [FH_LOAD_BAD_OWNER] = "bad_owner",
+    [FH_LOAD_STALE_COPY] = "stale_copy",
+    [FH_LOAD_DLOPEN] = "dlopen",
+    [FH_LOAD_NO_ENTRY] = "no_entry",
+    [FH_LOAD_NULL_DESCRIPTOR] = "null_descriptor",
+    [FH_LOAD_BAD_MAGIC] = "bad_magic",
+    [FH_LOAD_ABI_MAJOR] = "abi_major",
+    [FH_LOAD_ABI_MINOR] = "abi_minor",
+    [FH_LOAD_TOO_SMALL] = "descriptor_too_small",
+    [FH_LOAD_MISSING_HOOK] = "missing_hook",
+    [FH_LOAD_BAD_NAME] = "bad_name",
+    [FH_LOAD_BAD_VERSION] = "bad_version",
+    [FH_LOAD_DUPLICATE] = "duplicate",
+    [FH_LOAD_INIT_FAILED] = "init_failed",
+};
+
+const char *fh_load_err_name(fh_load_err e)
+{
+    if ((int)e < 0 || e >= FH_LOAD_ERR_COUNT || !err_names[e])
+        return "unknown";
+    return err_names[e];
+}
+
+bool fh_overlay_name_valid(const char *name)
+{
+    if (!name || !(name[0] >= 'a' && name[0] <= 'z'))
+        return false;
+    size_t n = 0;
+    for (const char *p = name; *p; p++, n++) {
+        if (n >= FUSION_NAME_MAX)
+            return false;
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* A semver numeric identifier: digits, no leading zero unless it is "0".
+ * Returns the number of characters consumed, 0 when there is none. */
+static size_t semver_number(const char *s)
+{
+    size_t n = 0;
+    while (s[n] >= '0' && s[n] <= '9')
+        n++;
+    if (n > 1 && s[0] == '0')
+        return 0;
+    return n;
+}
+
+bool fh_overlay_version_valid(const char *version)
+{
+    if (!version || strnlen(version, FUSION_VERSION_MAX + 1) > FUSION_VERSION_MAX)
+        return false;
+    const char *p = version;
+    for (int part = 0; part < 3; part++) {
+        size_t n = semver_number(p);
+        if (n == 0)
+            return false;
+        p += n;
+        if (part < 2) {
+            if (*p != '.')
+                return false;
+            p++;
+        }
+    }
+    if (*p == '\0')
+        return true;
+    if (*p != '-')
+        return false;
+    p++;
+    /* Pre-release: dot-separated non-empty [0-9A-Za-z-] identifiers; purely
+     * numeric ones without leading zeros (semver 2.0.0, item 9). */
+    for (;;) {
+        size_t n = 0;
+        bool numeric = true;
+        while ((p[n] >= '0' && p[n] <= '9') || (p[n] >= 'a' && p[n] <= 'z') ||
+               (p[n] >= 'A' && p[n] <= 'Z') || p[n] == '-') {
+            if (!(p[n] >= '0' && p[n] <= '9'))
+                numeric = false;
+            n++;
+        }
+        if (n == 0 || (numeric && n > 1 && p[0] == '0'))
+            return false;
+        p += n;
+        if (*p == '\0')
+            return true;
+        if (*p != '.')
+            return false;
+        p++;
+    }
+}
+
+static void set_msg(char *msg, size_t msglen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_msg(char *msg, size_t msglen, const char *fmt, ...)
+{
+    if (!msg || msglen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msglen, fmt, ap);
+    va_end(ap);
+}
+
+static const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* "x.so" or "dir/x.so" -> an absolute path; malloc'd, NULL when out of memory
+ * or when the working directory is unknown. Not realpath(): a symlink in the
+ * plugin folder is reported under the name the operator used. */
+static char *absolute_path(const char *path)
+{
+    if (path[0] == '/')
+        return strdup(path);
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof(cwd)))
+        return NULL;
+    size_t n = strlen(cwd) + 1 + strlen(path) + 1;
+    char *out = malloc(n);
+    if (out)
+        snprintf(out, n, "%s/%s", cwd, path);
+    return out;
+}
+
+/* The folder part of an absolute path, into buf. */
+static void dir_name(const char *abs, char *buf, size_t len)
+{
+    const char *slash = strrchr(abs, '/');
+    size_t n = slash && slash != abs ? (size_t)(slash - abs) : 1;
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, abs, n);
+    buf[n] = '\0';
+}
+
+/* Group/other write bits and the owner of one file or folder. */
+static fh_load_err check_safety(const fh_loader_opts *opts, const char *path, const char *what,
+                                const struct stat *st, char *msg, size_t msglen)
+{
+    if (st->st_mode & (S_IWGRP | S_IWOTH)) {
+        set_msg(msg, msglen,
+                "%s: %s is writable by %s (mode %04o); anyone who can write it can run code as "
+                "the daemon: chmod go-w '%s'",
+                path, what, (st->st_mode & S_IWOTH) ? "others" : "its group",
+                (unsigned)(st->st_mode & 07777), path);
+        return FH_LOAD_UNSAFE_PERMS;
+    }
+    if (!opts->skip_owner_checks && st->st_uid != 0 && st->st_uid != opts->daemon_uid) {
+        set_msg(msg, msglen,
+                "%s: %s is owned by uid %u, neither root nor the daemon's user (uid %u): "
+                "chown root '%s'",
+                path, what, (unsigned)st->st_uid, (unsigned)opts->daemon_uid, path);
+        return FH_LOAD_BAD_OWNER;
+    }
+    return FH_LOAD_OK;
+}
+
+/* Reads the ELF identification and type from fd; refuses anything but a
+ * shared object. e_type sits at the same offset for ELFCLASS32 and 64. */
+static fh_load_err check_elf(int fd, const char *path, char *msg, size_t msglen)
+{
+    Elf64_Ehdr eh;
+    memset(&eh, 0, sizeof(eh));
+    ssize_t n = pread(fd, &eh, sizeof(eh), 0);
+    if (n < 0) {
+        set_msg(msg, msglen, "%s: cannot read: %s", path, strerror(errno));
+        return FH_LOAD_IO;
+    }
+    if ((size_t)n < offsetof(Elf64_Ehdr, e_type) + sizeof(eh.e_type) ||
+        memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
+        set_msg(msg, msglen,
+                "%s: not an ELF file; only shared objects built against <fusion/overlay.h> "
+                "belong in the plugin folder: move it away",
+                path);
+        return FH_LOAD_NOT_ELF;
+    }
+    if (eh.e_type != ET_DYN) {
+        set_msg(msg, msglen,
+                "%s: an ELF file but not a shared object (e_type %u); link the plugin with "
+                "-shared (check with `file %s`)",
+                path, (unsigned)eh.e_type, base_name(path));
+        return FH_LOAD_NOT_ELF;
+    }
+    return FH_LOAD_OK;
+}
+
+/* mkdir -p for the cache folder, new levels 0700. */
+static int make_dirs(const char *dir)
+{
+    char buf[PATH_MAX];
+    if (strlen(dir) >= sizeof(buf)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    strcpy(buf, dir);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return -1;
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+/* Copies fd (from offset 0) to a new file at dst; removes it on failure. */
+static int copy_fd(int in, const char *dst)
+{
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (out < 0 && errno == EEXIST) {
+        /* Left behind by an earlier process with our pid. If it is still
+         * mapped here, the RTLD_NOLOAD check that follows will say so. */
+        if (unlink(dst) != 0)
+            return -1;
+        out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (out < 0)
+        return -1;
+    char buf[65536];
+    off_t off = 0;
+    for (;;) {
+        ssize_t n = pread(in, buf, sizeof(buf), off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            goto fail;
+        if (n == 0)
+            break;
+        off += n;
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(out, buf + done, (size_t)(n - done));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0)
+                goto fail;
+            done += w;
+        }
+    }
+    if (close(out) != 0) {
+        out = -1;
+        goto fail;
+    }
+    return 0;
+fail:;
+    int saved = errno;
+    if (out >= 0)
+        close(out);
+    unlink(dst);
+    errno = saved;
+    return -1;
+}
+
+/* "/a/b/foo.so" -> "foo" into buf (the stem names the private copy). */
+static void file_stem(const char *path, char *buf, size_t len)
+{
+    const char *b = base_name(path);
+    size_t n = strlen(b);
+    if (n > 3 && strcmp(b + n - 3, ".so") == 0)
+        n -= 3;
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, b, n);
+    buf[n] = '\0';
+}
+
+/* Checks the header fields of the descriptor the entry returned, then copies
+ * it and checks the rest. Nothing past `size` is read before the first four
+ * checks pass. */
+static fh_load_err check_descriptor(const fusion_overlay_descriptor *d, const char *path,
+                                    fh_plugin *out, char *msg, size_t msglen)
+{
+    if (!d) {
+        set_msg(msg, msglen,
+                "%s: " FUSION_OVERLAY_ENTRY_NAME "() returned NULL; it must return the address of "
+                "a static descriptor: use FUSION_OVERLAY_DEFINE() from <fusion/overlay.h>",
+                path);
+        return FH_LOAD_NULL_DESCRIPTOR;
+    }
+    if (d->magic != FUSION_OVERLAY_MAGIC) {
+        set_msg(msg, msglen,
+                "%s: descriptor magic is 0x%08x, not 0x%08x; this is not a fusion overlay "
+                "descriptor: build the plugin with FUSION_OVERLAY_DEFINE() from "
+                "<fusion/overlay.h>",
+                path, (unsigned)d->magic, (unsigned)FUSION_OVERLAY_MAGIC);
+        return FH_LOAD_BAD_MAGIC;
+    }
+    if (d->abi_major != FUSION_ABI_MAJOR) {
+        set_msg(msg, msglen,
+                "%s: built for overlay ABI %u.%u, this host speaks ABI %d.%d; rebuild the plugin "
+                "against this host's <fusion/overlay.h>",
+                path, (unsigned)d->abi_major, (unsigned)d->abi_minor, FUSION_ABI_MAJOR,
+                FUSION_ABI_MINOR);
+        return FH_LOAD_ABI_MAJOR;
+    }
+    if (d->abi_minor > FUSION_ABI_MINOR) {
+        set_msg(msg, msglen,
+                "%s: built for overlay ABI %u.%u, newer than this host's %d.%d; upgrade "
+                "fusion-host or rebuild the plugin against this host's <fusion/overlay.h>",
+                path, (unsigned)d->abi_major, (unsigned)d->abi_minor, FUSION_ABI_MAJOR,
+                FUSION_ABI_MINOR);
+        return FH_LOAD_ABI_MINOR;
+    }
+    if (d->size < FH_DESC_SIZE_1_0) {
+        set_msg(msg, msglen,
+                "%s: descriptor declares %u bytes, less than the %zu of ABI 1.0; set .size with "
+                "FUSION_OVERLAY_DEFINE() from <fusion/overlay.h> instead of by hand",
+                path, (unsigned)d->size, (size_t)FH_DESC_SIZE_1_0);
+        return FH_LOAD_TOO_SMALL;
+    }
+
+    memset(&out->desc, 0, sizeof(out->desc));
+    memcpy(&out->desc, d, d->size < sizeof(out->desc) ? d->size : sizeof(out->desc));
+    out->declared_size = d->size;
+    const fusion_overlay_descriptor *c = &out->desc;
+
+    if (!c->init || !c->fini || !c->apply || !c->evaluate) {
+        set_msg(msg, msglen,
+                "%s: required hook(s) missing:%s%s%s%s; an overlay must set .init, .fini, .apply "
+                "and .evaluate in FUSION_OVERLAY_DEFINE()",
+                path, c->init ? "" : " init", c->fini ? "" : " fini", c->apply ? "" : " apply",
+                c->evaluate ? "" : " evaluate");
+        return FH_LOAD_MISSING_HOOK;
+    }
+    if (!fh_overlay_name_valid(c->name)) {
+        set_msg(msg, msglen,
+                "%s: overlay name '%.*s' is not valid; use 1 to %d characters of [a-z0-9_] "
+                "starting with a letter, the same as its feature's name",
+                path, c->name ? 80 : 6, c->name ? c->name : "(null)", FUSION_NAME_MAX);
+        return FH_LOAD_BAD_NAME;
+    }
+    if (!fh_overlay_version_valid(c->version)) {
+        set_msg(msg, msglen,
+                "%s: overlay '%s' has version '%.*s', not a semantic version; use "
+                "MAJOR.MINOR.PATCH[-prerelease] of at most %d characters, e.g. \"1.2.0\"",
+                path, c->name, c->version ? 40 : 6, c->version ? c->version : "(null)",
+                FUSION_VERSION_MAX);
+        return FH_LOAD_BAD_VERSION;
+    }
+    return FH_LOAD_OK;
+}
+
+fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plugin *out, char *msg,
+                           size_t msglen)
+{
+    memset(out, 0, sizeof(*out));
+    set_msg(msg, msglen, "%s", "");
+    fh_load_err err = FH_LOAD_OK;
+    int fd = -1;
+    void *handle = NULL;
+    char *copy = NULL;
+    char *abs = absolute_path(path);
+    if (!abs) {
+        set_msg(msg, msglen, "%s: cannot resolve the path: %s", path, strerror(errno));
+        return FH_LOAD_IO;
+    }
+
+    fd = open(abs, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        set_msg(msg, msglen, "%s: cannot open: %s", abs, strerror(errno));
+        err = FH_LOAD_IO;
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        set_msg(msg, msglen, "%s: not a regular file; a plugin is a .so file", abs);
+        err = FH_LOAD_IO;
+        goto fail;
+    }
+
+    char dir[PATH_MAX];
+    dir_name(abs, dir, sizeof(dir));
+    struct stat dst;
+    if (stat(dir, &dst) != 0) {
+        set_msg(msg, msglen, "%s: cannot stat its folder %s: %s", abs, dir, strerror(errno));
+        err = FH_LOAD_IO;
+        goto fail;
+    }
+    err = check_safety(opts, abs, "the file", &st, msg, msglen);
+    if (err == FH_LOAD_OK) {
+        char what[PATH_MAX + 16];
+        snprintf(what, sizeof(what), "its folder %s", dir);
+        err = check_safety(opts, abs, what, &dst, msg, msglen);
+    }
+    if (err != FH_LOAD_OK)
+        goto fail;
+    if ((err = check_elf(fd, abs, msg, msglen)) != FH_LOAD_OK)
+        goto fail;
+
+    if (!opts->cache_dir || make_dirs(opts->cache_dir) != 0) {
+        set_msg(msg, msglen, "%s: cannot create the plugin cache folder %s: %s", abs,
+                opts->cache_dir ? opts->cache_dir : "(unset)", strerror(errno));
+        err = FH_LOAD_IO;
+        goto fail;
+    }
+    /* Whoever can write the cache folder can swap the copy between our
+     * write and dlopen(): it must be as private as the plugin folder. */
+    struct stat cst;
+    if (stat(opts->cache_dir, &cst) == 0 && (cst.st_mode & (S_IWGRP | S_IWOTH))) {
+        set_msg(msg, msglen,
+                "%s: the plugin cache folder %s is writable by group/other (mode %04o); "
+                "chmod 700 '%s'",
+                abs, opts->cache_dir, (unsigned)(cst.st_mode & 07777), opts->cache_dir);
+        err = FH_LOAD_UNSAFE_PERMS;
+        goto fail;
+    }
+    char stem[FUSION_NAME_MAX + 1];
+    file_stem(abs, stem, sizeof(stem));
+    unsigned long seq = atomic_fetch_add(&copy_counter, 1) + 1;
+    size_t clen = strlen(opts->cache_dir) + strlen(stem) + 64;
+    copy = malloc(clen);
+    if (!copy) {
+        set_msg(msg, msglen, "%s: out of memory", abs);
+        err = FH_LOAD_IO;
+        goto fail;
+    }
+    snprintf(copy, clen, "%s/%s-%ld-%lu.so", opts->cache_dir, stem, (long)getpid(), seq);
+    if (copy_fd(fd, copy) != 0) {
+        set_msg(msg, msglen,
+                "%s: cannot copy it to %s: %s; check that the cache folder is "
+                "writable by the daemon",
+                abs, copy, strerror(errno));
+        free(copy);
+        copy = NULL;
+        err = FH_LOAD_IO;
+        goto fail;
+    }
+
+    /* The copy's name is new to this process unless something went badly
+     * wrong (a counter reuse, a fork); a hit would hand us old code. */
+    void *stale = dlopen(copy, RTLD_LAZY | RTLD_NOLOAD);
+    if (stale) {
+        dlclose(stale);
+        set_msg(msg, msglen,
+                "%s: a library named %s is already mapped in this process, so dlopen() would "
+                "return old code; restart the daemon to clear it",
+                abs, copy);
+        err = FH_LOAD_STALE_COPY;
+        goto fail;
+    }
+
+    /* Constructors and the entry function are plugin code: attribute them. */
+    const char *prev = fh_log_set_overlay(base_name(abs));
+    handle = dlopen(copy, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        fh_log_set_overlay(prev);
+        const char *e = dlerror();
+        set_msg(msg, msglen,
+                "%s: the dynamic loader refused it: %s; check its dependencies with `ldd %s` "
+                "and that it was built for this system",
+                abs, e ? e : "unknown error", base_name(abs));
+        err = FH_LOAD_DLOPEN;
+        goto fail;
+    }
+    dlerror();
+    /* dlsym returns data pointers; the POSIX-blessed way to get a function
+     * pointer out of it is to copy the bits. */
+    void *sym = dlsym(handle, FUSION_OVERLAY_ENTRY_NAME);
+    if (!sym) {
+        fh_log_set_overlay(prev);
+        set_msg(msg, msglen,
+                "%s: no symbol " FUSION_OVERLAY_ENTRY_NAME "; build the plugin with "
+                "FUSION_OVERLAY_DEFINE() from <fusion/overlay.h> and -fvisibility=hidden "
+                "(check with `nm -D %s`)",
+                abs, base_name(abs));
+        err = FH_LOAD_NO_ENTRY;
+        goto fail;
+    }
+    fusion_overlay_entry_fn entry;
+    memcpy(&entry, &sym, sizeof(entry));
+    const fusion_overlay_descriptor *d = entry();
+    fh_log_set_overlay(prev);
+
+    if ((err = check_descriptor(d, abs, out, msg, msglen)) != FH_LOAD_OK)
+        goto fail;
+
+    close(fd);
+    out->handle = handle;
+    out->source_path = abs;
+    out->copy_path = copy;
+    out->source_dev = st.st_dev;
+    out->source_ino = st.st_ino;
+    return FH_LOAD_OK;
+
+fail:
+    if (handle)
+        dlclose(handle);
+    if (copy) {
+        unlink(copy);
+        free(copy);
+    }
+    if (fd >= 0)
+        close(fd);
+    free(abs);
+    memset(out, 0, sizeof(*out));
+    return err;
+}
+
+/* True while an object of that name is still in the link map. The path is
+ * the unique copy name, so only our own mapping can answer. */
+static bool still_mapped(const char *copy_path)
+{
+    void *h = dlopen(copy_path, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return false;
+    dlclose(h); /* drop the reference RTLD_NOLOAD just took */
+    return true;
+}
+
+bool fh_loader_close(fh_plugin *p)
+{
+    bool unmapped = true;
+    if (p->handle) {
+        const char *prev = fh_log_set_overlay(p->desc.name);
+        dlclose(p->handle); /* runs the plugin's destructors */
+        fh_log_set_overlay(prev);
+        p->handle = NULL;
+        if (p->copy_path && still_mapped(p->copy_path))
+            unmapped = false;
+    }
+    if (p->copy_path) {
+        /* A pinned mapping keeps the inode alive; the name can go. */
+        unlink(p->copy_path);
+        free(p->copy_path);
+    }
+    free(p->source_path);
+    memset(p, 0, sizeof(*p));
+    return unmapped;
+}

@@ -1,0 +1,938 @@
+/*
+ * registry.c - overlays by name, their generations, and refused files
+ * (see registry.h).
+ *
+ * Owns: every fh_entry (one per overlay name), every fh_generation (one per
+ * successful load: the mapped plugin and the state its init() returned), and
+ * every fh_failed record (a file that was refused, with why).
+ *
+ * Data:
+ *   entries    list of fh_entry; each has `current` (the generation new
+ *              requests get, NULL once unloaded) and `retired` (generations
+ *              replaced or unloaded, still draining).
+ *   failed     list of refused files by path.
+ *
+ * Locks and who touches what:
+ *   lock       rwlock (writer-preferring, so a stream of readers cannot
+ *              starve a swap). Readers: acquire, list, get. Writers: publish
+ *              a loaded generation, retire, enable/disable/quarantine, reap.
+ *              Every field of an entry, a generation's `retired`, `holds`
+ *              and list links, and the failed list are read under it and
+ *              written only under the write lock.
+ *   refs       per generation, atomic. Acquire increments it under the read
+ *              lock while the generation is current; once a generation is
+ *              retired (under the write lock) nobody can find it, so its
+ *              count only goes down. "refs == 0 && retired" is therefore
+ *              stable, and only then are fini() and dlclose() run.
+ *   drain_mu / drain_cv
+ *              unload waiters sleep on drain_cv until their generations'
+ *              refs reach zero or a deadline passes. A release that takes
+ *              refs to zero broadcasts when any generation is retired
+ *              (`nretired`, atomic; read after the decrement, both seq_cst,
+ *              so either the releaser sees the retirement or the waiter
+ *              sees the zero). The releaser never reads the generation after
+ *              its decrement: a reaper may free it at that moment.
+ *   holds      an unload waiter's pin on a retired generation's memory (not
+ *              its code): reap skips a held generation so the waiter's
+ *              pointer stays valid while it sleeps.
+ *
+ * Plugin code (init, fini, match, apply, evaluate, and the loader's entry
+ * call) never runs with a registry lock held: init() runs before the
+ * generation is published, fini() after it is unreachable and drained, the
+ * hooks between acquire and release. Each call sets the thread's log
+ * attribution to the overlay's name and restores it afterwards.
+ *
+ * Threads: any. Routing threads acquire/call/release; the control thread
+ * (admin API, folder watcher, reload) loads, swaps, unloads and reaps.
+ */
+#include "registry.h"
+
+#include "log.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define FH_GEN_MAGIC  0x47454e31u /* "GEN1" */
+#define FH_GEN_DEAD   0x44454144u /* "DEAD": finalised, about to be freed */
+#define FH_INIT_ERROR 512
+
+struct fh_generation {
+    uint32_t magic;
+    fh_registry *reg;               /* immutable; outlives the generation */
+    char name[FUSION_NAME_MAX + 1]; /* stable copy for log attribution */
+    char version[FUSION_VERSION_MAX + 1];
+    unsigned long seq; /* load number, for log lines */
+    fh_plugin plugin;
+    void *state; /* from init() */
+    atomic_ulong refs;
+    bool retired;   /* under lock */
+    unsigned holds; /* unload waiters sleeping on it; under lock */
+    fh_generation *next_retired;
+};
+
+typedef struct fh_entry {
+    char name[FUSION_NAME_MAX + 1];
+    fh_overlay_state state; /* ENABLED, DISABLED, QUARANTINED or DRAINING */
+    char reason[512];
+    fh_generation *current; /* NULL once unloaded */
+    fh_generation *retired; /* newest first */
+    size_t pinned;
+    struct fh_entry *next;
+} fh_entry;
+
+typedef struct fh_failed {
+    char *path;
+    char name[FUSION_NAME_MAX + 1]; /* when known (duplicate, init failed) */
+    fh_load_err error;
+    char message[512];
+    struct fh_failed *next;
+} fh_failed;
+
+struct fh_registry {
+    fh_registry_opts opts;
+    char *cache_dir; /* owned copy of opts.loader.cache_dir */
+    pthread_rwlock_t lock;
+    fh_entry *entries;
+    fh_failed *failed;
+    unsigned long load_seq;
+    atomic_ulong nretired; /* retired generations not yet finalised */
+    pthread_mutex_t drain_mu;
+    pthread_cond_t drain_cv; /* CLOCK_MONOTONIC */
+};
+
+static const char *const state_names[FH_STATE_COUNT] = {
+    [FH_STATE_ENABLED] = "enabled",   [FH_STATE_DISABLED] = "disabled",
+    [FH_STATE_DRAINING] = "draining", [FH_STATE_QUARANTINED] = "quarantined",
+    [FH_STATE_FAILED] = "failed",
+};
+
+const char *fh_overlay_state_name(fh_overlay_state s)
+{
+    if ((int)s < 0 || s >= FH_STATE_COUNT)
+        return "unknown";
+    return state_names[s];
+}
+
+/* Locks that cannot fail in a correct program: a failure is a bug. */
+static void wrlock(fh_registry *r)
+{
+    int rc = pthread_rwlock_wrlock(&r->lock);
+    assert(rc == 0);
+    (void)rc;
+}
+
+static void rdlock(fh_registry *r)
+{
+    int rc = pthread_rwlock_rdlock(&r->lock);
+    assert(rc == 0);
+    (void)rc;
+}
+
+static void unlock(fh_registry *r)
+{
+    int rc = pthread_rwlock_unlock(&r->lock);
+    assert(rc == 0);
+    (void)rc;
+}
+
+static void copy_str(char *dst, size_t len, const char *src)
+{
+    snprintf(dst, len, "%s", src ? src : "");
+}
+
+fh_registry *fh_registry_new(const fh_registry_opts *opts)
+{
+    fh_registry *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->opts = *opts;
+    if (opts->loader.cache_dir) {
+        r->cache_dir = strdup(opts->loader.cache_dir);
+        if (!r->cache_dir) {
+            free(r);
+            return NULL;
+        }
+    }
+    r->opts.loader.cache_dir = r->cache_dir;
+
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int rc = pthread_rwlock_init(&r->lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    if (rc != 0)
+        goto fail_lock;
+    if (pthread_mutex_init(&r->drain_mu, NULL) != 0)
+        goto fail_mu;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    rc = pthread_cond_init(&r->drain_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0)
+        goto fail_cv;
+    atomic_init(&r->nretired, 0);
+    return r;
+
+fail_cv:
+    pthread_mutex_destroy(&r->drain_mu);
+fail_mu:
+    pthread_rwlock_destroy(&r->lock);
+fail_lock:
+    free(r->cache_dir);
+    free(r);
+    return NULL;
+}
+
+/* ---- lookups (caller holds the lock) ---------------------------------- */
+
+static fh_entry *find_entry(fh_registry *r, const char *name)
+{
+    for (fh_entry *e = r->entries; e; e = e->next)
+        if (strcmp(e->name, name) == 0)
+            return e;
+    return NULL;
+}
+
+static fh_failed *find_failed_path(fh_registry *r, const char *path)
+{
+    for (fh_failed *f = r->failed; f; f = f->next)
+        if (strcmp(f->path, path) == 0)
+            return f;
+    return NULL;
+}
+
+static fh_failed *find_failed_name(fh_registry *r, const char *name)
+{
+    for (fh_failed *f = r->failed; f; f = f->next)
+        if (f->name[0] && strcmp(f->name, name) == 0)
+            return f;
+    return NULL;
+}
+
+/* Unlinks and frees the failed record of `path`, if any. Write lock. */
+static void drop_failed(fh_registry *r, const char *path)
+{
+    for (fh_failed **pp = &r->failed; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->path, path) == 0) {
+            fh_failed *f = *pp;
+            *pp = f->next;
+            free(f->path);
+            free(f);
+            return;
+        }
+    }
+}
+
+/* Removes an entry with nothing left in it. Write lock. */
+static void drop_entry_if_empty(fh_registry *r, fh_entry *e)
+{
+    if (e->current || e->retired)
+        return;
+    for (fh_entry **pp = &r->entries; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            free(e);
+            return;
+        }
+    }
+}
+
+/* Makes the current generation unreachable. Write lock. */
+static void retire_current(fh_registry *r, fh_entry *e)
+{
+    fh_generation *g = e->current;
+    if (!g)
+        return;
+    e->current = NULL;
+    g->retired = true;
+    g->next_retired = e->retired;
+    e->retired = g;
+    atomic_fetch_add(&r->nretired, 1);
+}
+
+/* ---- remembering refusals --------------------------------------------- */
+
+static void record_failed(fh_registry *r, const char *path, const char *name, fh_load_err err,
+                          const char *message)
+{
+    wrlock(r);
+    fh_failed *f = find_failed_path(r, path);
+    if (!f) {
+        f = calloc(1, sizeof(*f));
+        if (f)
+            f->path = strdup(path);
+        if (!f || !f->path) {
+            /* Out of memory: the refusal is still logged, just not listed. */
+            free(f);
+            unlock(r);
+            return;
+        }
+        f->next = r->failed;
+        r->failed = f;
+    }
+    copy_str(f->name, sizeof(f->name), name);
+    f->error = err;
+    copy_str(f->message, sizeof(f->message), message);
+    unlock(r);
+}
+
+/* ---- finalising ------------------------------------------------------- */
+
+/* Runs fini() and dlclose() on a drained, unreachable generation and frees
+ * it. Returns true when the library was really unmapped. No lock held. */
+static bool finalise(fh_generation *g)
+{
+    assert(g->magic == FH_GEN_MAGIC);
+    assert(atomic_load(&g->refs) == 0);
+    const char *prev = fh_log_set_overlay(g->name);
+    g->plugin.desc.fini(g->state);
+    fh_log_set_overlay(prev);
+    char copy[4096];
+    copy_str(copy, sizeof(copy), g->plugin.copy_path);
+    bool unmapped = fh_loader_close(&g->plugin);
+    if (unmapped)
+        fh_debug("overlay %s %s (generation %lu) finalised and unmapped", g->name, g->version,
+                 g->seq);
+    else
+        fh_warn("overlay %s %s (generation %lu): dlclose() did not unmap %s; the library stays "
+                "in memory (built with -z nodelete, or it uses unique/TLS symbols); rebuild it "
+                "with -fvisibility=hidden and without them",
+                g->name, g->version, g->seq, copy);
+    g->magic = FH_GEN_DEAD;
+    free(g);
+    return unmapped;
+}
+
+/* Finalises a list (linked by next_retired) built under the write lock and
+ * counts pinned libraries on their entries. */
+static void finalise_list(fh_registry *r, fh_generation *list)
+{
+    while (list) {
+        fh_generation *g = list;
+        list = g->next_retired;
+        char name[FUSION_NAME_MAX + 1];
+        copy_str(name, sizeof(name), g->name);
+        bool unmapped = finalise(g);
+        atomic_fetch_sub(&r->nretired, 1);
+        if (!unmapped) {
+            wrlock(r);
+            fh_entry *e = find_entry(r, name);
+            if (e)
+                e->pinned++;
+            unlock(r);
+        }
+    }
+}
+
+/* Moves the drained, unheld retired generations of `e` onto *out. Write
+ * lock. Returns how many stay behind. */
+static size_t collect_drained(fh_entry *e, fh_generation **out)
+{
+    size_t left = 0;
+    for (fh_generation **pp = &e->retired; *pp;) {
+        fh_generation *g = *pp;
+        if (g->holds == 0 && atomic_load(&g->refs) == 0) {
+            *pp = g->next_retired;
+            g->next_retired = *out;
+            *out = g;
+        } else {
+            left++;
+            pp = &g->next_retired;
+        }
+    }
+    return left;
+}
+
+size_t fh_registry_reap(fh_registry *r)
+{
+    fh_generation *todo = NULL;
+    size_t left = 0;
+    wrlock(r);
+    for (fh_entry *e = r->entries, *next; e; e = next) {
+        next = e->next;
+        left += collect_drained(e, &todo);
+        drop_entry_if_empty(r, e);
+    }
+    unlock(r);
+    finalise_list(r, todo);
+    return left;
+}
+
+/* ---- draining --------------------------------------------------------- */
+
+static void deadline_after(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    if (ms < 0)
+        ms = 0;
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Sleeps until every generation in gens[] has no references or the
+ * deadline passes. The caller holds a `holds` pin on each. No registry lock. */
+static void wait_drained(fh_registry *r, fh_generation **gens, size_t n,
+                         const struct timespec *deadline)
+{
+    pthread_mutex_lock(&r->drain_mu);
+    for (size_t i = 0; i < n; i++) {
+        while (atomic_load(&gens[i]->refs) > 0) {
+            int rc = pthread_cond_timedwait(&r->drain_cv, &r->drain_mu, deadline);
+            if (rc == ETIMEDOUT) {
+                pthread_mutex_unlock(&r->drain_mu);
+                return;
+            }
+        }
+    }
+    pthread_mutex_unlock(&r->drain_mu);
+}
+
+/* Pins every retired generation of `e` into a malloc'd array. Write lock. */
+static fh_generation **hold_retired(fh_entry *e, size_t *n)
+{
+    size_t count = 0;
+    for (fh_generation *g = e->retired; g; g = g->next_retired)
+        count++;
+    *n = 0;
+    if (count == 0)
+        return NULL;
+    fh_generation **arr = malloc(count * sizeof(*arr));
+    if (!arr)
+        return NULL; /* no wait then; reap finishes later */
+    for (fh_generation *g = e->retired; g; g = g->next_retired) {
+        g->holds++;
+        arr[(*n)++] = g;
+    }
+    return arr;
+}
+
+/* Retires `e`'s current generation, waits for the entry's retired
+ * generations to drain, finalises those that did. Called with the write
+ * lock held; returns with it released. 0 closed, 1 still draining. */
+static int unload_locked(fh_registry *r, fh_entry *e, int drain_timeout_ms)
+{
+    char name[FUSION_NAME_MAX + 1];
+    copy_str(name, sizeof(name), e->name);
+    retire_current(r, e);
+    e->state = FH_STATE_DRAINING;
+    size_t n = 0;
+    fh_generation **held = hold_retired(e, &n);
+    unlock(r);
+
+    if (n > 0 && drain_timeout_ms > 0) {
+        struct timespec deadline;
+        deadline_after(&deadline, drain_timeout_ms);
+        wait_drained(r, held, n, &deadline);
+    }
+
+    fh_generation *todo = NULL;
+    size_t left = 0;
+    wrlock(r);
+    for (size_t i = 0; i < n; i++)
+        held[i]->holds--;
+    /* The entry cannot have been freed: our holds kept it non-empty. */
+    e = find_entry(r, name);
+    if (e) {
+        left = collect_drained(e, &todo);
+        drop_entry_if_empty(r, e);
+    }
+    unlock(r);
+    free(held);
+    finalise_list(r, todo);
+    if (left > 0)
+        fh_warn("overlay %s: %zu generation(s) still in use after %d ms; left mapped and "
+                "draining, finalised once released",
+                name, left, drain_timeout_ms);
+    else
+        fh_info("overlay %s unloaded", name);
+    return left > 0 ? 1 : 0;
+}
+
+int fh_registry_unload(fh_registry *r, const char *name, int drain_timeout_ms)
+{
+    wrlock(r);
+    fh_entry *e = find_entry(r, name);
+    if (!e) {
+        unlock(r);
+        return -1;
+    }
+    return unload_locked(r, e, drain_timeout_ms);
+}
+
+int fh_registry_unload_path(fh_registry *r, const char *path, int drain_timeout_ms)
+{
+    wrlock(r);
+    for (fh_entry *e = r->entries; e; e = e->next) {
+        if (e->current && strcmp(e->current->plugin.source_path, path) == 0)
+            return unload_locked(r, e, drain_timeout_ms);
+    }
+    unlock(r);
+    return -1;
+}
+
+void fh_registry_forget_failed(fh_registry *r, const char *path)
+{
+    wrlock(r);
+    drop_failed(r, path);
+    unlock(r);
+}
+
+/* ---- loading ---------------------------------------------------------- */
+
+/* Same name and version already current from another file? (lock held) */
+static const fh_generation *duplicate_of(fh_registry *r, const fh_plugin *p)
+{
+    fh_entry *e = find_entry(r, p->desc.name);
+    if (!e || !e->current)
+        return NULL;
+    const fh_generation *cur = e->current;
+    if (strcmp(cur->version, p->desc.version) == 0 &&
+        strcmp(cur->plugin.source_path, p->source_path) != 0)
+        return cur;
+    return NULL;
+}
+
+static void duplicate_msg(const fh_plugin *p, const char *other, char *msg, size_t msglen)
+{
+    snprintf(msg, msglen,
+             "%s: overlay name '%s' %s is already loaded from %s; remove one of the files",
+             p->source_path, p->desc.name, p->desc.version, other);
+}
+
+/* Calls init() with the overlay's inputs. No lock held. */
+static fh_load_err run_init(fh_registry *r, fh_generation *g, char *msg, size_t msglen)
+{
+    fh_overlay_inputs in = {0};
+    if (r->opts.inputs_for && r->opts.inputs_for(r->opts.inputs_ud, g->name, &in) != 0) {
+        snprintf(msg, msglen,
+                 "%s: the configuration of overlay '%s' was refused; fix its entry under "
+                 "`overlays:` or its feature flags and reload",
+                 g->plugin.source_path, g->name);
+        return FH_LOAD_INIT_FAILED;
+    }
+    char error[FH_INIT_ERROR] = "";
+    fusion_init_args args = {
+        .size = (uint32_t)sizeof(args),
+        .host = r->opts.host_api,
+        .config_json = in.config_json ? in.config_json : "{}",
+        .directives = in.directives,
+        .directive_count = in.directive_count,
+        .error = error,
+        .error_size = sizeof(error),
+    };
+    args.config_len = strlen(args.config_json);
+    void *state = NULL;
+    const char *prev = fh_log_set_overlay(g->name);
+    int rc = g->plugin.desc.init(&args, &state);
+    fh_log_set_overlay(prev);
+    error[sizeof(error) - 1] = '\0'; /* the plugin may have filled it all */
+    if (rc != 0) {
+        snprintf(msg, msglen,
+                 "%s: overlay '%s' %s init() failed (%d): %s; fix its `config:` or directives "
+                 "and load it again",
+                 g->plugin.source_path, g->name, g->version, rc,
+                 error[0] ? error : "no reason given");
+        return FH_LOAD_INIT_FAILED;
+    }
+    g->state = state;
+    return FH_LOAD_OK;
+}
+
+/* Logs a refusal, remembers it, returns it. */
+static fh_load_err refuse(fh_registry *r, const char *path, const char *name, fh_load_err err,
+                          const char *message)
+{
+    fh_error("%s", message);
+    record_failed(r, path, name, err, message);
+    return err;
+}
+
+/* Undoes a generation that was opened (and maybe initialised) but will not
+ * be published, and remembers why. No lock held. */
+static fh_load_err discard(fh_registry *r, fh_generation *g, bool initialised, const char *path,
+                           fh_load_err err, const char *msg)
+{
+    char name[FUSION_NAME_MAX + 1];
+    copy_str(name, sizeof(name), g->name);
+    if (initialised) {
+        const char *prev = fh_log_set_overlay(g->name);
+        g->plugin.desc.fini(g->state);
+        fh_log_set_overlay(prev);
+    }
+    fh_loader_close(&g->plugin);
+    free(g);
+    return refuse(r, path, name, err, msg);
+}
+
+fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t msglen,
+                             char *name_out)
+{
+    char local[1024];
+    if (!msg || msglen == 0) {
+        msg = local;
+        msglen = sizeof(local);
+    }
+    msg[0] = '\0';
+
+    fh_generation *g = calloc(1, sizeof(*g));
+    if (!g) {
+        snprintf(msg, msglen, "%s: out of memory", path);
+        return refuse(r, path, NULL, FH_LOAD_IO, msg);
+    }
+    fh_load_err err = fh_loader_open(&r->opts.loader, path, &g->plugin, msg, msglen);
+    if (err != FH_LOAD_OK) {
+        free(g);
+        return refuse(r, path, NULL, err, msg);
+    }
+    g->magic = FH_GEN_MAGIC;
+    g->reg = r;
+    atomic_init(&g->refs, 0);
+    copy_str(g->name, sizeof(g->name), g->plugin.desc.name);
+    copy_str(g->version, sizeof(g->version), g->plugin.desc.version);
+
+    /* Cheap early duplicate check, so a clash does not run init(); it is
+     * repeated under the write lock before publishing. */
+    rdlock(r);
+    const fh_generation *dup = duplicate_of(r, &g->plugin);
+    if (dup)
+        duplicate_msg(&g->plugin, dup->plugin.source_path, msg, msglen);
+    unlock(r);
+    if (dup)
+        return discard(r, g, false, path, FH_LOAD_DUPLICATE, msg);
+
+    err = run_init(r, g, msg, msglen);
+    if (err != FH_LOAD_OK)
+        return discard(r, g, false, path, err, msg);
+
+    /* What the log lines below need, copied now: once published, `g` may be
+     * retired and freed by a concurrent unload at any moment. */
+    char name[FUSION_NAME_MAX + 1], version[FUSION_VERSION_MAX + 1];
+    char old_version[FUSION_VERSION_MAX + 1] = "";
+    char src[4096];
+    copy_str(name, sizeof(name), g->name);
+    copy_str(version, sizeof(version), g->version);
+    copy_str(src, sizeof(src), g->plugin.source_path);
+    unsigned abi_major = g->plugin.desc.abi_major, abi_minor = g->plugin.desc.abi_minor;
+    bool swapped = false;
+
+    fh_entry *fresh = calloc(1, sizeof(*fresh));
+    wrlock(r);
+    dup = duplicate_of(r, &g->plugin);
+    fh_entry *e = NULL;
+    if (dup) {
+        /* Lost a race with another load of the same name and version. */
+        duplicate_msg(&g->plugin, dup->plugin.source_path, msg, msglen);
+    } else if ((e = find_entry(r, name)) != NULL) {
+        if (e->current) {
+            copy_str(old_version, sizeof(old_version), e->current->version);
+            swapped = true;
+        }
+        retire_current(r, e);
+        /* A reload after an unload routes again; disable and quarantine are
+         * the operator's and survive a swap. */
+        if (e->state == FH_STATE_DRAINING)
+            e->state = FH_STATE_ENABLED;
+    } else if (fresh) {
+        e = fresh;
+        fresh = NULL;
+        copy_str(e->name, sizeof(e->name), name);
+        e->state = FH_STATE_ENABLED;
+        e->next = r->entries;
+        r->entries = e;
+    } else {
+        snprintf(msg, msglen, "%s: out of memory", src);
+    }
+    if (e) {
+        g->seq = ++r->load_seq;
+        e->current = g;
+        drop_failed(r, path);
+        if (strcmp(path, src) != 0)
+            drop_failed(r, src);
+    }
+    unlock(r);
+    free(fresh);
+    if (!e)
+        return discard(r, g, true, path, dup ? FH_LOAD_DUPLICATE : FH_LOAD_IO, msg);
+
+    if (name_out)
+        copy_str(name_out, FUSION_NAME_MAX + 1, name);
+    if (swapped)
+        fh_info("overlay %s: swapped %s -> %s from %s; the old one drains", name, old_version,
+                version, src);
+    else
+        fh_info("overlay %s %s loaded from %s (ABI %u.%u)", name, version, src, abi_major,
+                abi_minor);
+    /* An old generation nobody was using is finalised right away. */
+    fh_registry_reap(r);
+    return FH_LOAD_OK;
+}
+
+/* ---- state changes ---------------------------------------------------- */
+
+static int set_state(fh_registry *r, const char *name, fh_overlay_state to, const char *why)
+{
+    wrlock(r);
+    fh_entry *e = find_entry(r, name);
+    if (!e || !e->current) {
+        /* Unknown, or unloaded and draining: nothing to route to. */
+        unlock(r);
+        return -1;
+    }
+    fh_overlay_state from = e->state;
+    e->state = to;
+    copy_str(e->reason, sizeof(e->reason), why);
+    unlock(r);
+    if (from != to) {
+        if (to == FH_STATE_QUARANTINED)
+            fh_warn("overlay %s quarantined: %s", name, why && *why ? why : "no reason given");
+        else
+            fh_info("overlay %s %s", name, fh_overlay_state_name(to));
+    }
+    return 0;
+}
+
+int fh_registry_enable(fh_registry *r, const char *name)
+{
+    return set_state(r, name, FH_STATE_ENABLED, NULL);
+}
+
+int fh_registry_disable(fh_registry *r, const char *name)
+{
+    return set_state(r, name, FH_STATE_DISABLED, NULL);
+}
+
+int fh_registry_quarantine(fh_registry *r, const char *name, const char *why)
+{
+    return set_state(r, name, FH_STATE_QUARANTINED, why ? why : "");
+}
+
+/* ---- the hot path ----------------------------------------------------- */
+
+fh_generation *fh_registry_acquire(fh_registry *r, const char *name, fh_overlay_state *state)
+{
+    /* Under the read lock the current generation cannot be retired, so the
+     * increment lands before any unload could see refs == 0. */
+    fh_generation *g = NULL;
+    fh_overlay_state why = FH_STATE_COUNT;
+    rdlock(r);
+    fh_entry *e = find_entry(r, name);
+    if (e) {
+        why = e->current ? e->state : FH_STATE_DRAINING;
+        if (e->current && e->state == FH_STATE_ENABLED) {
+            g = e->current;
+            atomic_fetch_add(&g->refs, 1);
+        }
+    } else if (find_failed_name(r, name)) {
+        why = FH_STATE_FAILED;
+    }
+    unlock(r);
+    if (state)
+        *state = g ? FH_STATE_ENABLED : why;
+    return g;
+}
+
+void fh_generation_release(fh_generation *g)
+{
+    assert(g->magic == FH_GEN_MAGIC);
+    fh_registry *r = g->reg; /* read before the decrement: g may go after it */
+    if (atomic_fetch_sub(&g->refs, 1) == 1 && atomic_load(&r->nretired) > 0) {
+        pthread_mutex_lock(&r->drain_mu);
+        pthread_cond_broadcast(&r->drain_cv);
+        pthread_mutex_unlock(&r->drain_mu);
+    }
+}
+
+const fusion_overlay_descriptor *fh_generation_descriptor(const fh_generation *g)
+{
+    return &g->plugin.desc;
+}
+
+void *fh_generation_state(const fh_generation *g)
+{
+    return g->state;
+}
+
+double fh_generation_match(fh_generation *g, const fusion_request *req)
+{
+    assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
+    if (!g->plugin.desc.match)
+        return 1.0;
+    const char *prev = fh_log_set_overlay(g->name);
+    double s = g->plugin.desc.match(g->state, req, g->reg->opts.host_api);
+    fh_log_set_overlay(prev);
+    return s;
+}
+
+int fh_generation_apply(fh_generation *g, fusion_request *req)
+{
+    assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
+    const char *prev = fh_log_set_overlay(g->name);
+    int rc = g->plugin.desc.apply(g->state, req, g->reg->opts.host_api);
+    fh_log_set_overlay(prev);
+    return rc;
+}
+
+int fh_generation_evaluate(fh_generation *g, const fusion_request *req, const char *answer,
+                           size_t len, fusion_evaluation *out)
+{
+    assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
+    const char *prev = fh_log_set_overlay(g->name);
+    int rc = g->plugin.desc.evaluate(g->state, req, answer, len, out, g->reg->opts.host_api);
+    fh_log_set_overlay(prev);
+    return rc;
+}
+
+/* ---- listing ---------------------------------------------------------- */
+
+static void fill_entry_info(const fh_entry *e, fh_overlay_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    copy_str(o->name, sizeof(o->name), e->name);
+    /* Describe the current generation, or the newest one still draining. */
+    const fh_generation *g = e->current ? e->current : e->retired;
+    if (g) {
+        copy_str(o->version, sizeof(o->version), g->version);
+        o->abi_major = g->plugin.desc.abi_major;
+        o->abi_minor = g->plugin.desc.abi_minor;
+        copy_str(o->path, sizeof(o->path), g->plugin.source_path);
+    }
+    o->state = e->state;
+    if (e->current)
+        o->inflight += atomic_load(&e->current->refs);
+    for (const fh_generation *d = e->retired; d; d = d->next_retired) {
+        o->inflight += atomic_load(&d->refs);
+        o->draining++;
+    }
+    o->pinned = e->pinned;
+    o->error = FH_LOAD_OK;
+    copy_str(o->reason, sizeof(o->reason), e->reason);
+}
+
+static void fill_failed_info(const fh_failed *f, fh_overlay_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    copy_str(o->name, sizeof(o->name), f->name);
+    copy_str(o->path, sizeof(o->path), f->path);
+    o->state = FH_STATE_FAILED;
+    o->error = f->error;
+    copy_str(o->reason, sizeof(o->reason), f->message);
+}
+
+static int info_cmp(const void *a, const void *b)
+{
+    const fh_overlay_info *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : strcmp(x->path, y->path);
+}
+
+size_t fh_registry_list(fh_registry *r, fh_overlay_info **out)
+{
+    *out = NULL;
+    rdlock(r);
+    size_t n = 0;
+    for (fh_entry *e = r->entries; e; e = e->next)
+        n++;
+    for (fh_failed *f = r->failed; f; f = f->next)
+        n++;
+    fh_overlay_info *arr = n ? malloc(n * sizeof(*arr)) : NULL;
+    if (!arr) {
+        unlock(r);
+        return 0;
+    }
+    size_t i = 0;
+    for (fh_entry *e = r->entries; e; e = e->next)
+        fill_entry_info(e, &arr[i++]);
+    for (fh_failed *f = r->failed; f; f = f->next)
+        fill_failed_info(f, &arr[i++]);
+    unlock(r);
+    qsort(arr, n, sizeof(*arr), info_cmp);
+    *out = arr;
+    return n;
+}
+
+int fh_registry_get(fh_registry *r, const char *name, fh_overlay_info *out)
+{
+    int rc = -1;
+    rdlock(r);
+    fh_entry *e = find_entry(r, name);
+    if (e) {
+        fill_entry_info(e, out);
+        rc = 0;
+    } else {
+        fh_failed *f = find_failed_name(r, name);
+        if (f) {
+            fill_failed_info(f, out);
+            rc = 0;
+        }
+    }
+    unlock(r);
+    return rc;
+}
+
+/* ---- teardown --------------------------------------------------------- */
+
+void fh_registry_free(fh_registry *r, int drain_timeout_ms)
+{
+    if (!r)
+        return;
+    /* Retire everything at once so one deadline covers all overlays. */
+    wrlock(r);
+    size_t n = 0;
+    for (fh_entry *e = r->entries; e; e = e->next) {
+        retire_current(r, e);
+        e->state = FH_STATE_DRAINING;
+        for (fh_generation *g = e->retired; g; g = g->next_retired)
+            n++;
+    }
+    fh_generation **held = n ? malloc(n * sizeof(*held)) : NULL;
+    size_t k = 0;
+    if (held)
+        for (fh_entry *e = r->entries; e; e = e->next)
+            for (fh_generation *g = e->retired; g; g = g->next_retired) {
+                g->holds++;
+                held[k++] = g;
+            }
+    unlock(r);
+    if (k > 0 && drain_timeout_ms > 0) {
+        struct timespec deadline;
+        deadline_after(&deadline, drain_timeout_ms);
+        wait_drained(r, held, k, &deadline);
+    }
+    wrlock(r);
+    for (size_t i = 0; i < k; i++)
+        held[i]->holds--;
+    unlock(r);
+    free(held);
+
+    size_t left = fh_registry_reap(r);
+    while (r->failed) {
+        fh_failed *f = r->failed;
+        r->failed = f->next;
+        free(f->path);
+        free(f);
+    }
+    if (left > 0) {
+        /* A thread may still run their code and will release into this
+         * registry: leave both mapped and allocated. */
+        fh_error("%zu overlay generation(s) still in use at shutdown after %d ms; leaving them "
+                 "mapped",
+                 left, drain_timeout_ms);
+        return;
+    }
+    pthread_cond_destroy(&r->drain_cv);
+    pthread_mutex_destroy(&r->drain_mu);
+    pthread_rwlock_destroy(&r->lock);
+    free(r->cache_dir);
+    free(r);
+}

@@ -1,0 +1,10 @@
+/* Test plugin: no evaluate hook (FH_LOAD_MISSING_HOOK). See tp_common.h. */
+#define TP_NAME    "bad_hook"
+#define TP_VERSION "1.0.0"
+#define TP_MATCH   0.0
+#include "tp_common.h"
+
+TP_ENTRY(.magic = FUSION_OVERLAY_MAGIC, .abi_major = FUSION_ABI_MAJOR,
+         .abi_minor = FUSION_ABI_MINOR, .size = (uint32_t)sizeof(fusion_overlay_descriptor),
+         .name = TP_NAME, .version = TP_VERSION, .init = tp_init, .fini = tp_fini,
+         .apply = tp_apply)

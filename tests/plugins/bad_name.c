@@ -1,0 +1,9 @@
+/* Test plugin: a malformed overlay name (FH_LOAD_BAD_NAME). See tp_common.h. */
+#define TP_NAME    "bad_name"
+#define TP_VERSION "1.0.0"
+#define TP_MATCH   0.0
+#include "tp_common.h"
+
+TP_ENTRY(.magic = FUSION_OVERLAY_MAGIC, .abi_major = FUSION_ABI_MAJOR,
+         .abi_minor = FUSION_ABI_MINOR, .size = (uint32_t)sizeof(fusion_overlay_descriptor),
+         .name = "Bad-Name", .version = TP_VERSION, TP_HOOKS)
