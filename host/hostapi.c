@@ -1,0 +1,328 @@
+/*
+ * hostapi.c - the fusion_host_api table: what a plugin can do to the host.
+ *
+ * Owns: the static, immutable table and the metric sink pointer. Any thread
+ * may call any entry; each call touches only the request it is given, which
+ * belongs to the calling thread while it runs (see request.h). The sink is
+ * an atomic pointer set once at start, so readers never see a torn value.
+ *
+ * Every entry is defensive because its caller is third-party code: a NULL
+ * request or argument, an out-of-range index or a malformed field name gives
+ * a default ("" / 0 / -1) and never a crash. Nothing returned here has to be
+ * freed by the plugin; strings stay valid at least until the request is
+ * freed (the header promises only "for the duration of the call").
+ */
+#include "hostapi.h"
+
+#include "log.h"
+#include "request.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FH_FIELD_MAX 64 /* longest request field name a plugin may set */
+#define FH_EVENT_MAX 50 /* metric event names: [a-z0-9_]{1,50} */
+
+static _Atomic(fh_metric_sink) metric_sink;
+
+void fh_host_api_set_metric_sink(fh_metric_sink sink)
+{
+    atomic_store(&metric_sink, sink);
+}
+
+/* ---- logging ---------------------------------------------------------- */
+
+static void api_log(fusion_log_level level, const char *fmt, ...) FUSION_PRINTF(2, 3);
+
+static void api_log(fusion_log_level level, const char *fmt, ...)
+{
+    if (!fmt)
+        return;
+    int lv = (int)level;
+    if (lv < FH_LOG_ERROR)
+        lv = FH_LOG_ERROR;
+    if (lv > FH_LOG_DEBUG)
+        lv = FH_LOG_DEBUG;
+    if (lv > (int)fh_log_get_level())
+        return; /* skip the formatting for lines nobody will see */
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    /* One plugin line must stay one log line: a newline or escape sequence
+     * in a plugin's message must not forge host log lines. */
+    for (char *p = msg; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+    }
+    fh_log((fh_log_level)lv, "%s", msg);
+}
+
+/* ---- request context -------------------------------------------------- */
+
+static const char *api_scenario_type(const fusion_request *req)
+{
+    return req && req->scenario_type ? req->scenario_type : "";
+}
+
+static const char *api_scenario_id(const fusion_request *req)
+{
+    return req && req->scenario_id ? req->scenario_id : "";
+}
+
+static double api_confidence(const fusion_request *req)
+{
+    return req && req->confidence >= 0.0 ? req->confidence : -1.0;
+}
+
+/* ---- messages --------------------------------------------------------- */
+
+static json_t *messages_of(const fusion_request *req)
+{
+    if (!req || !req->body)
+        return NULL;
+    json_t *m = json_object_get(req->body, "messages");
+    return json_is_array(m) ? m : NULL;
+}
+
+static json_t *message_at(const fusion_request *req, size_t i)
+{
+    json_t *m = json_array_get(messages_of(req), i);
+    return json_is_object(m) ? m : NULL;
+}
+
+static size_t api_message_count(const fusion_request *req)
+{
+    json_t *m = messages_of(req);
+    return m ? json_array_size(m) : 0;
+}
+
+static const char *api_message_role(const fusion_request *req, size_t i)
+{
+    const char *role = json_string_value(json_object_get(message_at(req, i), "role"));
+    return role ? role : "";
+}
+
+/* Joins the text parts of an array content ({"type":"text","text":...}),
+ * one per line; image and audio parts carry no text to score. */
+static char *join_text_parts(json_t *parts)
+{
+    size_t total = 1, i;
+    json_t *p;
+    json_array_foreach(parts, i, p)
+    {
+        json_t *tv = json_object_get(p, "text");
+        if (json_is_string(tv))
+            total += json_string_length(tv) + 1;
+    }
+    char *out = malloc(total);
+    if (!out)
+        return NULL;
+    size_t used = 0;
+    json_array_foreach(parts, i, p)
+    {
+        json_t *tv = json_object_get(p, "text");
+        if (!json_is_string(tv))
+            continue;
+        if (used > 0)
+            out[used++] = '\n';
+        size_t n = json_string_length(tv);
+        memcpy(out + used, json_string_value(tv), n);
+        used += n;
+    }
+    out[used] = '\0';
+    return out;
+}
+
+/*
+ * The joined text of message i is cached in req->joined[i] (indexes follow
+ * the messages array; req_prepend_system shifts them) so that repeated calls
+ * do not allocate again and the pointer stays valid until the request is
+ * freed. The request belongs to the calling thread, so writing the cache
+ * through a const pointer is safe; the object itself was never const.
+ */
+static const char *api_message_content(const fusion_request *creq, size_t i)
+{
+    json_t *msg = message_at(creq, i);
+    if (!msg)
+        return "";
+    json_t *c = json_object_get(msg, "content");
+    if (json_is_string(c))
+        return json_string_value(c);
+    if (!json_is_array(c))
+        return ""; /* null or absent: an assistant turn with tool calls */
+
+    fusion_request *req = (fusion_request *)creq;
+    size_t count = api_message_count(req);
+    if (req->joined_count < count) {
+        char **grown = realloc(req->joined, count * sizeof(*grown));
+        if (!grown)
+            return "";
+        memset(grown + req->joined_count, 0, (count - req->joined_count) * sizeof(*grown));
+        req->joined = grown;
+        req->joined_count = count;
+    }
+    if (!req->joined[i])
+        req->joined[i] = join_text_parts(c);
+    return req->joined[i] ? req->joined[i] : "";
+}
+
+/* ---- numeric fields ----------------------------------------------------- */
+
+/* Field names a plugin may set: top-level sampling knobs such as
+ * "temperature" or "max_tokens"; [a-z_]+ keeps out paths and odd keys. */
+static int valid_field(const char *field)
+{
+    if (!field || !*field)
+        return 0;
+    size_t n = 0;
+    for (const char *p = field; *p; p++, n++) {
+        if (!((*p >= 'a' && *p <= 'z') || *p == '_') || n >= FH_FIELD_MAX)
+            return 0;
+    }
+    return 1;
+}
+
+static int api_get_number(const fusion_request *req, const char *field, double *out)
+{
+    if (!req || !req->body || !field || !out)
+        return 0;
+    json_t *v = json_object_get(req->body, field);
+    if (!json_is_number(v))
+        return 0;
+    *out = json_number_value(v);
+    return 1;
+}
+
+/* A plugin may set a field that is absent, null or already a number. It may
+ * not turn `messages`, `model`, `stream` or `tools` into a number. */
+static int settable(fusion_request *req, const char *field)
+{
+    if (!req || !req->body || !valid_field(field))
+        return 0;
+    json_t *cur = json_object_get(req->body, field);
+    return !cur || json_is_null(cur) || json_is_number(cur);
+}
+
+static int api_set_number(fusion_request *req, const char *field, double value)
+{
+    if (!isfinite(value) || !settable(req, field))
+        return -1;
+    json_t *v = json_real(value);
+    if (!v)
+        return -1;
+    return json_object_set_new(req->body, field, v) == 0 ? 0 : -1;
+}
+
+static int api_set_integer(fusion_request *req, const char *field, int64_t value)
+{
+    if (!settable(req, field))
+        return -1;
+    json_t *v = json_integer((json_int_t)value);
+    if (!v)
+        return -1;
+    return json_object_set_new(req->body, field, v) == 0 ? 0 : -1;
+}
+
+/* ---- directive ------------------------------------------------------------ */
+
+static int api_prepend_system(fusion_request *req, const char *text)
+{
+    json_t *msgs = messages_of(req);
+    if (!msgs || !text)
+        return -1;
+    /* json_string() validates UTF-8: a plugin cannot smuggle bytes that
+     * would make the upstream body invalid JSON. */
+    json_t *content = json_string(text);
+    if (!content)
+        return -1;
+    json_t *msg = json_object();
+    if (!msg || json_object_set_new(msg, "role", json_string("system")) != 0) {
+        json_decref(content);
+        json_decref(msg);
+        return -1;
+    }
+    if (json_object_set_new(msg, "content", content) != 0) { /* stole content */
+        json_decref(msg);
+        return -1;
+    }
+    /* Keep the joined-content cache aligned with the new indexes. */
+    if (req->joined_count > 0) {
+        char **grown = realloc(req->joined, (req->joined_count + 1) * sizeof(*grown));
+        if (!grown) {
+            json_decref(msg);
+            return -1;
+        }
+        memmove(grown + 1, grown, req->joined_count * sizeof(*grown));
+        grown[0] = NULL;
+        req->joined = grown;
+        req->joined_count++;
+    }
+    /* Index 0: ahead of every caller message, the caller's own system
+     * message included, so the directive frames the whole conversation. */
+    if (json_array_insert_new(msgs, 0, msg) != 0) {
+        if (req->joined_count > 0) { /* undo the shift */
+            memmove(req->joined, req->joined + 1, (req->joined_count - 1) * sizeof(char *));
+            req->joined_count--;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- metrics ------------------------------------------------------------ */
+
+static int valid_event(const char *event)
+{
+    if (!event || !*event)
+        return 0;
+    size_t n = 0;
+    for (const char *p = event; *p; p++, n++) {
+        if (n >= FH_EVENT_MAX)
+            return 0;
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static void api_metric_count(const char *event, double delta)
+{
+    if (!valid_event(event) || !isfinite(delta)) {
+        fh_debug("metric_count: dropped an event with a malformed name or value");
+        return;
+    }
+    fh_metric_sink sink = atomic_load(&metric_sink);
+    if (sink)
+        sink(fh_log_current_overlay(), event, delta);
+}
+
+static const fusion_host_api host_api = {
+    .size = (uint32_t)sizeof(fusion_host_api),
+    .abi_major = FUSION_ABI_MAJOR,
+    .abi_minor = FUSION_ABI_MINOR,
+    .log = api_log,
+    .req_scenario_type = api_scenario_type,
+    .req_scenario_id = api_scenario_id,
+    .req_confidence = api_confidence,
+    .req_message_count = api_message_count,
+    .req_message_role = api_message_role,
+    .req_message_content = api_message_content,
+    .req_get_number = api_get_number,
+    .req_prepend_system = api_prepend_system,
+    .req_set_number = api_set_number,
+    .req_set_integer = api_set_integer,
+    .metric_count = api_metric_count,
+};
+
+const fusion_host_api *fh_host_api(void)
+{
+    return &host_api;
+}

@@ -1,0 +1,802 @@
+/*
+ * overlay_kit.c - see overlay_kit.h. Const tables and pure functions only:
+ * safe from every hook thread at once, nothing to undo in fini().
+ *
+ * The numbers below are reference/overlay_params.yaml's (defaults,
+ * overrides, category_defaults, constraints). They are compiled in rather
+ * than read at run time because a plugin may depend only on libc and the
+ * SDK header; changing a number means rebuilding the overlay, which gives it
+ * a new version and a hot swap the host can track.
+ */
+#include "overlay_kit.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the parameter table --------------------------------------------------- */
+
+static const okit_sampling param_defaults = {
+    .temperature = 0.25, .top_p = 0.80, .presence_penalty = 0.00, .frequency_penalty = 0.30};
+
+typedef struct override_row {
+    const char *scenario;
+    okit_sampling p;
+} override_row;
+
+static const override_row overrides[] = {
+    {"refund_processing_duplicate", {0.22, 0.75, 0.00, 0.40}},
+    {"lot_boundary_dispute_resolution", {0.28, 0.85, 0.05, 0.25}},
+    {"webhook_endpoint_failure_cascade", {0.20, 0.70, 0.00, 0.35}},
+    {"regulatory_compliance_audit_prep", {0.24, 0.78, 0.10, 0.32}},
+    {"subscription_downgrade_retention", {0.32, 0.88, 0.15, 0.20}},
+    {"api_rate_limit_optimization", {0.21, 0.72, 0.00, 0.38}},
+    {"data_migration_rollback_scenario", {0.19, 0.68, 0.00, 0.42}},
+    {"security_incident_containment", {0.18, 0.65, 0.00, 0.45}},
+    {"vendor_contract_negotiation_renewal", {0.30, 0.82, 0.12, 0.28}},
+    {"performance_monitoring_alert_fatigue", {0.23, 0.76, 0.00, 0.33}},
+};
+
+/* category_defaults give no top_p: it comes from the defaults. */
+typedef struct category_row {
+    const char *name;
+    double temperature, presence_penalty, frequency_penalty;
+} category_row;
+
+static const category_row categories[] = {
+    [OKIT_CAT_NONE] = {"defaults", 0, 0, 0},
+    [OKIT_CAT_FINANCIAL_OPERATIONS] = {"financial_operations", 0.22, 0.00, 0.38},
+    [OKIT_CAT_SECURITY_OPERATIONS] = {"security_operations", 0.19, 0.00, 0.43},
+    [OKIT_CAT_SYSTEM_INTEGRATION] = {"system_integration", 0.21, 0.00, 0.36},
+    [OKIT_CAT_COMPLIANCE_MANAGEMENT] = {"compliance_management", 0.24, 0.08, 0.31},
+    [OKIT_CAT_CUSTOMER_SUCCESS] = {"customer_success", 0.31, 0.14, 0.22},
+};
+
+static const okit_sampling constraint_min = {0.15, 0.60, 0.00, 0.15};
+static const okit_sampling constraint_max = {0.40, 0.95, 0.20, 0.50};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static const okit_sampling *find_override(const char *scenario)
+{
+    if (!scenario || !*scenario)
+        return NULL;
+    for (size_t i = 0; i < COUNT_OF(overrides); i++) {
+        if (strcmp(overrides[i].scenario, scenario) == 0)
+            return &overrides[i].p;
+    }
+    return NULL;
+}
+
+okit_source okit_sampling_lookup(const char *scenario_id, const char *scenario_type,
+                                 okit_category category, okit_sampling *out)
+{
+    const okit_sampling *o = find_override(scenario_id);
+    if (!o)
+        o = find_override(scenario_type);
+    if (o) {
+        *out = *o;
+        return OKIT_SRC_SCENARIO;
+    }
+    *out = param_defaults;
+    if (category > OKIT_CAT_NONE && (size_t)category < COUNT_OF(categories)) {
+        out->temperature = categories[category].temperature;
+        out->presence_penalty = categories[category].presence_penalty;
+        out->frequency_penalty = categories[category].frequency_penalty;
+        return OKIT_SRC_CATEGORY;
+    }
+    return OKIT_SRC_DEFAULTS;
+}
+
+static int clamp_one(double *v, double lo, double hi)
+{
+    double before = *v;
+    if (!(*v >= lo)) /* also catches NaN */
+        *v = lo;
+    else if (*v > hi)
+        *v = hi;
+    return *v != before;
+}
+
+int okit_sampling_clamp(okit_sampling *s)
+{
+    return clamp_one(&s->temperature, constraint_min.temperature, constraint_max.temperature) +
+           clamp_one(&s->top_p, constraint_min.top_p, constraint_max.top_p) +
+           clamp_one(&s->presence_penalty, constraint_min.presence_penalty,
+                     constraint_max.presence_penalty) +
+           clamp_one(&s->frequency_penalty, constraint_min.frequency_penalty,
+                     constraint_max.frequency_penalty);
+}
+
+const char *okit_source_name(okit_source src)
+{
+    switch (src) {
+    case OKIT_SRC_SCENARIO:
+        return "scenario override";
+    case OKIT_SRC_CATEGORY:
+        return "category default";
+    case OKIT_SRC_DEFAULTS:
+        break;
+    }
+    return "defaults";
+}
+
+const char *okit_category_name(okit_category cat)
+{
+    if ((size_t)cat < COUNT_OF(categories))
+        return categories[cat].name;
+    return "defaults";
+}
+
+/* ---- config ------------------------------------------------------------------- */
+
+static void put_err(char *err, size_t errlen, const char *fmt, ...) FUSION_PRINTF(3, 4);
+
+static void put_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static size_t skip_ws(const char *s, size_t len, size_t i)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+#define CONFIG_KEYS "temperature, top_p, presence_penalty, frequency_penalty, max_tokens"
+
+static int config_set(okit_config *out, const char *key, double v, char *err, size_t errlen)
+{
+    struct {
+        const char *name;
+        double *dst;
+        int *has;
+    } keys[] = {
+        {"temperature", &out->force.temperature, &out->has_temperature},
+        {"top_p", &out->force.top_p, &out->has_top_p},
+        {"presence_penalty", &out->force.presence_penalty, &out->has_presence_penalty},
+        {"frequency_penalty", &out->force.frequency_penalty, &out->has_frequency_penalty},
+    };
+    for (size_t i = 0; i < COUNT_OF(keys); i++) {
+        if (strcmp(key, keys[i].name) == 0) {
+            *keys[i].dst = v;
+            *keys[i].has = 1;
+            return 0;
+        }
+    }
+    if (strcmp(key, "max_tokens") == 0) {
+        if (v < 1 || v > 1000000 || (double)(int64_t)v != v) {
+            put_err(err, errlen, "config.max_tokens must be a whole number in 1..1000000");
+            return -1;
+        }
+        out->max_tokens = (int64_t)v;
+        return 0;
+    }
+    put_err(err, errlen, "config.%s is not a known key (known: " CONFIG_KEYS ")", key);
+    return -1;
+}
+
+int okit_config_parse(const char *json, size_t len, okit_config *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    out->max_tokens = OKIT_DEFAULT_MAX_TOKENS;
+    if (!json)
+        return 0;
+    size_t i = skip_ws(json, len, 0);
+    if (i == len)
+        return 0;
+    if (len - i >= 4 && memcmp(json + i, "null", 4) == 0 && skip_ws(json, len, i + 4) == len)
+        return 0;
+    if (json[i] != '{') {
+        put_err(err, errlen, "config must be a JSON object (keys: " CONFIG_KEYS ")");
+        return -1;
+    }
+    i = skip_ws(json, len, i + 1);
+    if (i < len && json[i] == '}') {
+        i = skip_ws(json, len, i + 1);
+        if (i != len)
+            goto syntax;
+        return 0;
+    }
+    for (;;) {
+        char key[64];
+        size_t k = 0;
+        if (i >= len || json[i] != '"')
+            goto syntax;
+        for (i++; i < len && json[i] != '"'; i++) {
+            if (json[i] == '\\' || k + 1 >= sizeof(key))
+                goto syntax; /* no key we know needs an escape or is that long */
+            key[k++] = json[i];
+        }
+        key[k] = '\0';
+        if (i >= len)
+            goto syntax;
+        i = skip_ws(json, len, i + 1);
+        if (i >= len || json[i] != ':')
+            goto syntax;
+        i = skip_ws(json, len, i + 1);
+        char num[64];
+        size_t n = 0;
+        while (i < len && n + 1 < sizeof(num) && strchr("+-.0123456789eE", json[i]) && json[i])
+            num[n++] = json[i++];
+        num[n] = '\0';
+        char *end = NULL;
+        double v = n ? strtod(num, &end) : 0.0;
+        if (n == 0 || *end != '\0' || !isfinite(v)) {
+            put_err(err, errlen, "config.%s must be a number", key);
+            return -1;
+        }
+        if (config_set(out, key, v, err, errlen) != 0)
+            return -1;
+        i = skip_ws(json, len, i);
+        if (i < len && json[i] == ',') {
+            i = skip_ws(json, len, i + 1);
+            continue;
+        }
+        if (i < len && json[i] == '}') {
+            if (skip_ws(json, len, i + 1) != len)
+                goto syntax;
+            return 0;
+        }
+        goto syntax;
+    }
+syntax:
+    put_err(err, errlen,
+            "config: malformed JSON near byte %zu; expected a flat object of numbers "
+            "(keys: " CONFIG_KEYS ")",
+            i);
+    return -1;
+}
+
+void okit_config_override(const okit_config *cfg, okit_sampling *s)
+{
+    if (cfg->has_temperature)
+        s->temperature = cfg->force.temperature;
+    if (cfg->has_top_p)
+        s->top_p = cfg->force.top_p;
+    if (cfg->has_presence_penalty)
+        s->presence_penalty = cfg->force.presence_penalty;
+    if (cfg->has_frequency_penalty)
+        s->frequency_penalty = cfg->force.frequency_penalty;
+}
+
+/* ---- directives --------------------------------------------------------------- */
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+char *okit_join_directives(const fusion_directive *d, size_t n, size_t *count)
+{
+    size_t total = 1, used = 0, joined = 0;
+    if (count)
+        *count = 0;
+    if (!d)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        total += (d[i].text ? d[i].text_len : 0) + 2;
+    char *out = malloc(total);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = d[i].text;
+        size_t a = 0, b = t ? d[i].text_len : 0;
+        while (a < b && is_space(t[a]))
+            a++;
+        while (b > a && is_space(t[b - 1]))
+            b--;
+        if (a == b)
+            continue;
+        if (memchr(t + a, '\0', b - a)) /* the host hands text; a NUL would truncate */
+            continue;
+        if (joined++) {
+            out[used++] = '\n';
+            out[used++] = '\n';
+        }
+        memcpy(out + used, t + a, b - a);
+        used += b - a;
+    }
+    out[used] = '\0';
+    if (joined == 0) {
+        free(out);
+        return NULL;
+    }
+    if (count)
+        *count = joined;
+    return out;
+}
+
+void okit_set_error(const fusion_init_args *args, const char *fmt, ...)
+{
+    if (!args || !args->error || args->error_size == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args->error, args->error_size, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the shared overlay skeleton ----------------------------------------------- */
+
+static int host_complete(const fusion_host_api *h)
+{
+    return h && FUSION_HOST_HAS(h, log) && FUSION_HOST_HAS(h, req_scenario_type) &&
+           FUSION_HOST_HAS(h, req_scenario_id) && FUSION_HOST_HAS(h, req_message_count) &&
+           FUSION_HOST_HAS(h, req_message_role) && FUSION_HOST_HAS(h, req_message_content) &&
+           FUSION_HOST_HAS(h, req_get_number) && FUSION_HOST_HAS(h, req_prepend_system) &&
+           FUSION_HOST_HAS(h, req_set_number) && FUSION_HOST_HAS(h, req_set_integer);
+}
+
+int okit_state_init(const fusion_init_args *args, const char *name, const char *missing_hint,
+                    okit_state **out)
+{
+    *out = NULL;
+    if (!args || args->size < sizeof(fusion_init_args) || !host_complete(args->host)) {
+        okit_set_error(args, "%s: the host's API table lacks functions of ABI 1.0", name);
+        return -1;
+    }
+    okit_state *st = calloc(1, sizeof(*st));
+    if (!st) {
+        okit_set_error(args, "%s: out of memory", name);
+        return -1;
+    }
+    st->name = name;
+    char why[200] = "";
+    if (okit_config_parse(args->config_json, args->config_len, &st->cfg, why, sizeof(why)) != 0) {
+        okit_set_error(args, "%s: %s", name, why);
+        okit_state_free(st);
+        return -1;
+    }
+    st->directive =
+        okit_join_directives(args->directives, args->directive_count, &st->directive_count);
+    if (!st->directive) {
+        okit_set_error(args, "%s: no directive text: %s", name, missing_hint);
+        okit_state_free(st);
+        return -1;
+    }
+    /* Forced values outside the constraints still work (they are clamped
+     * on every apply) but the operator should hear about it once. */
+    okit_sampling given = param_defaults; /* in range; replaced by what is given */
+    okit_config_override(&st->cfg, &given);
+    if (okit_sampling_clamp(&given) > 0)
+        args->host->log(FUSION_LOG_WARN,
+                        "config sets sampling values outside the tuning constraints; they "
+                        "are clamped to temperature [0.15,0.40], top_p [0.60,0.95], "
+                        "presence_penalty [0,0.20], frequency_penalty [0.15,0.50]");
+    *out = st;
+    return 0;
+}
+
+void okit_state_free(okit_state *st)
+{
+    if (!st)
+        return;
+    free(st->directive);
+    free(st);
+}
+
+int okit_apply_standard(const okit_state *st, fusion_request *req, const fusion_host_api *host,
+                        okit_category category)
+{
+    if (!st || !req || !host)
+        return -1;
+    if (host->req_prepend_system(req, st->directive) != 0) {
+        host->log(FUSION_LOG_WARN, "the host refused the directive");
+        return -1;
+    }
+    const char *id = host->req_scenario_id(req);
+    const char *type = host->req_scenario_type(req);
+    okit_sampling p;
+    okit_source src = okit_sampling_lookup(id, type, category, &p);
+    okit_config_override(&st->cfg, &p);
+    int clamped = okit_sampling_clamp(&p);
+    if (host->req_set_number(req, "temperature", p.temperature) != 0 ||
+        host->req_set_number(req, "top_p", p.top_p) != 0 ||
+        host->req_set_number(req, "presence_penalty", p.presence_penalty) != 0 ||
+        host->req_set_number(req, "frequency_penalty", p.frequency_penalty) != 0) {
+        host->log(FUSION_LOG_WARN, "the host refused a sampling parameter");
+        return -1;
+    }
+    /* Only fill in a limit the caller did not set: never raise theirs.
+     * max_completion_tokens is the newer name of the same limit. */
+    double limit;
+    int set_limit = !host->req_get_number(req, "max_tokens", &limit) &&
+                    !host->req_get_number(req, "max_completion_tokens", &limit);
+    if (set_limit && host->req_set_integer(req, "max_tokens", st->cfg.max_tokens) != 0) {
+        host->log(FUSION_LOG_WARN, "the host refused max_tokens");
+        return -1;
+    }
+    host->log(FUSION_LOG_DEBUG,
+              "applied %zu directive(s); scenario id '%.64s' type '%.64s': %s (%s)%s "
+              "temperature=%.2f top_p=%.2f presence_penalty=%.2f frequency_penalty=%.2f%s",
+              st->directive_count, id, type, okit_source_name(src),
+              src == OKIT_SRC_CATEGORY ? okit_category_name(category) : "reference table",
+              clamped ? " clamped" : "", p.temperature, p.top_p, p.presence_penalty,
+              p.frequency_penalty, set_limit ? " max_tokens set" : " caller's max_tokens kept");
+    return 0;
+}
+
+/* ---- text checks --------------------------------------------------------------- */
+
+int okit_contains(const char *text, size_t len, const char *needle)
+{
+    size_t n = needle ? strlen(needle) : 0;
+    if (!text || n == 0 || n > len)
+        return 0;
+    for (size_t i = 0; i + n <= len; i++) {
+        if (text[i] == needle[0] && memcmp(text + i, needle, n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static char lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+/* Letters and digits (and any non-ASCII byte, so a word is never split in
+ * the middle of a UTF-8 sequence). '_' separates words: PAYMENT_FAILED
+ * contains the word "failed". */
+static int word_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80;
+}
+
+static int gap_char(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '-' || c == '_';
+}
+
+/* Matches pattern at text[pos] (pos on a word start); returns the end or -1. */
+static long match_at(const char *text, size_t len, size_t pos, const char *p)
+{
+    size_t i = pos;
+    int open_end = 0; /* a pattern ending in a space ends on the gap itself */
+    for (; *p; p++) {
+        open_end = *p == ' ';
+        if (p[0] == '*' && p[1] == '\0') {
+            while (i < len && word_char((unsigned char)text[i]))
+                i++;
+            return (long)i;
+        }
+        if (*p == ' ') {
+            if (i >= len || !gap_char(text[i]))
+                return -1;
+            while (i < len && gap_char(text[i]))
+                i++;
+            continue;
+        }
+        if (i >= len || lower(text[i]) != lower(*p))
+            return -1;
+        i++;
+    }
+    if (!open_end && i < len && word_char((unsigned char)text[i]))
+        return -1;
+    return (long)i;
+}
+
+static int word_start(const char *text, size_t pos)
+{
+    return pos == 0 || !word_char((unsigned char)text[pos - 1]);
+}
+
+int okit_has(const char *text, size_t len, const char *pattern)
+{
+    if (!text || !pattern || !*pattern)
+        return 0;
+    char first = lower(pattern[0]);
+    for (size_t i = 0; i < len; i++) {
+        if (lower(text[i]) == first && word_start(text, i) && match_at(text, len, i, pattern) >= 0)
+            return 1;
+    }
+    return 0;
+}
+
+size_t okit_count_distinct(const char *text, size_t len, const char *const *patterns)
+{
+    size_t n = 0;
+    for (size_t i = 0; patterns && patterns[i]; i++)
+        n += okit_has(text, len, patterns[i]) ? 1 : 0;
+    return n;
+}
+
+/* Line iteration: [start, end) of the line beginning at *pos. */
+static int next_line(const char *text, size_t len, size_t *pos, size_t *start, size_t *end)
+{
+    if (*pos >= len)
+        return 0;
+    *start = *pos;
+    const char *nl = memchr(text + *pos, '\n', len - *pos);
+    *end = nl ? (size_t)(nl - text) : len;
+    *pos = *end + 1;
+    return 1;
+}
+
+/* The step number a line opens with, or 0 when it is not a numbered line. */
+static unsigned line_number(const char *t, size_t i, size_t end)
+{
+    while (i < end && strchr(" \t*_>", t[i]) && t[i])
+        i++;
+    int step_word = 0;
+    if (end - i > 5 && lower(t[i]) == 's' && lower(t[i + 1]) == 't' && lower(t[i + 2]) == 'e' &&
+        lower(t[i + 3]) == 'p' && (t[i + 4] == ' ' || t[i + 4] == '\t')) {
+        i += 5;
+        step_word = 1;
+    }
+    unsigned n = 0, digits = 0;
+    while (i < end && t[i] >= '0' && t[i] <= '9' && digits < 3) {
+        n = n * 10 + (unsigned)(t[i++] - '0');
+        digits++;
+    }
+    if (digits == 0 || i >= end)
+        return 0;
+    /* "1." "1)" "1:" and, after "Step", also "Step 1 -"; never "1.5" or 10 % */
+    if (t[i] == '.' || t[i] == ')' || t[i] == ':' || (step_word && (t[i] == ' ' || t[i] == '-')))
+        return (i + 1 >= end || !(t[i + 1] >= '0' && t[i + 1] <= '9')) ? n : 0;
+    return 0;
+}
+
+size_t okit_numbered_steps(const char *text, size_t len)
+{
+    size_t pos = 0, s, e, run = 0, best = 0;
+    unsigned prev = 0;
+    if (!text)
+        return 0;
+    while (next_line(text, len, &pos, &s, &e)) {
+        unsigned n = line_number(text, s, e);
+        if (n == 0)
+            continue; /* prose between steps does not break the run */
+        if (n == 1)
+            run = 1;
+        else if (run > 0 && n == prev + 1)
+            run++;
+        else
+            run = 0;
+        prev = n;
+        if (run > best)
+            best = run;
+    }
+    return best;
+}
+
+/* Length of an arrow at text[i], or 0. */
+static size_t arrow_at(const char *t, size_t len, size_t i)
+{
+    if (i + 1 < len && (t[i] == '-' || t[i] == '=') && t[i + 1] == '>')
+        return 2;
+    if (i + 2 < len && (unsigned char)t[i] == 0xE2 &&
+        (((unsigned char)t[i + 1] == 0x86 && (unsigned char)t[i + 2] == 0x92) ||
+         ((unsigned char)t[i + 1] == 0x9F && (unsigned char)t[i + 2] == 0xB6)))
+        return 3;
+    return 0;
+}
+
+static int decoration(char c)
+{
+    return c == ' ' || c == '\t' || c == '`' || c == '*' || c == '"' || c == '\'';
+}
+
+static int ident_char(char c)
+{
+    return word_char((unsigned char)c) || c == '_';
+}
+
+size_t okit_arrow_transitions(const char *text, size_t len)
+{
+    size_t n = 0;
+    if (!text)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        size_t a = arrow_at(text, len, i);
+        if (!a)
+            continue;
+        size_t l = i, r = i + a;
+        while (l > 0 && decoration(text[l - 1]))
+            l--;
+        while (r < len && decoration(text[r]))
+            r++;
+        if (l > 0 && (ident_char(text[l - 1]) || text[l - 1] == ')') && r < len &&
+            ident_char(text[r]))
+            n++;
+        i += a - 1;
+    }
+    return n;
+}
+
+#define MAX_STATES    64
+#define STATE_NAME_SZ 48
+
+typedef struct state_set {
+    char names[MAX_STATES][STATE_NAME_SZ];
+    size_t count;
+} state_set;
+
+static void state_add(state_set *set, const char *name, size_t n)
+{
+    if (n == 0 || n >= STATE_NAME_SZ || set->count >= MAX_STATES)
+        return;
+    for (size_t i = 0; i < set->count; i++) {
+        if (strlen(set->names[i]) == n && memcmp(set->names[i], name, n) == 0)
+            return;
+    }
+    memcpy(set->names[set->count], name, n);
+    set->names[set->count][n] = '\0';
+    set->count++;
+}
+
+/* A state name starting at t[i]: `ident`, UPPER_SNAKE (>= 3 chars, not
+ * followed by a lower-case letter, so "Refund" is not one) or lower
+ * snake_case with at least one '_' ("under_review"; a plain lower-case word
+ * is prose). Returns its length and sets *name, or 0. */
+static size_t state_token(const char *t, size_t len, size_t i, const char **name)
+{
+    if (i < len && t[i] == '`') {
+        size_t j = i + 1;
+        while (j < len && ident_char(t[j]) && (unsigned char)t[j] < 0x80)
+            j++;
+        if (j < len && t[j] == '`' && j > i + 1) {
+            *name = t + i + 1;
+            return j - i - 1;
+        }
+        return 0;
+    }
+    size_t j = i;
+    if (i < len && t[i] >= 'a' && t[i] <= 'z') {
+        int underscore = 0;
+        while (j < len &&
+               ((t[j] >= 'a' && t[j] <= 'z') || (t[j] >= '0' && t[j] <= '9') || t[j] == '_'))
+            underscore |= t[j++] == '_';
+        if (!underscore || t[j - 1] == '_' || (j < len && ident_char(t[j])))
+            return 0;
+        *name = t + i;
+        return j - i;
+    }
+    while (j < len && ((t[j] >= 'A' && t[j] <= 'Z') || (t[j] >= '0' && t[j] <= '9') || t[j] == '_'))
+        j++;
+    if (j - i < 3 || !(t[i] >= 'A' && t[i] <= 'Z') || (j < len && t[j] >= 'a' && t[j] <= 'z'))
+        return 0;
+    *name = t + i;
+    return j - i;
+}
+
+/* "States: a, b and c" on one line: each item (split at commas,
+ * semicolons, "and", "or") of one to four words or a `code` name is a state
+ * name. */
+static void inline_state_list(const char *t, size_t s, size_t e, state_set *set)
+{
+    size_t i, k = 0;
+    for (i = s; i < e && i < s + 60; i++) {
+        long end;
+        if (word_start(t, i) && (end = match_at(t, e, i, "states")) >= 0) {
+            k = (size_t)end;
+            while (k < e && (t[k] == ' ' || t[k] == '*'))
+                k++;
+            if (k < e && t[k] == ':')
+                break;
+        }
+    }
+    if (i >= e || i >= s + 60)
+        return;
+    for (size_t a = k + 1; a < e;) {
+        size_t b = a;
+        while (b < e && t[b] != ',' && t[b] != ';' &&
+               !(t[b] == ' ' && b > a &&
+                 (match_at(t, e, b + 1, "and ") >= 0 || match_at(t, e, b + 1, "or ") >= 0)))
+            b++;
+        size_t x = a, y = b;
+        while (x < y && strchr(" \t`*", t[x]) && t[x])
+            x++;
+        if (y - x > 4 && match_at(t, y, x, "and ") >= 0)
+            x += 4;
+        else if (y - x > 3 && match_at(t, y, x, "or ") >= 0)
+            x += 3;
+        while (y > x && strchr(" \t`*.", t[y - 1]) && t[y - 1])
+            y--;
+        size_t words = y > x ? 1 : 0, ok = y > x && y - x < STATE_NAME_SZ;
+        for (size_t c = x; c < y && ok; c++) {
+            if (t[c] == ' ')
+                words++;
+            else if (!ident_char(t[c]) && t[c] != '-')
+                ok = 0;
+        }
+        if (ok && words <= 4)
+            state_add(set, t + x, y - x);
+        a = b + 1;
+    }
+}
+
+size_t okit_named_states(const char *text, size_t len)
+{
+    state_set *set = calloc(1, sizeof(*set)); /* 3 KiB: keep it off small hook stacks */
+    if (!set || !text) {
+        free(set);
+        return 0;
+    }
+    const char *name;
+    size_t n, pos = 0, s, e;
+    /* List items (and table rows) that open with a state name: the explicit
+     * list the directive asks for. */
+    while (next_line(text, len, &pos, &s, &e)) {
+        size_t i = s;
+        inline_state_list(text, s, e, set);
+        while (i < e && (text[i] == ' ' || text[i] == '\t'))
+            i++;
+        if (i < e && strchr("-*+|", text[i]) && text[i]) {
+            i++;
+        } else {
+            size_t d = i;
+            while (d < e && text[d] >= '0' && text[d] <= '9')
+                d++;
+            if (d == i || d >= e || (text[d] != '.' && text[d] != ')'))
+                continue;
+            i = d + 1;
+        }
+        while (i < e && (text[i] == ' ' || text[i] == '\t' || text[i] == '*' || text[i] == '_'))
+            i++;
+        /* "- A -> B" is a transition, not the definition of state A. */
+        int arrow = 0;
+        for (size_t k = i; k < e && !arrow; k++)
+            arrow = arrow_at(text, e, k) > 0;
+        if (!arrow && (n = state_token(text, e, i, &name)) > 0)
+            state_add(set, name, n);
+    }
+    size_t count = set->count;
+    free(set);
+    return count;
+}
+
+static const char *const failure_words[] = {"fail*",       "failure*",    "timeout*", "times out",
+                                            "timed out",   "time out",    "crash*",   "error*",
+                                            "unavailable", "unreachable", NULL};
+
+int okit_conditional_failure(const char *text, size_t len)
+{
+    if (!text)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!word_start(text, i))
+            continue;
+        long end = match_at(text, len, i, "if");
+        if (end < 0)
+            end = match_at(text, len, i, "when");
+        if (end < 0)
+            continue;
+        /* The rest of the sentence, at most 200 bytes. */
+        for (size_t j = (size_t)end; j < len && j < (size_t)end + 200; j++) {
+            if (text[j] == '.' || text[j] == '!' || text[j] == '?' || text[j] == '\n')
+                break;
+            if (!word_start(text, j))
+                continue;
+            for (size_t k = 0; failure_words[k]; k++) {
+                if (match_at(text, len, j, failure_words[k]) >= 0)
+                    return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+double okit_weighted_quality(fusion_evaluation *out, const double *weights)
+{
+    double sum = 0.0, wsum = 0.0;
+    for (size_t i = 0; i < out->rule_count; i++) {
+        sum += weights[i] * out->rules[i].score;
+        wsum += weights[i];
+    }
+    out->quality = wsum > 0.0 ? sum / wsum : 0.0;
+    if (out->quality > 1.0)
+        out->quality = 1.0;
+    if (out->quality < 0.0)
+        out->quality = 0.0;
+    return out->quality;
+}
