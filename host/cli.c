@@ -13,6 +13,7 @@
 #include "cli.h"
 
 #include "config.h"
+#include "daemon.h"
 #include "directives.h"
 #include "flags.h"
 #include "hostapi.h"
@@ -35,6 +36,11 @@
 
 static const char usage_text[] =
     "usage: fusion-host [--help] [--version] [--log-level LEVEL] COMMAND [ARGS]\n"
+    "\n"
+    "Daemon:\n"
+    "  serve [-c FILE] [--ready-file F]\n"
+    "                               run the gateway in the foreground (systemd\n"
+    "                               Type=notify; SIGHUP reloads, SIGTERM drains)\n"
     "\n"
     "Offline commands:\n"
     "  check [-c FILE]              validate the config, the flags file, the\n"
@@ -637,6 +643,25 @@ static int cmd_plugin_test(int argc, char **argv)
     return rc;
 }
 
+/* ---- serve --------------------------------------------------------------- */
+
+static int cmd_serve(int argc, char **argv)
+{
+    fh_serve_opts o = {.config_path = FH_DEFAULT_CONFIG_PATH};
+    for (int i = 1; i < argc; i++) {
+        int r = take_config_arg(argc, argv, &i, &o.config_path);
+        if (r < 0)
+            return usage_error("%s needs a file", argv[i]);
+        if (r > 0)
+            continue;
+        if (strcmp(argv[i], "--ready-file") == 0 && i + 1 < argc)
+            o.ready_file = argv[++i];
+        else
+            return usage_error("serve: unexpected argument '%s'", argv[i]);
+    }
+    return fh_serve(&o);
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 int fh_cli_main(int argc, char **argv)
@@ -668,11 +693,13 @@ int fh_cli_main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *cmd = argv[i];
-    if (!level_given && strcmp(cmd, "plugin-test") == 0)
+    if (!level_given && (strcmp(cmd, "plugin-test") == 0 || strcmp(cmd, "serve") == 0))
         level = FH_LOG_INFO;
     fh_log_set_level(level);
     int sub_argc = argc - i;
     char **sub_argv = argv + i;
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(sub_argc, sub_argv);
     if (strcmp(cmd, "check") == 0)
         return cmd_check(sub_argc, sub_argv);
     if (strcmp(cmd, "flags") == 0)

@@ -33,9 +33,9 @@ expect "flags validate names the key" "overlay_feature_flags\.yaml:$line:[0-9]+:
 
 # A .so without the entry symbol in the plugin folder.
 cfg=$(config_copy)
-cp "$FH_TEST_PLUGIN_DIR/no_entry.so" "$(dirname "$cfg")/plugins/"
+cp "$FH_TEST_PLUGIN_DIR/bad_no_entry.so" "$(dirname "$cfg")/plugins/"
 run "check refuses a plugin without the entry symbol" 1 "$FH_BIN" check -c "$cfg"
-expect "names the file" 'plugins/no_entry\.so.*fusion_overlay_entry'
+expect "names the file" 'plugins/bad_no_entry\.so.*fusion_overlay_entry'
 
 # A text file named .so.
 cfg=$(config_copy)
@@ -110,7 +110,7 @@ RESON_FEATURES="" run "plugin-test under emergency rollback" 0 "$FH_BIN" plugin-
     "$FH_PLUGIN_DIR/refund_lot_switch.so" -c "$cfg"
 expect "decision is baseline env_override" 'decision: +baseline \(env_override\)'
 
-run "plugin-test of a broken plugin" 1 "$FH_BIN" plugin-test "$FH_TEST_PLUGIN_DIR/no_entry.so" -c "$cfg"
+run "plugin-test of a broken plugin" 1 "$FH_BIN" plugin-test "$FH_TEST_PLUGIN_DIR/bad_no_entry.so" -c "$cfg"
 expect "says what is wrong" 'fusion_overlay_entry'
 run "plugin-test without a path" 2 "$FH_BIN" plugin-test
 

@@ -1,0 +1,357 @@
+/*
+ * daemon.c - see daemon.h.
+ *
+ * Threads: the main thread owns this file's state and runs the loop below;
+ * it is the only thread that receives signals (they are blocked before any
+ * other thread starts and taken with sigtimedwait). The HTTP thread and the
+ * upstream thread are started here and joined on the way out.
+ *
+ * The watchdog is pinged only while both of those threads have checked in
+ * within the ping interval: a wedged loop stops the pings, and systemd
+ * restarts us.
+ */
+#include "daemon.h"
+
+#include "config.h"
+#include "directives.h"
+#include "hostapi.h"
+#include "http_api.h"
+#include "log.h"
+#include "metrics.h"
+#include "notify.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "snapshot.h"
+#include "upstream.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOOP_TICK_MS 100
+
+static fh_metrics *metric_sink_target; /* set once before plugins load */
+
+static void metric_sink(const char *overlay, const char *event, double delta)
+{
+    fh_metrics_overlay_event(metric_sink_target, overlay ? overlay : "unknown", event, delta);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* mkdir -p with the given mode for the last component. */
+static int make_dir(const char *path, mode_t mode)
+{
+    char *p = strdup(path);
+    if (!p)
+        return -1;
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            free(p);
+            return -1;
+        }
+        *s = '/';
+    }
+    int rc = mkdir(p, mode) != 0 && errno != EEXIST ? -1 : 0;
+    free(p);
+    return rc;
+}
+
+/* Copies left by a run that crashed are never mapped again: clear them. */
+static void clear_cache(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *path = NULL;
+        if (asprintf(&path, "%s/%s", dir, e->d_name) >= 0)
+            unlink(path);
+        free(path);
+    }
+    closedir(d);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static size_t load_plugins(fh_registry *reg, const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        fh_error("plugins.dir %s cannot be read: %s; serving the baseline only", dir,
+                 strerror(errno));
+        return 0;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0, loaded = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (e->d_name[0] == '.' || len < 4 || strcmp(e->d_name + len - 3, ".so") != 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            char **grown = realloc(names, cap * sizeof(*names));
+            if (!grown)
+                break;
+            names = grown;
+        }
+        if (asprintf(&names[n], "%s/%s", dir, e->d_name) >= 0)
+            n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof(*names), cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        char msg[1024] = "", name[FUSION_NAME_MAX + 1] = "";
+        if (fh_registry_load(reg, names[i], msg, sizeof(msg), name) == FH_LOAD_OK) {
+            loaded++;
+            fh_info("loaded overlay %s from %s", name, names[i]);
+        } else {
+            fh_error("%s", msg);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return loaded;
+}
+
+static void status_line(fh_registry *reg, const char *prefix, char *out, size_t len)
+{
+    fh_overlay_info *list = NULL;
+    size_t n = fh_registry_list(reg, &list);
+    size_t counts[FH_STATE_COUNT] = {0};
+    for (size_t i = 0; i < n; i++)
+        counts[list[i].state]++;
+    free(list);
+    snprintf(out, len, "%s%zu overlays enabled, %zu disabled, %zu quarantined, %zu failed", prefix,
+             counts[FH_STATE_ENABLED], counts[FH_STATE_DISABLED], counts[FH_STATE_QUARANTINED],
+             counts[FH_STATE_FAILED]);
+}
+
+static int write_ready_file(const char *path, const char *host, unsigned port)
+{
+    char *tmp = NULL;
+    if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+        return -1;
+    FILE *f = fopen(tmp, "w");
+    int rc = -1;
+    if (f) {
+        fprintf(f, "listen=%s:%u\npid=%d\n", host, port, (int)getpid());
+        rc = fclose(f) == 0 && rename(tmp, path) == 0 ? 0 : -1;
+    }
+    if (rc != 0)
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+/* The host part of "host:port" (without brackets), for the ready file. */
+static void listen_host(const char *listen, char *out, size_t len)
+{
+    const char *colon = strrchr(listen, ':');
+    size_t n = colon ? (size_t)(colon - listen) : strlen(listen);
+    if (n >= len)
+        n = len - 1;
+    memcpy(out, listen, n);
+    out[n] = '\0';
+}
+
+static void reload(fh_snapshot_holder *snaps, fh_registry *reg, const char *config_path)
+{
+    fh_notify_reloading();
+    fh_info("reloading %s", config_path);
+    fh_diag diag = {0};
+    fh_snapshot *s = fh_snapshot_load(config_path, getenv("RESON_FEATURES"), &diag);
+    char status[600];
+    if (!s) {
+        for (size_t i = 0; i < diag.count; i++)
+            fh_error("%s", diag.items[i]);
+        fh_error("reload failed (%zu problem%s); still serving with the previous configuration",
+                 diag.count, diag.count == 1 ? "" : "s");
+        snprintf(status, sizeof(status),
+                 "reload failed: %s; serving with the previous configuration",
+                 diag.count ? diag.items[0] : "unknown error");
+        fh_notify_ready(status);
+        fh_diag_clear(&diag);
+        return;
+    }
+    fh_diag_clear(&diag);
+    fh_snapshot_install(snaps, s);
+    status_line(reg, "reloaded; ", status, sizeof(status));
+    fh_info("%s", status);
+    fh_notify_ready(status);
+}
+
+int fh_serve(const fh_serve_opts *o)
+{
+    /* Signals go to this thread only: block them before threads start. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    /* Each proxied request holds two sockets; take what we are allowed. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    fh_diag diag = {0};
+    fh_snapshot *snap = fh_snapshot_load(o->config_path, getenv("RESON_FEATURES"), &diag);
+    if (!snap) {
+        for (size_t i = 0; i < diag.count; i++)
+            fh_error("%s", diag.items[i]);
+        fh_error("not starting: fix the configuration (check it with `fusion-host check -c %s`)",
+                 o->config_path);
+        fh_diag_clear(&diag);
+        return 1;
+    }
+    const fh_config *cfg = snap->cfg;
+    int rc = 1;
+    fh_snapshot_holder snaps;
+    fh_snapshot_holder_init(&snaps);
+    fh_snapshot_install(&snaps, snap);
+
+    fh_metrics *metrics = fh_metrics_new((size_t)cfg->metrics.max_series_per_metric);
+    metric_sink_target = metrics;
+    fh_host_api_set_metric_sink(metric_sink);
+
+    char *cache = NULL;
+    fh_registry *reg = NULL;
+    fh_upstream *up = NULL;
+    fh_http *http = NULL;
+    fh_pipeline pipeline;
+    bool pipeline_ready = false;
+    /* Plugins loaded later get their inputs from the snapshot they were
+     * configured with; keep it alive for as long as the registry. */
+    fh_snapshot *inputs_snap = fh_snapshot_ref(snap);
+    fh_inputs_provider inputs = {.cfg = cfg, .flags = snap->flags};
+    char err[512];
+
+    if (asprintf(&cache, "%s/plugin-cache", cfg->state_dir) < 0 || make_dir(cache, 0700) != 0) {
+        fh_error("cannot create %s/plugin-cache: %s; create state_dir or fix its permissions",
+                 cfg->state_dir, strerror(errno));
+        goto out;
+    }
+    clear_cache(cache);
+    fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = geteuid()},
+                           .host_api = fh_host_api(),
+                           .inputs_for = fh_inputs_for,
+                           .inputs_ud = &inputs};
+    reg = fh_registry_new(&ro);
+    if (!metrics || !reg) {
+        fh_error("out of memory");
+        goto out;
+    }
+    load_plugins(reg, cfg->plugins.dir);
+
+    const char *key_env = cfg->upstream.api_key_env;
+    fh_upstream_opts uo = {.base_url = cfg->upstream.base_url,
+                           .api_key = key_env && *key_env ? getenv(key_env) : NULL,
+                           .timeout_ms = cfg->upstream.timeout_ms,
+                           .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
+    up = fh_upstream_start(&uo, err, sizeof(err));
+    if (!up) {
+        fh_error("%s", err);
+        goto out;
+    }
+    fh_pipeline_init(&pipeline, reg, up, &snaps, metrics);
+    pipeline_ready = true;
+    fh_http_opts ho = {.listen = cfg->listen,
+                       .max_connections = (unsigned)cfg->limits.max_connections,
+                       .max_body_bytes = (size_t)cfg->limits.max_body_bytes};
+    http = fh_http_start(&ho, &pipeline, metrics, reg, err, sizeof(err));
+    if (!http) {
+        fh_error("%s", err);
+        goto out;
+    }
+
+    char host[256], status[600];
+    listen_host(cfg->listen, host, sizeof(host));
+    fh_http_set_state(http, FH_HTTP_SERVING);
+    status_line(reg, "serving; ", status, sizeof(status));
+    fh_info("listening on %s:%u (upstream %s); %s", host, fh_http_port(http),
+            cfg->upstream.base_url, status);
+    if (o->ready_file && write_ready_file(o->ready_file, host, fh_http_port(http)) != 0)
+        fh_warn("cannot write %s: %s", o->ready_file, strerror(errno));
+    fh_notify_ready(status);
+
+    uint64_t wd_interval = fh_notify_watchdog_interval_ms();
+    uint64_t next_ping = 0, next_reap = now_ms() + 1000;
+    for (;;) {
+        struct timespec tick = {0, LOOP_TICK_MS * 1000000L};
+        int sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        if (sig == SIGHUP)
+            reload(&snaps, reg, o->config_path);
+        uint64_t now = now_ms();
+        if (wd_interval && now >= next_ping) {
+            /* Both loops tick at least every 250 ms when healthy. */
+            uint64_t stale = wd_interval > 1000 ? wd_interval : 1000;
+            if (now - fh_http_heartbeat(http) < stale && now - fh_upstream_heartbeat(up) < stale)
+                fh_notify_watchdog();
+            else
+                fh_warn("watchdog: the HTTP or upstream loop is not responding; not pinging");
+            next_ping = now + wd_interval;
+        }
+        if (now >= next_reap) {
+            fh_registry_reap(reg);
+            next_reap = now + 1000;
+        }
+    }
+
+    fh_notify_stopping();
+    fh_info("stopping: draining %zu request(s), up to %d ms", fh_pipeline_in_flight(&pipeline),
+            cfg->drain_timeout_ms);
+    fh_http_set_state(http, FH_HTTP_DRAINING);
+    fh_http_quiesce(http);
+    uint64_t deadline = now_ms() + (uint64_t)cfg->drain_timeout_ms;
+    while (fh_pipeline_in_flight(&pipeline) > 0 && now_ms() < deadline) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (fh_pipeline_in_flight(&pipeline) > 0)
+        fh_warn("drain timeout: cancelling %zu request(s)", fh_pipeline_in_flight(&pipeline));
+    rc = 0;
+out:
+    fh_http_stop(http);
+    fh_upstream_stop(up);
+    if (pipeline_ready)
+        fh_pipeline_destroy(&pipeline);
+    fh_registry_free(reg, 1000);
+    fh_inputs_provider_clear(&inputs);
+    fh_snapshot_unref(inputs_snap);
+    fh_host_api_set_metric_sink(NULL);
+    fh_metrics_free(metrics);
+    fh_snapshot_holder_destroy(&snaps);
+    free(cache);
+    if (rc == 0)
+        fh_info("stopped");
+    return rc;
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The gateway end to end: the real daemon, the bundled stub model as the
+# upstream, requests as an application sends them.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/daemon_lib.sh"
+
+start_stub
+cfg=$(make_config "$FH_TMP/d1")
+start_daemon "$cfg"
+
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/health")
+check "health is 200 ok" [ "$STATUS" = 200 ]
+check "health says ok" [ "$(jq -r .status "$FH_TMP/body")" = ok ]
+
+# --- an overlaid request ---------------------------------------------------
+req='{"model":"m","seed":7,"user":"u1","tools":[{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}],
+ "messages":[{"role":"system","content":"You are the refunds bot."},{"role":"user","content":"Order 4411 was refunded twice. Fix it."}],
+ "fusion":{"scenario_type":"refund_processing_duplicate","scenario_id":"refund_processing_duplicate","confidence":0.9}}'
+post /v1/chat/completions "$req"
+check "overlaid request answers 200" [ "$STATUS" = 200 ]
+check "X-Fusion-Overlay names the overlay and version" [ "$(header X-Fusion-Overlay)" = "refund_lot_switch/1.0.0" ]
+check "X-Fusion-Reason applied" [ "$(header X-Fusion-Reason)" = applied ]
+check "X-Fusion-Overhead-Ms is a number" grep -Eqi '^X-Fusion-Overhead-Ms: [0-9]+\.[0-9]+' "$FH_TMP/headers"
+check "fusion.decision overlay" [ "$(jq -r .fusion.decision "$FH_TMP/body")" = overlay ]
+check "fusion.overlay_version" [ "$(jq -r .fusion.overlay_version "$FH_TMP/body")" = 1.0.0 ]
+check "fusion.request_id set" jq -e '.fusion.request_id | length > 0' "$FH_TMP/body"
+check "quality of the directed answer >= 0.8" jq -e '.fusion.quality_score >= 0.8' "$FH_TMP/body"
+check "the upstream's answer is kept" jq -e '.choices[0].message.content | length > 20' "$FH_TMP/body"
+stub_last >"$FH_TMP/up.json"
+check "upstream: no fusion object" jq -e 'has("fusion") | not' "$FH_TMP/up.json"
+check "upstream: directive first" jq -e '.messages[0].role == "system" and (.messages[0].content | test("[Rr]ollback"))' "$FH_TMP/up.json"
+check "upstream: caller's messages follow unchanged" jq -e '.messages[1] == {"role":"system","content":"You are the refunds bot."} and .messages[2].role == "user"' "$FH_TMP/up.json"
+check "upstream: temperature 0.22, top_p 0.75" jq -e '.temperature == 0.22 and .top_p == 0.75 and .frequency_penalty == 0.4' "$FH_TMP/up.json"
+check "upstream: seed, user and tools passed through" jq -e '.seed == 7 and .user == "u1" and .tools[0].function.name == "lookup"' "$FH_TMP/up.json"
+curl -s "$STUB/stub/requests" >"$FH_TMP/reqs.json"
+check "upstream got the API key as a bearer token" jq -e '.[-1].headers.Authorization == "Bearer sk-test-secret-42" or .[-1].authorization == "Bearer sk-test-secret-42"' "$FH_TMP/reqs.json"
+
+# --- the baseline ----------------------------------------------------------
+req='{"model":"m","messages":[{"role":"user","content":"Our webhooks fail."}],"temperature":0.9}'
+post /v1/chat/completions "$req" -H 'X-Fusion-Scenario-Type: webhook_endpoint_failure_cascade'
+check "baseline answers 200" [ "$STATUS" = 200 ]
+check "baseline reason no_match" [ "$(header X-Fusion-Reason)" = no_match ]
+check "X-Fusion-Overlay baseline" [ "$(header X-Fusion-Overlay)" = baseline ]
+check "fusion.decision baseline, quality null" jq -e '.fusion.decision == "baseline" and .fusion.quality_score == null' "$FH_TMP/body"
+stub_last >"$FH_TMP/up.json"
+check "baseline: the upstream got the caller's request as sent" \
+    jq -e --argjson want "$req" '. == $want' "$FH_TMP/up.json"
+
+# Scenario from headers only, and confidence below the threshold.
+req='{"model":"m","messages":[{"role":"user","content":"refund twice"}]}'
+post /v1/chat/completions "$req" -H 'X-Fusion-Scenario-Type: refund_processing' -H 'X-Fusion-Confidence: 0.95'
+check "scenario from headers applies the overlay" [ "$(header X-Fusion-Reason)" = applied ]
+post /v1/chat/completions "$req" -H 'X-Fusion-Scenario-Type: refund_processing' -H 'X-Fusion-Confidence: 0.2'
+check "confidence below the threshold: baseline" [ "$(header X-Fusion-Overlay)" = baseline ]
+
+# --- streaming -------------------------------------------------------------
+sreq='{"model":"m","stream":true,"messages":[{"role":"user","content":"refund twice"}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}'
+post /v1/chat/completions "$sreq" -N
+check "stream answers 200" [ "$STATUS" = 200 ]
+check "stream is SSE" grep -qi '^Content-Type: text/event-stream' "$FH_TMP/headers"
+check "stream has the overlay header" [ "$(header X-Fusion-Overlay)" = "refund_lot_switch/1.0.0" ]
+check "stream has several chunks" [ "$(grep -c '^data: {' "$FH_TMP/body")" -ge 3 ]
+check "stream ends with [DONE]" grep -q '^data: \[DONE\]' "$FH_TMP/body"
+check "no usage chunk the client did not ask for" bash -c "! grep -q '\"usage\"' '$FH_TMP/body'"
+stub_last >"$FH_TMP/up.json"
+check "the host asked the upstream for usage" jq -e '.stream_options.include_usage == true' "$FH_TMP/up.json"
+text=$(grep '^data: {' "$FH_TMP/body" | sed 's/^data: //' | jq -rj '.choices[0].delta.content // empty')
+check "the streamed text is the directed answer" bash -c "grep -qi rollback <<<\"\$1\"" _ "$text"
+sreq2='{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}'
+post /v1/chat/completions "$sreq2" -N
+check "usage chunk kept when the client asked" grep -q '"usage"' "$FH_TMP/body"
+sreq3='{"model":"m","stream":true,"stub":{"usage_on_last_choice_chunk":true},"messages":[{"role":"user","content":"hi"}]}'
+post /v1/chat/completions "$sreq3" -N
+check "usage riding on a choices chunk is stripped" bash -c "! grep -q '\"usage\"' '$FH_TMP/body'"
+check "...and that chunk's content is still relayed" grep -q '^data: \[DONE\]' "$FH_TMP/body"
+
+# --- errors ----------------------------------------------------------------
+post /v1/chat/completions '{"model":'
+check "bad JSON: 400 OpenAI error" bash -c "[ $STATUS = 400 ] && jq -e '.error.message and .error.type' '$FH_TMP/body'"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"confidence":1.5}}'
+check "confidence 1.5: 400" [ "$STATUS" = 400 ]
+post /v1/chat/completions '{"model":"m","messages":"nope"}'
+check "messages not an array: 400" [ "$STATUS" = 400 ]
+printf '{"model":"m","messages":[{"role":"user","content":"\xff\xfe"}]}' >"$FH_TMP/bad_utf8.json"
+post /v1/chat/completions "@$FH_TMP/bad_utf8.json"
+check "invalid UTF-8: 400" [ "$STATUS" = 400 ]
+head -c 70000 /dev/zero | tr '\0' 'a' >"$FH_TMP/big"
+post /v1/chat/completions "@$FH_TMP/big"
+check "body over max_body_bytes: 413" [ "$STATUS" = 413 ]
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/chat/completions")
+check "GET on chat completions: 405" [ "$STATUS" = 405 ]
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/nope")
+check "unknown path: 404" [ "$STATUS" = 404 ]
+
+post /v1/chat/completions '{"model":"m","stub":{"status":503},"messages":[{"role":"user","content":"x"}]}'
+check "upstream 503 relayed" [ "$STATUS" = 503 ]
+post /v1/chat/completions '{"model":"m","stub":{"status":429},"messages":[{"role":"user","content":"x"}]}'
+check "upstream 429 relayed" [ "$STATUS" = 429 ]
+post /v1/chat/completions '{"model":"m","stub":{"reset":true},"messages":[{"role":"user","content":"x"}]}'
+check "upstream reset: 502" [ "$STATUS" = 502 ]
+post /v1/chat/completions '{"model":"m","stub":{"malformed":true},"messages":[{"role":"user","content":"x"}]}'
+check "upstream malformed: 502" [ "$STATUS" = 502 ]
+post /v1/chat/completions '{"model":"m","stub":{"delay_ms":6000},"messages":[{"role":"user","content":"x"}]}'
+check "upstream slower than timeout_ms: 504" [ "$STATUS" = 504 ]
+check "504 in the OpenAI shape" jq -e '.error.code == "upstream_timeout"' "$FH_TMP/body"
+
+# The overlaid request is refused by the upstream, the baseline is not.
+req='{"model":"m","stub":{"reject_if_system":true},"messages":[{"role":"user","content":"refund twice"}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}'
+post /v1/chat/completions "$req"
+check "overlay rejected upstream: served by the baseline" [ "$STATUS" = 200 ]
+check "reason overlay_rejected_upstream" [ "$(header X-Fusion-Reason)" = overlay_rejected_upstream ]
+
+# --- models, metrics ------------------------------------------------------------
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/models")
+check "models relayed" bash -c "[ $STATUS = 200 ] && jq -e '.data[0].id' '$FH_TMP/body'"
+curl -s "$FH/metrics" >"$FH_TMP/metrics"
+check "metrics count the overlaid requests" grep -Eq '^fusion_requests_total\{overlay="refund_lot_switch",scenario="refund_processing_duplicate",result="applied"\} [1-9]' "$FH_TMP/metrics"
+check "metrics have the latency histogram" grep -q '^fusion_execution_latency_ms_bucket' "$FH_TMP/metrics"
+
+# --- a client that goes away mid-stream cancels the upstream transfer -------------
+req='{"model":"m","stream":true,"stub":{"chunk_delay_ms":100},"messages":[{"role":"user","content":"hi"}]}'
+curl -s -N --max-time 0.6 -H 'Content-Type: application/json' --data-binary "$req" "$FH/v1/chat/completions" >/dev/null
+in_flight_zero() { [ "$(curl -s "$STUB/stub/stats" | jq -r .in_flight)" = 0 ]; }
+check "client gone: the upstream transfer is cancelled" wait_for 5 in_flight_zero
+
+# --- the API key never reaches the log ------------------------------------------
+check "the upstream key is not logged" bash -c "! grep -q sk-test-secret-42 '$FH_TMP/daemon.log'"
+
+# --- reload with a broken config keeps the old one -----------------------------
+cp "$cfg" "$cfg.good"
+echo "listen: [broken" >"$cfg"
+kill -HUP "$FH_PID"
+check "broken reload is logged" wait_for 5 grep -q 'reload failed' "$FH_TMP/daemon.log"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"refund_processing"}}'
+check "still serving with the previous config" bash -c "[ $STATUS = 200 ] && [ '$(header X-Fusion-Reason)' = applied ]"
+cp "$cfg.good" "$cfg"
+
+stop_daemon
+check "SIGTERM: exit 0" [ $? = 0 ]
+finish
