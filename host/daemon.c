@@ -6,9 +6,9 @@
  * other thread starts and taken with sigtimedwait). The HTTP thread and the
  * upstream thread are started here and joined on the way out.
  *
- * The watchdog is pinged only while both of those threads have checked in
- * within the ping interval: a wedged loop stops the pings, and systemd
- * restarts us.
+ * The watchdog is pinged only while the upstream thread has checked in
+ * recently and the HTTP loop answers a real /health request in time: a
+ * wedged loop stops the pings, and systemd restarts us.
  */
 #include "daemon.h"
 
@@ -125,12 +125,11 @@ static size_t load_plugins(fh_registry *reg, const char *dir)
         qsort(names, n, sizeof(*names), cmp_str);
     for (size_t i = 0; i < n; i++) {
         char msg[1024] = "", name[FUSION_NAME_MAX + 1] = "";
-        if (fh_registry_load(reg, names[i], msg, sizeof(msg), name) == FH_LOAD_OK) {
+        /* The registry logs each load; refusals are ours to report. */
+        if (fh_registry_load(reg, names[i], msg, sizeof(msg), name) == FH_LOAD_OK)
             loaded++;
-            fh_info("loaded overlay %s from %s", name, names[i]);
-        } else {
+        else
             fh_error("%s", msg);
-        }
         free(names[i]);
     }
     free(names);
@@ -312,9 +311,11 @@ int fh_serve(const fh_serve_opts *o)
             reload(&snaps, reg, o->config_path);
         uint64_t now = now_ms();
         if (wd_interval && now >= next_ping) {
-            /* Both loops tick at least every 250 ms when healthy. */
+            /* The upstream loop ticks at least every 250 ms when healthy;
+             * the HTTP loop must answer a real request. */
             uint64_t stale = wd_interval > 1000 ? wd_interval : 1000;
-            if (now - fh_http_heartbeat(http) < stale && now - fh_upstream_heartbeat(up) < stale)
+            int budget = (int)(wd_interval < 1000 ? wd_interval : 1000);
+            if (now - fh_upstream_heartbeat(up) < stale && fh_http_probe(http, budget) == 0)
                 fh_notify_watchdog();
             else
                 fh_warn("watchdog: the HTTP or upstream loop is not responding; not pinging");

@@ -1,16 +1,20 @@
 /*
  * http_api.c - see http_api.h.
  *
- * Threads: the loop thread runs MHD and every callback; fh_http_set_state,
- * fh_http_heartbeat and fh_http_port may be called from any thread (atomics).
- * Start and stop run on the main thread.
+ * Threads: MHD's own epoll thread runs every callback; fh_http_set_state,
+ * fh_http_port and fh_http_probe may be called from any thread. Start and
+ * stop run on the main thread.
  */
 #include "http_api.h"
 
 #include "log.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,14 +26,12 @@
 
 struct fh_http {
     struct MHD_Daemon *d;
-    pthread_t thread;
     fh_pipeline *p;
     fh_metrics *m;
     fh_registry *reg;
     size_t max_body;
     atomic_int state;
-    atomic_bool stop;
-    atomic_uint_fast64_t heartbeat_ms;
+    struct sockaddr_storage addr;
     uint16_t port;
 };
 
@@ -172,14 +174,59 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     fh_debug("http: %s", line);
 }
 
-static void *loop_main(void *arg)
+/* Connects to our own listener and asks for /health: the loop is alive
+ * when an answer's status line arrives within the timeout. */
+int fh_http_probe(fh_http *h, int timeout_ms)
 {
-    fh_http *h = arg;
-    while (!atomic_load(&h->stop)) {
-        atomic_store(&h->heartbeat_ms, now_ms());
-        MHD_run_wait(h->d, 200);
+    struct sockaddr_storage ss = h->addr;
+    socklen_t len;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            a->sin6_addr = in6addr_loopback;
+        a->sin6_port = htons(h->port);
+        len = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        if (a->sin_addr.s_addr == htonl(INADDR_ANY))
+            a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a->sin_port = htons(h->port);
+        len = sizeof(*a);
     }
-    return NULL;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
+    size_t sent = 0;
+    char buf[16];
+    size_t got = 0;
+    int rc = -1;
+    if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS)
+        goto out;
+    while (now_ms() < deadline) {
+        struct pollfd p = {.fd = fd, .events = sent < sizeof(req) - 1 ? POLLOUT : POLLIN};
+        if (poll(&p, 1, (int)(deadline - now_ms())) <= 0)
+            break;
+        if (sent < sizeof(req) - 1) {
+            ssize_t n = send(fd, req + sent, sizeof(req) - 1 - sent, MSG_NOSIGNAL);
+            if (n <= 0)
+                break;
+            sent += (size_t)n;
+            continue;
+        }
+        ssize_t n = recv(fd, buf + got, sizeof(buf) - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        if (got >= 12) {
+            rc = memcmp(buf, "HTTP/1.", 7) == 0 ? 0 : -1;
+            break;
+        }
+    }
+out:
+    close(fd);
+    return rc;
 }
 
 /* "host:port" or "[v6]:port" to a socket address. */
@@ -232,7 +279,8 @@ fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_
     h->reg = reg;
     h->max_body = o->max_body_bytes;
     atomic_init(&h->state, FH_HTTP_STARTING);
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(
@@ -251,14 +299,7 @@ fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : 0;
-    atomic_store(&h->heartbeat_ms, now_ms());
-    int rc = pthread_create(&h->thread, NULL, loop_main, h);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot start the HTTP thread: %s", strerror(rc));
-        MHD_stop_daemon(h->d);
-        free(h);
-        return NULL;
-    }
+    h->addr = ss;
     return h;
 }
 
@@ -270,11 +311,6 @@ void fh_http_set_state(fh_http *h, fh_http_state s)
 uint16_t fh_http_port(const fh_http *h)
 {
     return h->port;
-}
-
-uint64_t fh_http_heartbeat(const fh_http *h)
-{
-    return atomic_load(&((fh_http *)h)->heartbeat_ms);
 }
 
 void fh_http_quiesce(fh_http *h)
@@ -295,8 +331,6 @@ void fh_http_stop(fh_http *h)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    atomic_store(&h->stop, true);
-    pthread_join(h->thread, NULL);
     MHD_stop_daemon(h->d);
     free(h);
 }

@@ -1,11 +1,11 @@
 /*
  * http_api.h - the public HTTP listener (SPEC section 4).
  *
- * Owns: the libmicrohttpd daemon and the thread that runs its epoll loop
- * (our own thread calling MHD_run_wait(), so the loop can check in for the
- * watchdog). Every MHD callback, and so every plugin hook, runs on that
- * thread. Routes /v1/chat/completions and /v1/models to the pipeline and
- * answers /health and /metrics itself.
+ * Owns: the libmicrohttpd daemon, run by MHD's internal epoll thread with
+ * suspend/resume. Every MHD callback, and so every plugin hook, runs on that
+ * one thread. Its liveness for the watchdog is proven from outside, by a
+ * real request to /health (fh_http_probe). Routes /v1/chat/completions and /v1/models to the
+ * pipeline and answers /health and /metrics itself.
  */
 #ifndef FH_HTTP_API_H
 #define FH_HTTP_API_H
@@ -36,8 +36,10 @@ fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_
                        char *err, size_t errlen);
 void fh_http_set_state(fh_http *h, fh_http_state s);
 uint16_t fh_http_port(const fh_http *h);
-/* Monotonic ms of the loop's last iteration. */
-uint64_t fh_http_heartbeat(const fh_http *h);
+/* A real GET /health against our own listener: 0 when the loop answered
+ * within timeout_ms, -1 otherwise (wedged, overloaded, gone). Blocks the
+ * caller up to timeout_ms. */
+int fh_http_probe(fh_http *h, int timeout_ms);
 /* Stops accepting new connections (kept ones are still served). */
 void fh_http_quiesce(fh_http *h);
 /* Cancels what is still in flight, lets the loop answer it (bounded), then

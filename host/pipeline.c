@@ -769,7 +769,7 @@ static enum MHD_Result txn_respond(fh_txn *t)
         evaluate(t, content, content ? strlen(content) : 0);
         take_usage(t, json_object_get(answer, "usage"));
         json_object_set_new(answer, "fusion", fusion_object(t));
-        body = json_dumps(answer, JSON_COMPACT);
+        body = json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(12));
         len = body ? strlen(body) : 0;
     }
     json_decref(answer);
