@@ -88,6 +88,11 @@ else
 fi
 expect "evaluation rules are printed" '\[(pass|FAIL)\] explicit_rollback_procedure'
 
+# As an author runs it from a checkout: no -c, the in-tree dev config.
+run "plugin-test without -c (in-tree config)" 0 "$FH_BIN" plugin-test "$FH_PLUGIN_DIR/refund_lot_switch.so"
+expect "uses config/fusion-host.dev.yaml" 'config: +.*config/fusion-host\.dev\.yaml'
+expect "still shows the parameters" '"temperature": 0\.22'
+
 run "plugin-test state_model_first --json" 0 "$FH_BIN" plugin-test \
     "$FH_PLUGIN_DIR/state_model_first.so" -c "$cfg" --json
 expect "compliance scenario picked" '"scenario": "regulatory_compliance_audit_prep'

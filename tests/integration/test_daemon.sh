@@ -126,6 +126,38 @@ check "client gone: the upstream transfer is cancelled" wait_for 5 in_flight_zer
 # --- the API key never reaches the log ------------------------------------------
 check "the upstream key is not logged" bash -c "! grep -q sk-test-secret-42 '$FH_TMP/daemon.log'"
 
+# --- hostile clients ------------------------------------------------------------
+port=${FH##*:}
+stalled=()
+for _ in $(seq 300); do
+    exec {fd}<>"/dev/tcp/127.0.0.1/$port"
+    printf 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Len' >&"$fd"
+    stalled+=("$fd")
+done
+t=$(curl -s -o "$FH_TMP/body" -w '%{http_code} %{time_total}' -H 'Content-Type: application/json' \
+    --data-binary '{"model":"m","messages":[{"role":"user","content":"x"}]}' "$FH/v1/chat/completions")
+check "300 stalled clients do not delay a normal request ($t s)" \
+    bash -c "[ '${t% *}' = 200 ] && awk 'BEGIN{exit !(${t#* } < 1.0)}'"
+for fd in "${stalled[@]}"; do exec {fd}>&-; done
+big=$(head -c 100000 /dev/zero | tr '\0' 'a')
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Big: $big" "$FH/health")
+check "a 100 kB header is refused ($STATUS)" bash -c "[ $STATUS -ge 400 ] && [ $STATUS -lt 500 ]"
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' "$FH/health")
+check "and the daemon still serves" [ "$STATUS" = 200 ]
+
+# --- reload applies new flags at once --------------------------------------------
+flags=$(dirname "$cfg")/overlay_feature_flags.yaml
+cp "$flags" "$flags.good"
+sed -i '0,/rollout_percentage:/s/rollout_percentage:[[:space:]]*[0-9]*/rollout_percentage: 0/' "$flags"
+kill -HUP "$FH_PID"
+refund='{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}'
+reason_is_flag_off() { post /v1/chat/completions "$refund"; [ "$(header X-Fusion-Reason)" = flag_off ]; }
+check "SIGHUP: the new flags decide (rollout 0 -> flag_off)" wait_for 5 reason_is_flag_off
+cp "$flags.good" "$flags"
+kill -HUP "$FH_PID"
+reason_is_applied() { post /v1/chat/completions "$refund"; [ "$(header X-Fusion-Reason)" = applied ]; }
+check "SIGHUP again: back to applied" wait_for 5 reason_is_applied
+
 # --- reload with a broken config keeps the old one -----------------------------
 cp "$cfg" "$cfg.good"
 echo "listen: [broken" >"$cfg"
