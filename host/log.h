@@ -2,7 +2,9 @@
  * log.h - the host's logger.
  *
  * Owns: the process-wide log level and sink. Lines go to stderr as
- * "LEVEL [overlay] message" (journald picks stderr up under systemd).
+ * "LEVEL [overlay] message", or, when stderr is the journal (systemd sets
+ * JOURNAL_STREAM), to journald with PRIORITY, FUSION_OVERLAY and any extra
+ * FUSION_* fields as structured fields.
  * Thread-safe: each line is formatted into a local buffer and written with
  * one write(2). The "current overlay" is thread-local so that a plugin's
  * host->log() calls are attributed to the overlay whose hook is running
@@ -32,6 +34,11 @@ const char *fh_log_current_overlay(void);
 
 void fh_log(fh_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void fh_logv(fh_log_level level, const char *fmt, va_list ap);
+/* With structured fields: `fields` is a NULL-terminated list of "KEY=value"
+ * strings (KEY in [A-Z0-9_], e.g. "FUSION_REQUEST_ID=fh-1"); on stderr they
+ * are appended as key=value pairs. */
+void fh_log_fields(fh_log_level level, const char *const *fields, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #define fh_error(...) fh_log(FH_LOG_ERROR, __VA_ARGS__)
 #define fh_warn(...)  fh_log(FH_LOG_WARN, __VA_ARGS__)

@@ -464,8 +464,16 @@ static enum MHD_Result txn_start(fh_txn *t)
             t->overlaid = true;
         }
     }
-    fh_debug("request %s scenario=%s decision=%s reason=%s", t->request_id, t->scenario,
-             t->overlaid ? t->overlay_name : "baseline", fh_reason_name(t->reason));
+    if (fh_log_get_level() >= FH_LOG_DEBUG) {
+        char f_id[80], f_scn[90], f_ovl[100], f_rsn[64];
+        snprintf(f_id, sizeof(f_id), "FUSION_REQUEST_ID=%s", t->request_id);
+        snprintf(f_scn, sizeof(f_scn), "FUSION_SCENARIO=%s", t->scenario);
+        snprintf(f_ovl, sizeof(f_ovl), "FUSION_DECISION=%s",
+                 t->overlaid ? t->overlay_name : "baseline");
+        snprintf(f_rsn, sizeof(f_rsn), "FUSION_REASON=%s", fh_reason_name(t->reason));
+        const char *fields[] = {f_id, f_scn, f_ovl, f_rsn, NULL};
+        fh_log_fields(FH_LOG_DEBUG, fields, "request routed");
+    }
 
     pthread_mutex_lock(&t->lock);
     t->t_submit_ns = now_ns();
