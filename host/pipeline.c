@@ -401,6 +401,47 @@ static void wake(fh_txn *t)
     }
 }
 
+/* Sets t->baseline_body: the caller's request as the upstream must see it
+ * for the baseline. The bytes as sent when nothing had to change (no
+ * `fusion` object, no usage request added); else re-serialised, from
+ * t->req when it is still untouched by an overlay (`pristine`), or from
+ * the original bytes. Any thread that owns the txn's request side. */
+static int make_baseline(fh_txn *t, bool pristine)
+{
+    if (t->baseline_body)
+        return 0;
+    bool as_sent = !t->added_usage && !memmem(t->in.data, t->in.len, "\"fusion\"", 8);
+    if (as_sent) {
+        t->baseline_body = malloc(t->in.len + 1);
+        if (!t->baseline_body)
+            return -1;
+        memcpy(t->baseline_body, t->in.data, t->in.len);
+        t->baseline_body[t->in.len] = '\0';
+        t->baseline_len = t->in.len;
+        return 0;
+    }
+    if (pristine) {
+        t->baseline_body = fh_request_dump(t->req, 0);
+    } else {
+        char err[64];
+        fusion_request *orig = fh_request_parse(t->in.data, t->in.len, err, sizeof(err));
+        if (orig && t->added_usage) {
+            json_t *so = json_object_get(orig->body, "stream_options");
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(orig->body, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+        }
+        t->baseline_body = orig ? fh_request_dump(orig, 0) : NULL;
+        fh_request_free(orig);
+    }
+    if (!t->baseline_body)
+        return -1;
+    t->baseline_len = strlen(t->baseline_body);
+    return 0;
+}
+
 static enum MHD_Result txn_start(fh_txn *t)
 {
     char err[256];
@@ -449,10 +490,6 @@ static enum MHD_Result txn_start(fh_txn *t)
     }
 
     route(t);
-    t->baseline_body = fh_request_dump(t->req, 0);
-    if (!t->baseline_body)
-        return fh_http_error(t->conn, 500, "server_error", "out_of_memory", "out of memory");
-    t->baseline_len = strlen(t->baseline_body);
     char *overlay_body = NULL;
     if (t->gen) {
         if (fh_generation_apply(t->gen, t->req) != 0 ||
@@ -464,6 +501,10 @@ static enum MHD_Result txn_start(fh_txn *t)
             t->overlaid = true;
         }
     }
+    /* The baseline body is built only when it is sent: most overlaid
+     * requests never need it (see make_baseline). */
+    if (!t->overlaid && make_baseline(t, t->reason != FH_REASON_HOOK_ERROR) != 0)
+        return fh_http_error(t->conn, 500, "server_error", "out_of_memory", "out of memory");
     if (fh_log_get_level() >= FH_LOG_DEBUG) {
         char f_id[80], f_scn[90], f_ovl[100], f_rsn[64];
         snprintf(f_id, sizeof(f_id), "FUSION_REQUEST_ID=%s", t->request_id);
@@ -638,7 +679,7 @@ static void up_done(void *ud, fh_upstream_result result, long status, const char
         t->retried = true;
         t->overlaid = false;
         t->reason = FH_REASON_OVERLAY_REJECTED_UPSTREAM;
-        if (submit(t, t->baseline_body, t->baseline_len) == 0) {
+        if (make_baseline(t, false) == 0 && submit(t, t->baseline_body, t->baseline_len) == 0) {
             pthread_mutex_unlock(&t->lock);
             txn_unref(t);
             return;
@@ -738,6 +779,44 @@ static json_t *fusion_object(fh_txn *t)
     return o;
 }
 
+/* The upstream's answer with our `fusion` object added. The upstream's
+ * bytes are kept as they are and the object spliced in before the closing
+ * brace: re-serialising the whole answer would cost more than the rest of
+ * the request. */
+static char *with_fusion_object(fh_txn *t, json_t *answer, size_t *len)
+{
+    json_t *fusion = fusion_object(t);
+    char *obj = fusion ? json_dumps(fusion, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+    char *out = NULL;
+    size_t end = t->resp.len;
+    while (end > 0 && t->resp.data[end - 1] != '}')
+        end--;
+    if (obj && end > 0 && !json_object_get(answer, "fusion")) {
+        const char *sep = json_object_size(answer) ? "," : "";
+        size_t olen = strlen(obj);
+        *len = (end - 1) + strlen(sep) + 9 + olen + 1;
+        out = malloc(*len + 1);
+        if (out) {
+            char *p = out;
+            memcpy(p, t->resp.data, end - 1);
+            p += end - 1;
+            p += sprintf(p, "%s\"fusion\":", sep);
+            memcpy(p, obj, olen);
+            p += olen;
+            *p++ = '}';
+            *p = '\0';
+        }
+    } else if (fusion) {
+        /* An upstream that sends its own `fusion` key: ours replaces it. */
+        json_object_set(answer, "fusion", fusion);
+        out = json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(12));
+        *len = out ? strlen(out) : 0;
+    }
+    json_decref(fusion);
+    free(obj);
+    return out;
+}
+
 static enum MHD_Result upstream_failed(fh_txn *t)
 {
     char msg[400];
@@ -776,9 +855,7 @@ static enum MHD_Result txn_respond(fh_txn *t)
             "content"));
         evaluate(t, content, content ? strlen(content) : 0);
         take_usage(t, json_object_get(answer, "usage"));
-        json_object_set_new(answer, "fusion", fusion_object(t));
-        body = json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(12));
-        len = body ? strlen(body) : 0;
+        body = with_fusion_object(t, answer, &len);
     }
     json_decref(answer);
     struct MHD_Response *r;
