@@ -290,7 +290,7 @@ fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_
         o->idle_timeout_s ? o->idle_timeout_s : 30u,
         /* Bounds the request headers (and the per-connection buffer, which
          * MHD clears per request: bigger costs time on every request). */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE,
         4096u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
     if (!h->d) {
         snprintf(err, errlen, "cannot listen on %s: %s (in use, or not an address of this host?)",

@@ -245,6 +245,8 @@ static void start_call(fh_upstream *u, fh_upstream_call *c)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* Thousands of calls wait at once: keep each one's buffer small. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (c->streaming) {
         /* A stream may last long; what must not last is silence. */
