@@ -177,6 +177,38 @@ static void listen_host(const char *listen, char *out, size_t len)
     out[n] = '\0';
 }
 
+/* Watchdog pings (main thread). The probe also runs every 10 s between
+ * pings so its kept-alive connection outlives MHD's 30 s idle timeout. */
+typedef struct watchdog {
+    uint64_t interval; /* ms between pings; 0: no watchdog */
+    uint64_t next_ping;
+    uint64_t next_keepalive;
+} watchdog;
+
+#define PROBE_KEEPALIVE_MS 10000
+
+static void watchdog_tick(watchdog *w, fh_http *http, fh_upstream *up)
+{
+    uint64_t now = now_ms();
+    if (!w->interval)
+        return;
+    if (now >= w->next_ping) {
+        /* The upstream loop ticks at least every 250 ms when healthy; the
+         * HTTP loop must answer a real request. */
+        uint64_t stale = w->interval > 1000 ? w->interval : 1000;
+        int budget = (int)(w->interval < 1000 ? w->interval : 1000);
+        if (now - fh_upstream_heartbeat(up) < stale && fh_http_probe(http, budget) == 0)
+            fh_notify_watchdog();
+        else
+            fh_warn("watchdog: the HTTP or upstream loop is not responding; not pinging");
+        w->next_ping = now + w->interval;
+        w->next_keepalive = now + PROBE_KEEPALIVE_MS;
+    } else if (now >= w->next_keepalive) {
+        fh_http_probe(http, 1000);
+        w->next_keepalive = now + PROBE_KEEPALIVE_MS;
+    }
+}
+
 static void reload(fh_snapshot_holder *snaps, fh_registry *reg, const char *config_path)
 {
     fh_notify_reloading();
@@ -300,8 +332,8 @@ int fh_serve(const fh_serve_opts *o)
         fh_warn("cannot write %s: %s", o->ready_file, strerror(errno));
     fh_notify_ready(status);
 
-    uint64_t wd_interval = fh_notify_watchdog_interval_ms();
-    uint64_t next_ping = 0, next_reap = now_ms() + 1000;
+    watchdog wd = {.interval = fh_notify_watchdog_interval_ms()};
+    uint64_t next_reap = now_ms() + 1000;
     for (;;) {
         struct timespec tick = {0, LOOP_TICK_MS * 1000000L};
         int sig = sigtimedwait(&sigs, NULL, &tick);
@@ -309,18 +341,8 @@ int fh_serve(const fh_serve_opts *o)
             break;
         if (sig == SIGHUP)
             reload(&snaps, reg, o->config_path);
+        watchdog_tick(&wd, http, up);
         uint64_t now = now_ms();
-        if (wd_interval && now >= next_ping) {
-            /* The upstream loop ticks at least every 250 ms when healthy;
-             * the HTTP loop must answer a real request. */
-            uint64_t stale = wd_interval > 1000 ? wd_interval : 1000;
-            int budget = (int)(wd_interval < 1000 ? wd_interval : 1000);
-            if (now - fh_upstream_heartbeat(up) < stale && fh_http_probe(http, budget) == 0)
-                fh_notify_watchdog();
-            else
-                fh_warn("watchdog: the HTTP or upstream loop is not responding; not pinging");
-            next_ping = now + wd_interval;
-        }
         if (now >= next_reap) {
             fh_registry_reap(reg);
             next_reap = now + 1000;
@@ -336,6 +358,7 @@ int fh_serve(const fh_serve_opts *o)
     while (fh_pipeline_in_flight(&pipeline) > 0 && now_ms() < deadline) {
         struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL);
+        watchdog_tick(&wd, http, up); /* a long drain is not a hang */
     }
     if (fh_pipeline_in_flight(&pipeline) > 0)
         fh_warn("drain timeout: cancelling %zu request(s)", fh_pipeline_in_flight(&pipeline));

@@ -33,6 +33,7 @@ struct fh_http {
     atomic_int state;
     struct sockaddr_storage addr;
     uint16_t port;
+    int probe_fd; /* the watchdog probe's kept-alive connection (main thread) */
 };
 
 static uint64_t now_ms(void)
@@ -102,7 +103,7 @@ static enum MHD_Result method_not_allowed(struct MHD_Connection *c, const char *
 {
     char msg[96];
     snprintf(msg, sizeof(msg), "method not allowed here; use %s", allow);
-    return fh_http_error(c, 405, "invalid_request_error", "method_not_allowed", msg);
+    return fh_http_error_allow(c, 405, "invalid_request_error", "method_not_allowed", msg, allow);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -114,17 +115,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (*ctx) {
         fh_txn *t = *ctx;
         if (*upload_size) {
-            fh_txn_feed(t, upload, *upload_size, h->max_body);
+            int over = fh_txn_feed(t, upload, *upload_size, h->max_body);
             *upload_size = 0;
-            return MHD_YES;
+            /* Answer at once; MHD closes the connection after it. */
+            return over ? fh_txn_reject_too_large(t) : MHD_YES;
         }
         return fh_txn_step(t);
     }
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    bool draining = atomic_load(&h->state) == FH_HTTP_DRAINING;
     if (strcmp(url, "/v1/chat/completions") == 0) {
         if (strcmp(method, "POST") != 0)
             return method_not_allowed(c, "POST");
-        if (atomic_load(&h->state) == FH_HTTP_DRAINING)
+        if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > h->max_body)
@@ -139,6 +142,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (strcmp(url, "/v1/models") == 0) {
         if (!get)
             return method_not_allowed(c, "GET");
+        if (draining)
+            return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         fh_txn *t = fh_txn_new(h->p, c, FH_TXN_MODELS);
         if (!t)
             return MHD_NO;
@@ -174,9 +179,8 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     fh_debug("http: %s", line);
 }
 
-/* Connects to our own listener and asks for /health: the loop is alive
- * when an answer's status line arrives within the timeout. */
-int fh_http_probe(fh_http *h, int timeout_ms)
+/* Opens the probe's connection to our own listener. */
+static int probe_connect(fh_http *h, uint64_t deadline)
 {
     struct sockaddr_storage ss = h->addr;
     socklen_t len;
@@ -196,37 +200,80 @@ int fh_http_probe(fh_http *h, int timeout_ms)
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-    static const char req[] = "GET /health HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
-    size_t sent = 0;
-    char buf[16];
-    size_t got = 0;
-    int rc = -1;
-    if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS)
-        goto out;
+    if (connect(fd, (struct sockaddr *)&ss, len) != 0) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t elen = sizeof(err);
+        if (errno != EINPROGRESS || now_ms() >= deadline ||
+            poll(&p, 1, (int)(deadline - now_ms())) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0) {
+            close(fd);
+            return -1;
+        }
+    }
+    return fd;
+}
+
+/* One GET /health on the probe connection: 0 when a whole answer came
+ * back in time (the body is read too, so the connection stays usable). */
+static int probe_once(int fd, uint64_t deadline)
+{
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: probe\r\n\r\n";
+    size_t sent = 0, got = 0, need = 0;
+    char buf[1024];
     while (now_ms() < deadline) {
-        struct pollfd p = {.fd = fd, .events = sent < sizeof(req) - 1 ? POLLOUT : POLLIN};
-        if (poll(&p, 1, (int)(deadline - now_ms())) <= 0)
-            break;
-        if (sent < sizeof(req) - 1) {
+        bool sending = sent < sizeof(req) - 1;
+        struct pollfd p = {.fd = fd, .events = sending ? POLLOUT : POLLIN};
+        if (poll(&p, 1, (int)(deadline - now_ms())) != 1)
+            return -1;
+        if (sending) {
             ssize_t n = send(fd, req + sent, sizeof(req) - 1 - sent, MSG_NOSIGNAL);
             if (n <= 0)
-                break;
+                return -1;
             sent += (size_t)n;
             continue;
         }
-        ssize_t n = recv(fd, buf + got, sizeof(buf) - got, 0);
+        ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
         if (n <= 0)
-            break;
+            return -1;
         got += (size_t)n;
-        if (got >= 12) {
-            rc = memcmp(buf, "HTTP/1.", 7) == 0 ? 0 : -1;
-            break;
+        buf[got] = '\0';
+        if (!need) {
+            char *end = strstr(buf, "\r\n\r\n");
+            if (!end)
+                continue;
+            if (strncmp(buf, "HTTP/1.", 7) != 0)
+                return -1;
+            char *cl = strcasestr(buf, "\r\nContent-Length:");
+            need = (size_t)(end + 4 - buf) + (cl ? strtoul(cl + 17, NULL, 10) : 0);
         }
+        if (got >= need)
+            return got == need ? 0 : -1;
+        if (got == sizeof(buf) - 1)
+            return -1; /* /health is small; anything bigger is not it */
     }
-out:
-    close(fd);
-    return rc;
+    return -1;
+}
+
+/* The loop is alive when it answers a real request in time. The probe
+ * keeps one connection open and reuses it, so a daemon at its connection
+ * limit can still be probed. */
+int fh_http_probe(fh_http *h, int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (h->probe_fd < 0)
+            h->probe_fd = probe_connect(h, deadline);
+        if (h->probe_fd < 0)
+            return -1;
+        if (probe_once(h->probe_fd, deadline) == 0)
+            return 0;
+        /* A stale connection (closed by MHD's idle timeout): once more on a
+         * fresh one, within the same deadline. */
+        close(h->probe_fd);
+        h->probe_fd = -1;
+    }
+    return -1;
 }
 
 /* "host:port" or "[v6]:port" to a socket address. */
@@ -301,6 +348,7 @@ fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : 0;
     h->addr = ss;
+    h->probe_fd = -1;
     return h;
 }
 
@@ -325,13 +373,23 @@ void fh_http_stop(fh_http *h)
 {
     if (!h)
         return;
-    /* Every suspended connection gets its answer before MHD goes away. */
-    fh_pipeline_cancel_all(h->p);
+    /* Every suspended connection is resumed and answered before MHD goes
+     * away: MHD refuses to stop with suspended connections. */
     uint64_t deadline = now_ms() + 2000;
-    while (fh_pipeline_in_flight(h->p) > 0 && now_ms() < deadline) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
+    size_t suspended;
+    while ((suspended = fh_pipeline_abort_all(h->p)) > 0 && now_ms() < deadline) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+    if (suspended) {
+        /* Cannot happen unless MHD never ran them; exiting without
+         * stopping MHD beats aborting in it. */
+        fh_error("%zu connection(s) still suspended at exit; not stopping the HTTP daemon",
+                 suspended);
+        return;
+    }
     MHD_stop_daemon(h->d);
+    if (h->probe_fd >= 0)
+        close(h->probe_fd);
     free(h);
 }

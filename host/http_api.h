@@ -36,9 +36,10 @@ fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_
                        char *err, size_t errlen);
 void fh_http_set_state(fh_http *h, fh_http_state s);
 uint16_t fh_http_port(const fh_http *h);
-/* A real GET /health against our own listener: 0 when the loop answered
- * within timeout_ms, -1 otherwise (wedged, overloaded, gone). Blocks the
- * caller up to timeout_ms. */
+/* A real GET /health against our own listener, on a kept-alive connection
+ * (so it works at the connection limit): 0 when the loop answered within
+ * timeout_ms, -1 otherwise (wedged, overloaded, gone). Blocks the caller up
+ * to timeout_ms. One thread only (the main thread). */
 int fh_http_probe(fh_http *h, int timeout_ms);
 /* Stops accepting new connections (kept ones are still served). */
 void fh_http_quiesce(fh_http *h);

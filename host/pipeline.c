@@ -38,10 +38,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RESP_MAX    (64u << 20)  /* a non-streaming answer larger is a 502 */
-#define STREAM_HIGH (256u << 10) /* pause the upstream above this backlog */
-#define STREAM_LOW  (64u << 10)  /* and resume it below this */
-#define TXN_MAGIC   0x54584e31u  /* "TXN1", checked in debug builds */
+#define RESP_MAX      (64u << 20)  /* a non-streaming answer larger is a 502 */
+#define STREAM_HIGH   (256u << 10) /* pause the upstream above this backlog */
+#define STREAM_LOW    (64u << 10)  /* and resume it below this */
+#define SSE_EVENT_MAX (1u << 20)   /* one SSE event larger is a broken upstream */
+#define TEXT_MAX      (4u << 20)   /* streamed text kept for evaluation */
+#define TXN_MAGIC     0x54584e31u  /* "TXN1", checked in debug builds */
 
 typedef struct buf {
     char *data;
@@ -92,8 +94,11 @@ struct fh_txn {
     bool overflow;
     buf resp; /* whole answer, or the relay backlog */
     size_t resp_off;
-    buf sse;  /* partial SSE event (upstream thread) */
-    buf text; /* assembled streamed answer */
+    buf sse;            /* partial SSE event (upstream thread) */
+    size_t sse_scanned; /* bytes of `sse` already searched for an event end */
+    buf text;           /* assembled streamed answer */
+    bool text_truncated;
+    uint64_t upstream_ns; /* time spent in earlier upstream attempts */
     long usage_total, usage_prompt, usage_completion;
     bool have_usage;
 
@@ -133,6 +138,9 @@ static void buf_free(buf *b)
     free(b->data);
     memset(b, 0, sizeof(*b));
 }
+
+static void mark_done(fh_txn *t, fh_upstream_result result, const char *error);
+static void wake(fh_txn *t);
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
@@ -218,16 +226,25 @@ size_t fh_pipeline_in_flight(fh_pipeline *p)
     return n;
 }
 
-void fh_pipeline_cancel_all(fh_pipeline *p)
+size_t fh_pipeline_abort_all(fh_pipeline *p)
 {
+    atomic_store(&p->closing, true);
+    size_t suspended = 0;
     pthread_mutex_lock(&p->live_lock);
     for (fh_txn *t = p->live; t; t = t->next) {
         pthread_mutex_lock(&t->lock);
-        if (t->call && !t->done)
-            fh_upstream_cancel(p->up, t->call);
+        if (t->ph != PH_RECEIVING && !t->done) {
+            mark_done(t, FH_UPSTREAM_CANCELLED, "fusion-host is stopping");
+            if (t->call)
+                fh_upstream_cancel(p->up, t->call);
+        }
+        if (t->done)
+            wake(t);
+        suspended += t->suspended;
         pthread_mutex_unlock(&t->lock);
     }
     pthread_mutex_unlock(&p->live_lock);
+    return suspended;
 }
 
 /* ---- responses ------------------------------------------------------------ */
@@ -244,6 +261,12 @@ static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struc
 enum MHD_Result fh_http_error(struct MHD_Connection *conn, unsigned status, const char *type,
                               const char *code, const char *message)
 {
+    return fh_http_error_allow(conn, status, type, code, message, NULL);
+}
+
+enum MHD_Result fh_http_error_allow(struct MHD_Connection *conn, unsigned status, const char *type,
+                                    const char *code, const char *message, const char *allow)
+{
     json_t *o =
         json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", type, "code", code);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -257,6 +280,8 @@ enum MHD_Result fh_http_error(struct MHD_Connection *conn, unsigned status, cons
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", "application/json");
+    if (allow)
+        MHD_add_response_header(r, "Allow", allow);
     return queue(conn, status, r);
 }
 
@@ -272,7 +297,8 @@ static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
     MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
     /* The host's own time: everything but the wait for the upstream. */
     uint64_t end = now_ns();
-    uint64_t upstream = t->t_done_ns > t->t_submit_ns ? t->t_done_ns - t->t_submit_ns : 0;
+    uint64_t upstream =
+        t->upstream_ns + (t->t_done_ns > t->t_submit_ns ? t->t_done_ns - t->t_submit_ns : 0);
     if (t->streaming)
         upstream = end - t->t_submit_ns; /* headers go out as the stream starts */
     uint64_t total = end - t->t_start_ns;
@@ -368,6 +394,8 @@ static const fh_upstream_handler handler = {up_response, up_body, up_done};
 /* Under t->lock. */
 static int submit(fh_txn *t, const char *body, size_t len)
 {
+    if (atomic_load(&t->p->closing))
+        return -1;
     atomic_fetch_add(&t->refs, 1); /* the upstream side's, dropped in up_done */
     fh_upstream_call_release(t->call);
     t->call = t->kind == FH_TXN_MODELS
@@ -383,6 +411,15 @@ static int submit(fh_txn *t, const char *body, size_t len)
     t->resp.len = t->resp_off = 0;
     t->overflow = false;
     return 0;
+}
+
+/* Under t->lock: every later upstream callback for this txn is ignored. */
+static void mark_done(fh_txn *t, fh_upstream_result result, const char *error)
+{
+    t->done = true;
+    t->result = result;
+    t->t_done_ns = now_ns();
+    snprintf(t->error, sizeof(t->error), "%s", error ? error : "");
 }
 
 /* Under t->lock: parks the connection until the upstream has news. */
@@ -410,7 +447,7 @@ static int make_baseline(fh_txn *t, bool pristine)
 {
     if (t->baseline_body)
         return 0;
-    bool as_sent = !t->added_usage && !memmem(t->in.data, t->in.len, "\"fusion\"", 8);
+    bool as_sent = !t->added_usage && !t->req->had_fusion;
     if (as_sent) {
         t->baseline_body = malloc(t->in.len + 1);
         if (!t->baseline_body)
@@ -440,6 +477,15 @@ static int make_baseline(fh_txn *t, bool pristine)
         return -1;
     t->baseline_len = strlen(t->baseline_body);
     return 0;
+}
+
+enum MHD_Result fh_txn_reject_too_large(fh_txn *t)
+{
+    if (t->ph != PH_RECEIVING)
+        return MHD_YES; /* answered already */
+    t->ph = PH_ANSWERED;
+    return fh_http_error(t->conn, 413, "invalid_request_error", "request_too_large",
+                         "request body is larger than limits.max_body_bytes");
 }
 
 static enum MHD_Result txn_start(fh_txn *t)
@@ -586,8 +632,11 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
     json_t *choices = json_object_get(chunk, "choices");
     const char *piece = json_string_value(
         json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "content"));
-    if (piece)
-        buf_add(&t->text, piece, strlen(piece));
+    if (piece && !t->text_truncated) {
+        size_t n = strlen(piece);
+        if (t->text.len + n > TEXT_MAX || buf_add(&t->text, piece, n) != 0)
+            t->text_truncated = true; /* relayed, but too long to evaluate */
+    }
     json_t *usage = json_object_get(chunk, "usage");
     if (json_is_object(usage))
         take_usage(t, usage);
@@ -614,11 +663,15 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
 }
 
 /* Splits the upstream bytes into events at blank lines. Under t->lock. */
-static void relay_bytes(fh_txn *t, const char *d, size_t n)
+static int relay_bytes(fh_txn *t, const char *d, size_t n)
 {
-    buf_add(&t->sse, d, n);
+    if (buf_add(&t->sse, d, n) != 0)
+        return -1;
     size_t start = 0;
-    for (size_t i = 0; i + 1 < t->sse.len; i++) {
+    /* Resume the search where the last one stopped (less the 3 bytes an
+     * event end may straddle): a long event costs linear time. */
+    size_t from = t->sse_scanned > 3 ? t->sse_scanned - 3 : 0;
+    for (size_t i = from; i + 1 < t->sse.len; i++) {
         size_t end = 0;
         if (t->sse.data[i] == '\n' && t->sse.data[i + 1] == '\n')
             end = i + 2;
@@ -632,6 +685,8 @@ static void relay_bytes(fh_txn *t, const char *d, size_t n)
     }
     memmove(t->sse.data, t->sse.data + start, t->sse.len - start);
     t->sse.len -= start;
+    t->sse_scanned = t->sse.len;
+    return t->sse.len > SSE_EVENT_MAX ? -1 : 0;
 }
 
 static int up_body(void *ud, const char *data, size_t len)
@@ -639,20 +694,23 @@ static int up_body(void *ud, const char *data, size_t len)
     fh_txn *t = ud;
     int rc = 0;
     pthread_mutex_lock(&t->lock);
-    if (t->streaming) {
-        if (!t->conn) {
-            rc = 0; /* client gone; the cancel is on its way */
-        } else if (t->resp.len - t->resp_off > STREAM_HIGH) {
+    if (t->done || !t->conn) {
+        rc = -1; /* aborted, or the client is gone: stop the transfer */
+    } else if (t->streaming) {
+        if (t->resp.len - t->resp_off > STREAM_HIGH) {
             t->paused = true; /* curl keeps the data and gives it again */
             rc = 1;
+        } else if (relay_bytes(t, data, len) != 0) {
+            fh_warn("request %s: the upstream stream has an event over 1 MiB or we are out "
+                    "of memory; ending the stream",
+                    t->request_id);
+            rc = -1;
         } else {
-            relay_bytes(t, data, len);
             wake(t);
         }
-    } else if (t->resp.len + len > RESP_MAX) {
+    } else if (t->resp.len + len > RESP_MAX || buf_add(&t->resp, data, len) != 0) {
         t->overflow = true;
-    } else if (buf_add(&t->resp, data, len) != 0) {
-        t->overflow = true;
+        rc = -1;
     }
     pthread_mutex_unlock(&t->lock);
     return rc;
@@ -670,6 +728,11 @@ static void up_done(void *ud, fh_upstream_result result, long status, const char
 {
     fh_txn *t = ud;
     pthread_mutex_lock(&t->lock);
+    if (t->done) { /* aborted at shutdown: already answered */
+        pthread_mutex_unlock(&t->lock);
+        txn_unref(t);
+        return;
+    }
     if (status)
         t->status = status;
     if (overlay_rejected(t, result) && t->conn) {
@@ -677,9 +740,12 @@ static void up_done(void *ud, fh_upstream_result result, long status, const char
                 "retrying it as the baseline",
                 t->overlay_name, t->overlay_version, t->request_id, t->status);
         t->retried = true;
-        t->overlaid = false;
-        t->reason = FH_REASON_OVERLAY_REJECTED_UPSTREAM;
+        uint64_t now = now_ns();
         if (make_baseline(t, false) == 0 && submit(t, t->baseline_body, t->baseline_len) == 0) {
+            t->overlaid = false;
+            t->reason = FH_REASON_OVERLAY_REJECTED_UPSTREAM;
+            t->upstream_ns += now - t->t_submit_ns;
+            t->t_submit_ns = now;
             pthread_mutex_unlock(&t->lock);
             txn_unref(t);
             return;
@@ -689,10 +755,7 @@ static void up_done(void *ud, fh_upstream_result result, long status, const char
         buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated tail */
         t->sse.len = 0;
     }
-    t->done = true;
-    t->result = result;
-    t->t_done_ns = now_ns();
-    snprintf(t->error, sizeof(t->error), "%s", error ? error : "");
+    mark_done(t, result, error);
     wake(t);
     pthread_mutex_unlock(&t->lock);
     txn_unref(t);
@@ -827,6 +890,9 @@ static enum MHD_Result upstream_failed(fh_txn *t)
     if (t->result == FH_UPSTREAM_CANCELLED)
         return fh_http_error(t->conn, 503, "server_error", "shutting_down",
                              "fusion-host is stopping");
+    if (t->result == FH_UPSTREAM_INTERNAL)
+        return fh_http_error(t->conn, 500, "server_error", "internal_error",
+                             "fusion-host could not make the upstream call (out of memory?)");
     snprintf(msg, sizeof(msg), "the upstream is unreachable or broke the connection (%s)",
              t->error);
     return fh_http_error(t->conn, 502, "upstream_error", "upstream_unreachable", msg);
@@ -878,6 +944,10 @@ static enum MHD_Result txn_respond(fh_txn *t)
 
 enum MHD_Result fh_txn_step(fh_txn *t)
 {
+    if (t->ph == PH_RECEIVING && atomic_load(&t->p->closing)) {
+        t->ph = PH_ANSWERED;
+        return fh_http_error(t->conn, 503, "server_error", "draining", "fusion-host is stopping");
+    }
     if (t->ph == PH_RECEIVING)
         return txn_start(t);
     if (t->ph != PH_WAITING)

@@ -29,6 +29,7 @@ typedef struct fh_pipeline {
     fh_snapshot_holder *snaps;
     fh_metrics *metrics;
     atomic_ulong next_id;
+    atomic_bool closing; /* shutting down: no new upstream calls */
     unsigned long id_salt;
     pthread_mutex_t live_lock;
     fh_txn *live; /* doubly linked through the txns */
@@ -54,12 +55,21 @@ void fh_txn_completed(fh_txn *t, enum MHD_RequestTerminationCode toe);
 
 /* Requests not yet completed. */
 size_t fh_pipeline_in_flight(fh_pipeline *p);
-/* Cancels every upstream call (each request answers 502 or ends its
- * stream, which resumes its connection). For shutdown past the drain. */
-void fh_pipeline_cancel_all(fh_pipeline *p);
+/* Shutdown past the drain: refuses new upstream calls, and ends every
+ * request still waiting - answered 503, or its stream ended - resuming its
+ * connection from this side without waiting on the upstream thread.
+ * Returns how many connections are still suspended (call again until 0;
+ * MHD must not be stopped before). Any thread. */
+size_t fh_pipeline_abort_all(fh_pipeline *p);
+
+/* HTTP thread: the body grew over the limit; answers 413 at once. */
+enum MHD_Result fh_txn_reject_too_large(fh_txn *t);
 
 /* Queues an OpenAI-shaped error {"error":{"message","type","code"}}. */
 enum MHD_Result fh_http_error(struct MHD_Connection *conn, unsigned status, const char *type,
                               const char *code, const char *message);
+/* The same with an Allow header (405). */
+enum MHD_Result fh_http_error_allow(struct MHD_Connection *conn, unsigned status, const char *type,
+                                    const char *code, const char *message, const char *allow);
 
 #endif

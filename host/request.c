@@ -189,6 +189,7 @@ fusion_request *fh_request_parse(const char *body, size_t len, char *err, size_t
     req->confidence = -1.0;
     json_t *fusion = json_object_get(root, "fusion");
     if (fusion) {
+        req->had_fusion = 1;
         if (parse_fusion(req, fusion, err, errlen) != 0) {
             fh_request_free(req);
             return NULL;

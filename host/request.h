@@ -20,6 +20,7 @@ struct fusion_request {
     char *key;
     char *request_id;
     double confidence; /* < 0: not given */
+    int had_fusion;    /* the body had a `fusion` member (now removed) */
     /* Scratch for req_message_content() of array contents; freed with req. */
     char **joined;
     size_t joined_count;

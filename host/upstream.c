@@ -23,7 +23,8 @@
 #include <time.h>
 
 typedef enum { CALL_QUEUED, CALL_RUNNING, CALL_DONE } call_state;
-typedef enum { CMD_SUBMIT, CMD_RESUME, CMD_CANCEL } cmd_kind;
+/* Pending commands, a bit each, so queueing one never allocates. */
+enum { CMD_SUBMIT = 1, CMD_RESUME = 2, CMD_CANCEL = 4 };
 
 struct fh_upstream_call {
     atomic_int refs;
@@ -43,13 +44,12 @@ struct fh_upstream_call {
     char content_type[128];
     char error[CURL_ERROR_SIZE];
     struct fh_upstream_call *prev, *next; /* the running list */
+    /* Under u->lock: commands not yet run, and the queue link (the queue
+     * holds a reference while the call is on it). */
+    unsigned pending;
+    bool queued;
+    struct fh_upstream_call *qnext;
 };
-
-typedef struct cmd {
-    cmd_kind kind;
-    fh_upstream_call *call; /* the command holds a reference */
-    struct cmd *next;
-} cmd;
 
 struct fh_upstream {
     CURLM *multi;
@@ -59,9 +59,10 @@ struct fh_upstream {
     long timeout_ms;
     long connect_timeout_ms;
 
-    pthread_mutex_t lock; /* guards the queue and `stopping` */
-    cmd *head, *tail;
+    pthread_mutex_t lock;            /* guards the queue, `stopping` and `stopped` */
+    fh_upstream_call *qhead, *qtail; /* calls with pending commands */
     bool stopping;
+    bool stopped; /* the thread has exited: nothing may be queued */
 
     fh_upstream_call *running; /* upstream thread only */
 
@@ -109,27 +110,24 @@ void fh_upstream_call_release(fh_upstream_call *c)
         call_free(c);
 }
 
-static int push_cmd(fh_upstream *u, cmd_kind kind, fh_upstream_call *c)
+static int push_cmd(fh_upstream *u, unsigned kind, fh_upstream_call *c)
 {
-    cmd *m = malloc(sizeof(*m));
-    if (!m)
-        return -1;
-    m->kind = kind;
-    m->call = c;
-    m->next = NULL;
-    atomic_fetch_add(&c->refs, 1);
     pthread_mutex_lock(&u->lock);
-    if (u->stopping && kind == CMD_SUBMIT) {
+    if (u->stopped || (u->stopping && kind == CMD_SUBMIT)) {
         pthread_mutex_unlock(&u->lock);
-        atomic_fetch_sub(&c->refs, 1);
-        free(m);
         return -1;
     }
-    if (u->tail)
-        u->tail->next = m;
-    else
-        u->head = m;
-    u->tail = m;
+    c->pending |= kind;
+    if (!c->queued) {
+        c->queued = true;
+        c->qnext = NULL;
+        atomic_fetch_add(&c->refs, 1);
+        if (u->qtail)
+            u->qtail->qnext = c;
+        else
+            u->qhead = c;
+        u->qtail = c;
+    }
     pthread_mutex_unlock(&u->lock);
     curl_multi_wakeup(u->multi);
     return 0;
@@ -198,8 +196,11 @@ static size_t on_write(char *data, size_t size, size_t n, void *p)
     fh_upstream_call *c = p;
     size_t len = size * n;
     deliver_response(c);
-    if (c->h.on_body && c->h.on_body(c->ud, data, len) != 0)
+    int rc = c->h.on_body ? c->h.on_body(c->ud, data, len) : 0;
+    if (rc > 0)
         return CURL_WRITEFUNC_PAUSE;
+    if (rc < 0)
+        return 0; /* CURLE_WRITE_ERROR: the handler refused the answer */
     return len;
 }
 
@@ -268,30 +269,28 @@ static void start_call(fh_upstream *u, fh_upstream_call *c)
 static void run_commands(fh_upstream *u, bool stopping)
 {
     pthread_mutex_lock(&u->lock);
-    cmd *m = u->head;
-    u->head = u->tail = NULL;
+    fh_upstream_call *c = u->qhead;
+    u->qhead = u->qtail = NULL;
     pthread_mutex_unlock(&u->lock);
-    while (m) {
-        cmd *next = m->next;
-        fh_upstream_call *c = m->call;
-        switch (m->kind) {
-        case CMD_SUBMIT:
+    while (c) {
+        pthread_mutex_lock(&u->lock);
+        fh_upstream_call *next = c->qnext;
+        unsigned pending = c->pending;
+        c->pending = 0;
+        c->queued = false;
+        pthread_mutex_unlock(&u->lock);
+        if (pending & CMD_SUBMIT) {
             if (stopping)
                 finish(u, c, FH_UPSTREAM_CANCELLED, "fusion-host is stopping");
             else
                 start_call(u, c);
-            break;
-        case CMD_RESUME:
-            if (c->state == CALL_RUNNING && c->easy)
-                curl_easy_pause(c->easy, CURLPAUSE_CONT);
-            break;
-        case CMD_CANCEL:
-            finish(u, c, FH_UPSTREAM_CANCELLED, "cancelled");
-            break;
         }
-        fh_upstream_call_release(c);
-        free(m);
-        m = next;
+        if (pending & CMD_CANCEL)
+            finish(u, c, FH_UPSTREAM_CANCELLED, "cancelled");
+        else if ((pending & CMD_RESUME) && c->state == CALL_RUNNING && c->easy)
+            curl_easy_pause(c->easy, CURLPAUSE_CONT);
+        fh_upstream_call_release(c); /* the queue's reference */
+        c = next;
     }
 }
 
@@ -351,6 +350,10 @@ static void *upstream_main(void *p)
     run_commands(u, true);
     while (u->running)
         finish(u, u->running, FH_UPSTREAM_CANCELLED, "fusion-host is stopping");
+    pthread_mutex_lock(&u->lock);
+    u->stopped = true;
+    pthread_mutex_unlock(&u->lock);
+    run_commands(u, true); /* anything queued meanwhile: refs only */
     return NULL;
 }
 
@@ -460,14 +463,12 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const c
 
 void fh_upstream_resume(fh_upstream *u, fh_upstream_call *c)
 {
-    if (push_cmd(u, CMD_RESUME, c) != 0)
-        fh_warn("upstream: out of memory queueing a resume");
+    push_cmd(u, CMD_RESUME, c); /* refused only once the thread is gone */
 }
 
 void fh_upstream_cancel(fh_upstream *u, fh_upstream_call *c)
 {
-    if (push_cmd(u, CMD_CANCEL, c) != 0)
-        fh_warn("upstream: out of memory queueing a cancel");
+    push_cmd(u, CMD_CANCEL, c);
 }
 
 uint64_t fh_upstream_heartbeat(const fh_upstream *u)

@@ -35,8 +35,9 @@ const char *fh_upstream_result_name(fh_upstream_result r);
  * that), on_body any number of times, on_done exactly once. */
 typedef struct fh_upstream_handler {
     void (*on_response)(void *ud, long status, const char *content_type);
-    /* Returns 0 when the data was taken, 1 to pause the transfer: the same
-     * data is delivered again after fh_upstream_resume(). */
+    /* Returns 0 when the data was taken, 1 to pause the transfer (the same
+     * data is delivered again after fh_upstream_resume()), -1 to abort it
+     * (on_done then reports FH_UPSTREAM_BROKEN). */
     int (*on_body)(void *ud, const char *data, size_t len);
     void (*on_done)(void *ud, fh_upstream_result result, long status, const char *error);
 } fh_upstream_handler;
