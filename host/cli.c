@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -522,6 +523,12 @@ static int run_plugin_test(const plugin_test_opts *o, fh_registry *reg, const ch
     memset(&ev, 0, sizeof(ev));
     const char *text = answer ? answer : "";
     int eval_rc = fh_generation_evaluate(gen, req, text, strlen(text), &ev);
+    if (eval_rc == 0 && !isfinite(ev.quality)) {
+        fprintf(stderr, "fusion-host: evaluate returned a quality that is not a number; the "
+                        "daemon ignores such a score\n");
+        eval_rc = -1;
+        ev.quality = 0;
+    }
     double threshold = cfg ? fh_config_overlay(cfg, name)->quality_threshold : 0.8;
 
     if (o->json) {

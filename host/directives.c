@@ -8,6 +8,9 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +54,22 @@ static int utf8_valid(const unsigned char *s, size_t n)
 /* Reads a whole text file; NULL with a reason in *why on failure. */
 static char *read_text(const char *path, size_t *len, const char **why)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    /* O_NONBLOCK: a FIFO or device named *.md must not hang start-up. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) {
         *why = errno == ENOENT ? "missing" : strerror(errno);
+        return NULL;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        *why = "not a regular file";
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        *why = strerror(errno);
         return NULL;
     }
     char *buf = malloc(FH_DIRECTIVE_MAX_BYTES + 1);

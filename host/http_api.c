@@ -117,8 +117,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (*upload_size) {
             int over = fh_txn_feed(t, upload, *upload_size, h->max_body);
             *upload_size = 0;
-            /* Answer at once; MHD closes the connection after it. */
-            return over ? fh_txn_reject_too_large(t) : MHD_YES;
+            /* Far over the limit: answer now; MHD closes the connection. */
+            return over == -2 ? fh_txn_reject_too_large(t) : MHD_YES;
         }
         return fh_txn_step(t);
     }
@@ -377,7 +377,10 @@ void fh_http_stop(fh_http *h)
      * away: MHD refuses to stop with suspended connections. */
     uint64_t deadline = now_ms() + 2000;
     size_t suspended;
-    while ((suspended = fh_pipeline_abort_all(h->p)) > 0 && now_ms() < deadline) {
+    /* Until every answer is out, not just queued: MHD_stop_daemon closes
+     * connections whatever they still had to send. */
+    while (((suspended = fh_pipeline_abort_all(h->p)) > 0 || fh_pipeline_in_flight(h->p) > 0) &&
+           now_ms() < deadline) {
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -65,6 +65,7 @@ struct fh_txn {
     /* Request, HTTP thread. */
     buf in;
     bool in_too_large;
+    size_t discarded; /* body bytes dropped past the limit */
     char request_id[48];
     fusion_request *req;
     fh_snapshot *snap;
@@ -207,15 +208,13 @@ fh_txn *fh_txn_new(fh_pipeline *p, struct MHD_Connection *conn, fh_txn_kind kind
 
 int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body)
 {
-    if (t->in_too_large || t->in.len + len > max_body) {
-        t->in_too_large = true;
-        return -1;
-    }
-    if (buf_add(&t->in, data, len) != 0) {
-        t->in_too_large = true; /* out of memory: answered like too large */
-        return -1;
-    }
-    return 0;
+    if (!t->in_too_large && t->in.len + len <= max_body && buf_add(&t->in, data, len) == 0)
+        return 0;
+    t->in_too_large = true; /* over the limit (or out of memory): 413 */
+    t->discarded += len;
+    /* Read and drop a while, so a client that sends before it reads is
+     * still there for the 413; past twice the limit, cut it off. */
+    return t->discarded > max_body ? -2 : -1;
 }
 
 size_t fh_pipeline_in_flight(fh_pipeline *p)
@@ -820,6 +819,12 @@ static void evaluate(fh_txn *t, const char *answer, size_t len)
     if (fh_generation_evaluate(t->gen, t->req, answer, len, &ev) != 0) {
         fh_warn("overlay %s/%s: evaluate failed for request %s", t->overlay_name,
                 t->overlay_version, t->request_id);
+        return;
+    }
+    if (!isfinite(ev.quality)) {
+        fh_warn("overlay %s/%s: evaluate returned a quality that is not a number for request "
+                "%s; ignoring it",
+                t->overlay_name, t->overlay_version, t->request_id);
         return;
     }
     t->quality = ev.quality < 0 ? 0 : (ev.quality > 1 ? 1 : ev.quality);

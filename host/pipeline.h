@@ -44,8 +44,10 @@ void fh_pipeline_destroy(fh_pipeline *p);
 
 /* HTTP thread: a new request. */
 fh_txn *fh_txn_new(fh_pipeline *p, struct MHD_Connection *conn, fh_txn_kind kind);
-/* HTTP thread: request body bytes; returns -1 once over max_body_bytes
- * (the rest is discarded and the request answered 413). */
+/* HTTP thread: request body bytes. Returns 0, or -1 once over
+ * max_body_bytes (the rest is dropped and the request answered 413 when
+ * the body ends), or -2 when the client went on sending past twice the
+ * limit (answer 413 now: fh_txn_reject_too_large). */
 int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body);
 /* HTTP thread: the access handler's call once the body is complete, and
  * again after every resume. Queues a response or suspends. */

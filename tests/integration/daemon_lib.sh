@@ -52,7 +52,7 @@ feature_flags: "overlay_feature_flags.yaml"
 micro_overlays_dir: "micro_overlays"
 environment: "production"
 limits: { max_body_bytes: 65536, max_connections: 10000 }
-drain_timeout_ms: 3000
+drain_timeout_ms: ${FH_TEST_DRAIN_MS:-1500}
 YAML
     echo "$dir/fusion-host.yaml"
 }

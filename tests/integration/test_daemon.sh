@@ -87,8 +87,11 @@ check "invalid UTF-8: 400" [ "$STATUS" = 400 ]
 head -c 70000 /dev/zero | tr '\0' 'a' >"$FH_TMP/big"
 post /v1/chat/completions "@$FH_TMP/big"
 check "body over max_body_bytes: 413" [ "$STATUS" = 413 ]
-STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/chat/completions")
+STATUS=$(curl -s -o "$FH_TMP/body" -D "$FH_TMP/headers" -w '%{http_code}' "$FH/v1/chat/completions")
 check "GET on chat completions: 405" [ "$STATUS" = 405 ]
+check "405 says what is allowed" [ "$(header Allow)" = POST ]
+post /v1/chat/completions "@$FH_TMP/big" -H 'Transfer-Encoding: chunked'
+check "chunked body over max_body_bytes: 413" [ "$STATUS" = 413 ]
 STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/nope")
 check "unknown path: 404" [ "$STATUS" = 404 ]
 
@@ -109,6 +112,22 @@ req='{"model":"m","stub":{"reject_if_system":true},"messages":[{"role":"user","c
 post /v1/chat/completions "$req"
 check "overlay rejected upstream: served by the baseline" [ "$STATUS" = 200 ]
 check "reason overlay_rejected_upstream" [ "$(header X-Fusion-Reason)" = overlay_rejected_upstream ]
+
+# A fusion key written with a JSON escape is still ours: used, and removed.
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"x"}],"fus\u0069on":{"scenario_type":"refund_processing","confidence":0.9,"key":"tenant-7"}}'
+check "escaped fusion key: routed by it" [ "$(header X-Fusion-Reason)" = applied ]
+check "escaped fusion key: never reaches the upstream" bash -c "curl -s '$STUB/stub/last' | jq -e 'has(\"fusion\") | not'"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"a\nb"}}'
+check "a scenario type with a newline: 400" [ "$STATUS" = 400 ]
+
+# An upstream stream with one endless event is cut, not buffered.
+rss() { awk '/VmRSS/ {print $2}' "/proc/$FH_PID/status"; }
+rss_before=$(rss)
+post /v1/chat/completions '{"model":"m","stream":true,"stub":{"huge_event_kb":8192},"messages":[{"role":"user","content":"x"}]}' -N
+check "an 8 MiB SSE event ends the stream without [DONE]" bash -c "! grep -q '\[DONE\]' '$FH_TMP/body'"
+check "...and is not relayed or kept (RSS $rss_before -> $(rss) kB)" [ "$(rss)" -lt $((rss_before + 4096)) ]
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' "$FH/health")
+check "the daemon still serves after it" [ "$STATUS" = 200 ]
 
 # --- models, metrics ------------------------------------------------------------
 STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/models")
@@ -167,6 +186,24 @@ post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"x"
 check "still serving with the previous config" bash -c "[ $STATUS = 200 ] && [ '$(header X-Fusion-Reason)' = applied ]"
 cp "$cfg.good" "$cfg"
 
+# SIGTERM with a stream that never ends and a request waiting: the drain
+# (1.5 s here) runs out, both are ended, and the daemon still exits 0.
+curl -s -N -o "$FH_TMP/stalled" -H 'Content-Type: application/json' --max-time 20 \
+    --data-binary '{"model":"m","stream":true,"stub":{"stall_after_chunks":2},"messages":[{"role":"user","content":"x"}]}' \
+    "$FH/v1/chat/completions" &
+STALLED=$!
+curl -s -o "$FH_TMP/waiting" -w '%{http_code}' -H 'Content-Type: application/json' --max-time 20 \
+    --data-binary '{"model":"m","stub":{"delay_ms":15000},"messages":[{"role":"user","content":"x"}]}' \
+    "$FH/v1/chat/completions" >"$FH_TMP/waiting.status" &
+WAITING=$!
+two_in_flight() { [ "$(curl -s "$STUB/stub/stats" | jq -r .in_flight)" -ge 2 ]; }
+check "a stalled stream and a slow request are in flight" wait_for 5 two_in_flight
+start=$SECONDS
 stop_daemon
-check "SIGTERM: exit 0" [ $? = 0 ]
+rc=$?
+check "SIGTERM past the drain: exit 0 ($rc)" [ $rc = 0 ]
+check "...within drain_timeout_ms + 2 s ($((SECONDS - start)) s)" [ $((SECONDS - start)) -le 4 ]
+wait $STALLED $WAITING
+check "the waiting request was answered 503 (got $(cat "$FH_TMP/waiting.status"))" [ "$(cat "$FH_TMP/waiting.status")" = 503 ]
+check "the stalled stream was ended" bash -c "! grep -q '\[DONE\]' '$FH_TMP/stalled'"
 finish

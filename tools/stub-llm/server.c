@@ -82,6 +82,7 @@ struct stub_server {
 struct fault {
     long status, delay_ms, reset, malformed, usage_on_last_choice_chunk, reject_if_system;
     long stall_after, break_after, chunk_delay_ms;
+    long huge_event_kb; /* one SSE event of this many KiB with no blank line inside */
 };
 
 enum route { R_CHAT, R_MODELS, R_REQUESTS, R_LAST, R_STATS, R_HEALTH, R_NOT_FOUND };
@@ -245,6 +246,7 @@ static int fault_set(struct fault *f, const char *key, long long v, char *err, s
         {"chunk_delay_ms", 0, 600000, offsetof(struct fault, chunk_delay_ms)},
         {"usage_on_last_choice_chunk", 0, 1, offsetof(struct fault, usage_on_last_choice_chunk)},
         {"reject_if_system", 0, 1, offsetof(struct fault, reject_if_system)},
+        {"huge_event_kb", 0, 65536, offsetof(struct fault, huge_event_kb)},
     };
     size_t i;
     for (i = 0; i < sizeof spec / sizeof spec[0]; i++)
@@ -254,7 +256,7 @@ static int fault_set(struct fault *f, const char *key, long long v, char *err, s
         snprintf(err, errlen,
                  "unknown stub fault '%s'; known: status, delay_ms, reset, malformed, "
                  "stall_after_chunks, break_after_chunks, chunk_delay_ms, "
-                 "usage_on_last_choice_chunk, reject_if_system",
+                 "usage_on_last_choice_chunk, reject_if_system, huge_event_kb",
                  key);
         return -1;
     }
@@ -509,7 +511,7 @@ static json_t *chunk_json(const char *id, json_int_t created, const char *model,
  */
 static struct stream *build_stream(const char *id, const char *model, const char *answer,
                                    long prompt, long completion, int include_usage,
-                                   int usage_on_last_choice, int malformed)
+                                   int usage_on_last_choice, int malformed, long huge_event_kb)
 {
     struct stream *st = calloc(1, sizeof *st);
     if (!st)
@@ -526,6 +528,18 @@ static struct stream *build_stream(const char *id, const char *model, const char
                          json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL,
                          null_usage ? json_null() : NULL),
               &cap_ends);
+    if (huge_event_kb > 0) {
+        /* One enormous event: a gateway must bound what it buffers. */
+        size_t n = (size_t)huge_event_kb * 1024;
+        char *big = malloc(n + 9);
+        if (big) {
+            memcpy(big, "data: ", 6);
+            memset(big + 6, 'x', n);
+            memcpy(big + 6 + n, "\n\n", 3);
+            add_raw_event(st, big, &cap_ends);
+            free(big);
+        }
+    }
     if (malformed) {
         /* A truncated JSON object where a chunk should be. */
         add_raw_event(st, "data: {\"id\": \"chatcmpl-stub\", \"choices\": [{\"delta\": {\"con\n\n",
@@ -655,8 +669,9 @@ static int decide(struct stub_server *s, struct req *q, json_t *root, const stru
 
     if (stream) {
         int include_usage = json_is_true(json_object_get(opts, "include_usage"));
-        o->stream = build_stream(idbuf, model, answer, prompt, completion, include_usage,
-                                 f->usage_on_last_choice_chunk != 0, f->malformed != 0);
+        o->stream =
+            build_stream(idbuf, model, answer, prompt, completion, include_usage,
+                         f->usage_on_last_choice_chunk != 0, f->malformed != 0, f->huge_event_kb);
         free(answer);
         if (!o->stream)
             return -1;
