@@ -129,6 +129,23 @@ check "...and is not relayed or kept (RSS $rss_before -> $(rss) kB)" [ "$(rss)" 
 STATUS=$(curl -s -o /dev/null -w '%{http_code}' "$FH/health")
 check "the daemon still serves after it" [ "$STATUS" = 200 ]
 
+# Backpressure: a client reading slowly pauses the upstream transfer; the
+# daemon does not buffer the answer (about 57 MB of events).
+rss_before=$(rss)
+curl -s -N -o "$FH_TMP/slow" --limit-rate 100k --max-time 8 -H 'Content-Type: application/json' \
+    --data-binary '{"model":"m","stream":true,"stub":{"answer_kb":4096},"messages":[{"role":"user","content":"x"}]}' \
+    "$FH/v1/chat/completions" &
+SLOW=$!
+check "the slow client's stream has started" wait_for 10 test -s "$FH_TMP/slow"
+sleep 2 # an observation window while the upstream could race ahead, not a wait
+rss_during=$(rss)
+kill $SLOW 2>/dev/null
+wait $SLOW
+check "a slow streaming client does not grow the daemon (RSS $rss_before -> $rss_during kB)" \
+    [ "$rss_during" -lt $((rss_before + 16384)) ]
+stub_idle() { [ "$(curl -s "$STUB/stub/stats" | jq -r .in_flight)" = 0 ]; }
+check "...and the upstream transfer ends when that client gives up" wait_for 5 stub_idle
+
 # --- models, metrics ------------------------------------------------------------
 STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/models")
 check "models relayed" bash -c "[ $STATUS = 200 ] && jq -e '.data[0].id' '$FH_TMP/body'"

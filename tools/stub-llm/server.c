@@ -83,6 +83,7 @@ struct fault {
     long status, delay_ms, reset, malformed, usage_on_last_choice_chunk, reject_if_system;
     long stall_after, break_after, chunk_delay_ms;
     long huge_event_kb; /* one SSE event of this many KiB with no blank line inside */
+    long answer_kb;     /* the answer repeated to at least this many KiB */
 };
 
 enum route { R_CHAT, R_MODELS, R_REQUESTS, R_LAST, R_STATS, R_HEALTH, R_NOT_FOUND };
@@ -247,6 +248,7 @@ static int fault_set(struct fault *f, const char *key, long long v, char *err, s
         {"usage_on_last_choice_chunk", 0, 1, offsetof(struct fault, usage_on_last_choice_chunk)},
         {"reject_if_system", 0, 1, offsetof(struct fault, reject_if_system)},
         {"huge_event_kb", 0, 65536, offsetof(struct fault, huge_event_kb)},
+        {"answer_kb", 0, 262144, offsetof(struct fault, answer_kb)},
     };
     size_t i;
     for (i = 0; i < sizeof spec / sizeof spec[0]; i++)
@@ -256,7 +258,7 @@ static int fault_set(struct fault *f, const char *key, long long v, char *err, s
         snprintf(err, errlen,
                  "unknown stub fault '%s'; known: status, delay_ms, reset, malformed, "
                  "stall_after_chunks, break_after_chunks, chunk_delay_ms, "
-                 "usage_on_last_choice_chunk, reject_if_system, huge_event_kb",
+                 "usage_on_last_choice_chunk, reject_if_system, huge_event_kb, answer_kb",
                  key);
         return -1;
     }
@@ -664,6 +666,19 @@ static int decide(struct stub_server *s, struct req *q, json_t *root, const stru
     char *answer = stub_compose_answer(messages, directive);
     if (!answer)
         return -1;
+    if (f->answer_kb > 0) {
+        /* A long answer, for backpressure tests: the same text again. */
+        size_t one = strlen(answer), want = (size_t)f->answer_kb * 1024;
+        size_t times = one ? (want + one - 1) / one : 0;
+        char *big = times ? malloc(one * times + 1) : NULL;
+        if (big) {
+            for (size_t k = 0; k < times; k++)
+                memcpy(big + k * one, answer, one);
+            big[one * times] = '\0';
+            free(answer);
+            answer = big;
+        }
+    }
     long prompt = stub_prompt_tokens(messages);
     long completion = stub_completion_tokens(answer);
 
