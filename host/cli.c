@@ -18,12 +18,12 @@
 #include "flags.h"
 #include "hostapi.h"
 #include "log.h"
+#include "plugindir.h"
 #include "reason.h"
 #include "registry.h"
 #include "request.h"
 #include "scenarios.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <jansson.h>
@@ -101,53 +101,6 @@ static void remove_cache_dir(char *dir)
     if (dir)
         nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
     free(dir);
-}
-
-static int has_suffix(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Sorted list of the *.so files in dir (malloc'd paths); -1 if unreadable. */
-static int list_plugins(const char *dir, char ***out, size_t *count)
-{
-    DIR *d = opendir(dir);
-    *out = NULL;
-    *count = 0;
-    if (!d)
-        return -1;
-    size_t cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.' || !has_suffix(e->d_name, ".so"))
-            continue;
-        if (*count == cap) {
-            cap = cap ? cap * 2 : 8;
-            char **grown = realloc(*out, cap * sizeof(**out));
-            if (!grown)
-                break;
-            *out = grown;
-        }
-        if (asprintf(&(*out)[*count], "%s/%s", dir, e->d_name) >= 0)
-            (*count)++;
-    }
-    closedir(d);
-    if (*count)
-        qsort(*out, *count, sizeof(**out), cmp_str);
-    return 0;
-}
-
-static void free_list(char **list, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        free(list[i]);
-    free(list);
 }
 
 /* Parses "-c FILE" / "--config FILE" / "--config=FILE" at argv[*i]. */
@@ -235,12 +188,11 @@ static int cmd_check(int argc, char **argv)
 
     /* Load every plugin for real (copy, dlopen, ABI checks, init, fini). */
     size_t loaded = 0;
-    char **files = NULL;
-    size_t nfiles = 0;
+    fh_plugin_files files = {0};
     char *cache = make_cache_dir();
     if (!cache) {
         fh_diag_add(&problems, "cannot create a temporary folder to check the plugins in");
-    } else if (list_plugins(cfg->plugins.dir, &files, &nfiles) < 0) {
+    } else if (fh_plugin_files_list(cfg->plugins.dir, &files) < 0) {
         fh_diag_add(&problems, "%s: plugins.dir %s cannot be read: %s; create it or fix the path",
                     cfg->path, cfg->plugins.dir, strerror(errno));
     } else {
@@ -254,12 +206,12 @@ static int cmd_check(int argc, char **argv)
             fh_diag_add(&problems, "out of memory");
         } else {
             char msg[1024];
-            for (size_t i = 0; i < nfiles; i++) {
+            for (size_t i = 0; i < files.count; i++) {
                 msg[0] = '\0';
-                if (fh_registry_load(reg, files[i], msg, sizeof(msg), NULL) == FH_LOAD_OK)
+                if (fh_registry_load(reg, files.paths[i], msg, sizeof(msg), NULL) == FH_LOAD_OK)
                     loaded++;
                 else
-                    fh_diag_add(&problems, "%s", msg[0] ? msg : files[i]);
+                    fh_diag_add(&problems, "%s", msg[0] ? msg : files.paths[i]);
             }
             for (size_t i = 0; flags && i < flags->feature_count; i++) {
                 fh_overlay_info info;
@@ -274,7 +226,7 @@ static int cmd_check(int argc, char **argv)
         }
         fh_inputs_provider_clear(&inputs);
     }
-    free_list(files, nfiles);
+    fh_plugin_files_free(&files);
     remove_cache_dir(cache);
 
     print_diag(&problems, "");

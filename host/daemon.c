@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "pipeline.h"
+#include "plugindir.h"
 #include "registry.h"
 #include "snapshot.h"
 #include "upstream.h"
@@ -90,49 +91,24 @@ static void clear_cache(const char *dir)
     closedir(d);
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static size_t load_plugins(fh_registry *reg, const char *dir)
 {
-    DIR *d = opendir(dir);
-    if (!d) {
+    fh_plugin_files files;
+    if (fh_plugin_files_list(dir, &files) != 0) {
         fh_error("plugins.dir %s cannot be read: %s; serving the baseline only", dir,
                  strerror(errno));
         return 0;
     }
-    char **names = NULL;
-    size_t n = 0, cap = 0, loaded = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        size_t len = strlen(e->d_name);
-        if (e->d_name[0] == '.' || len < 4 || strcmp(e->d_name + len - 3, ".so") != 0)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            char **grown = realloc(names, cap * sizeof(*names));
-            if (!grown)
-                break;
-            names = grown;
-        }
-        if (asprintf(&names[n], "%s/%s", dir, e->d_name) >= 0)
-            n++;
-    }
-    closedir(d);
-    if (n)
-        qsort(names, n, sizeof(*names), cmp_str);
-    for (size_t i = 0; i < n; i++) {
-        char msg[1024] = "", name[FUSION_NAME_MAX + 1] = "";
+    size_t loaded = 0;
+    for (size_t i = 0; i < files.count; i++) {
+        char msg[1024] = "";
         /* The registry logs each load; refusals are ours to report. */
-        if (fh_registry_load(reg, names[i], msg, sizeof(msg), name) == FH_LOAD_OK)
+        if (fh_registry_load(reg, files.paths[i], msg, sizeof(msg), NULL) == FH_LOAD_OK)
             loaded++;
         else
             fh_error("%s", msg);
-        free(names[i]);
     }
-    free(names);
+    fh_plugin_files_free(&files);
     return loaded;
 }
 
