@@ -55,6 +55,43 @@ static void read_strategy(fh_yaml *y, yaml_node_t *map, const char *path, const 
     }
 }
 
+/* An entry ending in '_' ("refund_") looks like a prefix but never matches
+ * "refund_x" (rule 2 wants the type to go on with '_' right after the
+ * entry), so it would silently route nothing; refuse it and name the
+ * spelling that works. */
+static void check_scenario_types(fh_yaml *y, yaml_node_t *conditions, fh_keypath *kp,
+                                 const fh_feature *f)
+{
+    yaml_node_t *list = fh_yaml_get(y, conditions, "scenario_types");
+    /* The entries were just read from this list; a mismatch cannot happen,
+     * but an index into the wrong node would read out of bounds. */
+    if (!list || list->type != YAML_SEQUENCE_NODE ||
+        (size_t)(list->data.sequence.items.top - list->data.sequence.items.start) !=
+            f->scenario_type_count)
+        return;
+    for (size_t i = 0; i < f->scenario_type_count; i++) {
+        const char *e = f->scenario_types[i];
+        size_t n = strlen(e);
+        if (!n || e[n - 1] != '_')
+            continue;
+        while (n && e[n - 1] == '_')
+            n--;
+        yaml_node_t *item = yaml_document_get_node(&y->doc, list->data.sequence.items.start[i]);
+        size_t mark = fh_keypath_push(kp, "scenario_types");
+        fh_keypath_push_index(kp, i);
+        if (n)
+            fh_yaml_error(y, item, kp->buf,
+                          "must not end with '_'; write the prefix without it: '%.*s' matches "
+                          "'%.*s_x'",
+                          (int)n, e, (int)n, e);
+        else
+            fh_yaml_error(y, item, kp->buf,
+                          "must not end with '_'; name a scenario type or its prefix, "
+                          "e.g. 'refund' (matches 'refund' and 'refund_x')");
+        fh_keypath_pop(kp, mark);
+    }
+}
+
 static void read_feature(fh_yaml *y, const char *name, yaml_node_t *k, yaml_node_t *node,
                          fh_feature *f)
 {
@@ -79,9 +116,10 @@ static void read_feature(fh_yaml *y, const char *name, yaml_node_t *k, yaml_node
     yaml_node_t *c = fh_yaml_get(y, node, "conditions");
     size_t mark = fh_keypath_push(&kp, "conditions");
     if (c && fh_yaml_check_map(y, c, kp.buf, condition_keys, true)) {
-        fh_yaml_get_string_list(y, c, kp.buf, "scenario_types", fh_valid_word,
-                                "a scenario type of [a-z0-9_], at most 64 characters",
-                                &f->scenario_types, &f->scenario_type_count);
+        if (fh_yaml_get_string_list(y, c, kp.buf, "scenario_types", fh_valid_word,
+                                    "a scenario type of [a-z0-9_], at most 64 characters",
+                                    &f->scenario_types, &f->scenario_type_count))
+            check_scenario_types(y, c, &kp, f);
         fh_yaml_get_double(y, c, kp.buf, "confidence_threshold", 0, 1, &f->confidence_threshold);
     }
     fh_keypath_pop(&kp, mark);

@@ -36,6 +36,28 @@ void fh_host_api_set_metric_sink(fh_metric_sink sink)
 
 /* ---- logging ---------------------------------------------------------- */
 
+/* msg[len] is the NUL vsnprintf put where it cut. A cut inside a multi-byte
+ * UTF-8 character would leave a lead byte without its continuation bytes,
+ * which the journal and JSON log shippers reject or mangle: drop the partial
+ * character. Bytes that are not UTF-8 at all are left as the plugin sent
+ * them. */
+static void cut_at_char_boundary(char *msg, size_t len)
+{
+    size_t start = len;
+    /* Back over at most three continuation bytes (10xxxxxx) to the lead. */
+    while (start > 0 && len - start < 3 && ((unsigned char)msg[start - 1] & 0xc0) == 0x80)
+        start--;
+    if (start == 0)
+        return;
+    unsigned char lead = (unsigned char)msg[start - 1];
+    size_t need = (lead & 0xe0) == 0xc0   ? 2
+                  : (lead & 0xf0) == 0xe0 ? 3
+                  : (lead & 0xf8) == 0xf0 ? 4
+                                          : 1;
+    if (need > 1 && (start - 1) + need > len)
+        msg[start - 1] = '\0';
+}
+
 static void api_log(fusion_log_level level, const char *fmt, ...) FUSION_PRINTF(2, 3);
 
 static void api_log(fusion_log_level level, const char *fmt, ...)
@@ -56,6 +78,8 @@ static void api_log(fusion_log_level level, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
+    if ((size_t)n >= sizeof(msg))
+        cut_at_char_boundary(msg, sizeof(msg) - 1);
     /* One plugin line must stay one log line: a newline or escape sequence
      * in a plugin's message must not forge host log lines. */
     for (char *p = msg; *p; p++) {
@@ -176,8 +200,8 @@ static const char *api_message_content(const fusion_request *creq, size_t i)
 
 /* ---- numeric fields ----------------------------------------------------- */
 
-/* Field names a plugin may set: top-level sampling knobs such as
- * "temperature" or "max_tokens"; [a-z_]+ keeps out paths and odd keys. */
+/* A well-formed field name: [a-z_]+ of at most FH_FIELD_MAX characters,
+ * so a refused one can be quoted in a log line as it is. */
 static int valid_field(const char *field)
 {
     if (!field || !*field)
@@ -201,19 +225,43 @@ static int api_get_number(const fusion_request *req, const char *field, double *
     return 1;
 }
 
-/* A plugin may set a field that is absent, null or already a number. It may
- * not turn `messages`, `model`, `stream` or `tools` into a number. */
-static int settable(fusion_request *req, const char *field)
+/* The numeric sampling parameters an overlay may set. Anything else is the
+ * caller's or the host's: a number in `stream`, `n` (50 answers billed) or
+ * `fusion` changes what the request is, not how it is sampled. Keep this
+ * list and the comment on req_set_number in <fusion/overlay.h> in step. */
+static const char *const settable_fields[] = {
+    "temperature",           "top_p", "presence_penalty", "frequency_penalty", "max_tokens",
+    "max_completion_tokens", "seed",
+};
+
+static int allowed_field(const char *field)
 {
-    if (!req || !req->body || !valid_field(field))
+    for (size_t i = 0; i < sizeof(settable_fields) / sizeof(settable_fields[0]); i++)
+        if (strcmp(field, settable_fields[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* A plugin may set an allowed field that is absent, null or already a
+ * number; a caller's string or object there stays as the caller sent it. */
+static int settable(fusion_request *req, const char *field, const char *fn)
+{
+    if (!req || !req->body)
         return 0;
+    if (!valid_field(field) || !allowed_field(field)) {
+        /* valid_field() first: only a [a-z_] name is quoted into the log. */
+        fh_debug("%s: refused field '%s'; an overlay may set only temperature, top_p, "
+                 "presence_penalty, frequency_penalty, max_tokens, max_completion_tokens and seed",
+                 fn, valid_field(field) ? field : "(malformed name)");
+        return 0;
+    }
     json_t *cur = json_object_get(req->body, field);
     return !cur || json_is_null(cur) || json_is_number(cur);
 }
 
 static int api_set_number(fusion_request *req, const char *field, double value)
 {
-    if (!isfinite(value) || !settable(req, field))
+    if (!isfinite(value) || !settable(req, field, "req_set_number"))
         return -1;
     json_t *v = json_real(value);
     if (!v)
@@ -223,7 +271,7 @@ static int api_set_number(fusion_request *req, const char *field, double value)
 
 static int api_set_integer(fusion_request *req, const char *field, int64_t value)
 {
-    if (!settable(req, field))
+    if (!settable(req, field, "req_set_integer"))
         return -1;
     json_t *v = json_integer((json_int_t)value);
     if (!v)

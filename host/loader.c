@@ -18,15 +18,23 @@
  *      anyone who can write either can run code as the daemon;
  *   3. the ELF header (magic, ET_DYN), so a stray text file gets a clear
  *      message rather than dlerror()'s "invalid ELF header";
- *   4. copy, RTLD_NOLOAD, dlopen(RTLD_NOW | RTLD_LOCAL): RTLD_NOW surfaces a
+ *   4. the cache folder, opened O_DIRECTORY | O_NOFOLLOW and checked on that
+ *      descriptor: owned by the daemon's effective user and not writable by
+ *      group/other, since whoever can write it can swap the copy before it is
+ *      mapped; the copy is created with openat(O_EXCL | O_NOFOLLOW) in it;
+ *   5. RTLD_NOLOAD, dlopen(RTLD_NOW | RTLD_LOCAL): RTLD_NOW surfaces a
  *      missing symbol now rather than in the middle of a request, LOCAL keeps
- *      two plugins' symbols apart;
- *   5. the descriptor: magic, ABI major, ABI minor and size are read before
+ *      two plugins' symbols apart; then the file the dynamic loader mapped
+ *      must be the very copy written (same device and inode);
+ *   6. the descriptor: magic, ABI major, ABI minor and size are read before
  *      any other field, because an object of another ABI may be shorter than
  *      ours; then min(size, sizeof) is copied into a zeroed local, so a plugin
  *      built against an older minor has the newer fields NULL.
  * Every refusal undoes what was done (dlclose, unlink the copy) and writes
- * one line naming the file and what to do about it.
+ * one line naming the file and what to do about it. A refused library is
+ * closed the way fh_loader_close() closes one: its destructors attributed to
+ * the file in the log, and a library the dynamic loader keeps mapped is
+ * reported in the message.
  *
  * Threads: no shared state but the atomic counter that makes copy names
  * unique; any thread may load or close. A plugin's constructors and its entry
@@ -41,6 +49,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -280,16 +289,19 @@ static int make_dirs(const char *dir)
     return 0;
 }
 
-/* Copies fd (from offset 0) to a new file at dst; removes it on failure. */
-static int copy_fd(int in, const char *dst)
+/* Copies fd (from offset 0) to a new file `leaf` in the folder dirfd and
+ * fstats what it wrote into *written; removes it on failure. 0500: nothing,
+ * not even this process, has a reason to write the copy once it is made. */
+static int copy_fd_at(int in, int dirfd, const char *leaf, struct stat *written)
 {
-    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    int out = openat(dirfd, leaf, flags, 0500);
     if (out < 0 && errno == EEXIST) {
         /* Left behind by an earlier process with our pid. If it is still
          * mapped here, the RTLD_NOLOAD check that follows will say so. */
-        if (unlink(dst) != 0)
+        if (unlinkat(dirfd, leaf, 0) != 0)
             return -1;
-        out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        out = openat(dirfd, leaf, flags, 0500);
     }
     if (out < 0)
         return -1;
@@ -313,6 +325,8 @@ static int copy_fd(int in, const char *dst)
             done += w;
         }
     }
+    if (fstat(out, written) != 0)
+        goto fail;
     if (close(out) != 0) {
         out = -1;
         goto fail;
@@ -322,9 +336,84 @@ fail:;
     int saved = errno;
     if (out >= 0)
         close(out);
-    unlink(dst);
+    unlinkat(dirfd, leaf, 0);
     errno = saved;
     return -1;
+}
+
+/* Opens the cache folder without following a symlink at its last component
+ * and checks it on that descriptor: owned by the daemon's effective user,
+ * not writable by group/other. Returns the descriptor, or -1 with *err and
+ * msg set. */
+static int open_cache_dir(const char *cache_dir, const char *abs, fh_load_err *err, char *msg,
+                          size_t msglen)
+{
+    int dfd = open(cache_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (dfd < 0) {
+        int e = errno;
+        if ((e == ELOOP || e == ENOTDIR) && lstat(cache_dir, &st) == 0 && S_ISLNK(st.st_mode)) {
+            set_msg(msg, msglen,
+                    "%s: the plugin cache folder %s is a symbolic link; whoever can change the "
+                    "link chooses what gets mapped: set cache_dir to a real folder owned by the "
+                    "daemon's user, mode 700",
+                    abs, cache_dir);
+            *err = FH_LOAD_UNSAFE_PERMS;
+        } else {
+            set_msg(msg, msglen, "%s: cannot open the plugin cache folder %s: %s", abs, cache_dir,
+                    strerror(e));
+            *err = FH_LOAD_IO;
+        }
+        return -1;
+    }
+    if (fstat(dfd, &st) != 0) {
+        set_msg(msg, msglen, "%s: cannot stat the plugin cache folder %s: %s", abs, cache_dir,
+                strerror(errno));
+        *err = FH_LOAD_IO;
+        close(dfd);
+        return -1;
+    }
+    /* Whoever owns or can write the cache folder can swap the copy between
+     * our write and dlopen(): it must be the daemon's alone. */
+    uid_t me = geteuid();
+    if (st.st_uid != me) {
+        set_msg(msg, msglen,
+                "%s: the plugin cache folder %s is owned by uid %u, not by the daemon's user "
+                "(uid %u), so its owner could swap the private copy before it is mapped: "
+                "chown %u '%s' && chmod 700 '%s', or set cache_dir to a folder of the daemon's "
+                "own",
+                abs, cache_dir, (unsigned)st.st_uid, (unsigned)me, (unsigned)me, cache_dir,
+                cache_dir);
+        *err = FH_LOAD_UNSAFE_PERMS;
+        close(dfd);
+        return -1;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        set_msg(msg, msglen,
+                "%s: the plugin cache folder %s is writable by %s (mode %04o), so they could swap "
+                "the private copy before it is mapped: chmod 700 '%s'",
+                abs, cache_dir, (st.st_mode & S_IWOTH) ? "others" : "its group",
+                (unsigned)(st.st_mode & 07777), cache_dir);
+        *err = FH_LOAD_UNSAFE_PERMS;
+        close(dfd);
+        return -1;
+    }
+    return dfd;
+}
+
+/* True when the object behind `handle` is the file whose fstat is
+ * `written`: the dynamic loader opened the copy by name, so a rename into
+ * the cache folder between our write and dlopen() would map something else.
+ * The folder checks make that unlikely; this makes it detected. */
+static bool mapped_is_copy(void *handle, const struct stat *written)
+{
+    struct link_map *lm = NULL;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0 || !lm || !lm->l_name || !*lm->l_name)
+        return false;
+    struct stat st;
+    if (stat(lm->l_name, &st) != 0)
+        return false;
+    return st.st_dev == written->st_dev && st.st_ino == written->st_ino;
 }
 
 /* "/a/b/foo.so" -> "foo" into buf (the stem names the private copy). */
@@ -338,6 +427,29 @@ static void file_stem(const char *path, char *buf, size_t len)
         n = len - 1;
     memcpy(buf, b, n);
     buf[n] = '\0';
+}
+
+/* True while an object of that name is still in the link map. The path is
+ * the unique copy name, so only our own mapping can answer. */
+static bool still_mapped(const char *copy_path)
+{
+    void *h = dlopen(copy_path, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return false;
+    dlclose(h); /* drop the reference RTLD_NOLOAD just took */
+    return true;
+}
+
+/* dlclose() runs the plugin's destructors: attribute them to `who` in the
+ * log. Returns true when the library is really unmapped afterwards. Shared
+ * by fh_loader_close() and the refusal path of fh_loader_open(), so a
+ * refused library that will not unmap is reported like a loaded one. */
+static bool close_handle(void *handle, const char *copy_path, const char *who)
+{
+    const char *prev = fh_log_set_overlay(who);
+    dlclose(handle);
+    fh_log_set_overlay(prev);
+    return !(copy_path && still_mapped(copy_path));
 }
 
 /* Checks the header fields of the descriptor the entry returned, then copies
@@ -422,7 +534,7 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     memset(out, 0, sizeof(*out));
     set_msg(msg, msglen, "%s", "");
     fh_load_err err = FH_LOAD_OK;
-    int fd = -1;
+    int fd = -1, cache_fd = -1;
     void *handle = NULL;
     char *copy = NULL;
     char *abs = absolute_path(path);
@@ -469,29 +581,23 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         err = FH_LOAD_IO;
         goto fail;
     }
-    /* Whoever can write the cache folder can swap the copy between our
-     * write and dlopen(): it must be as private as the plugin folder. */
-    struct stat cst;
-    if (stat(opts->cache_dir, &cst) == 0 && (cst.st_mode & (S_IWGRP | S_IWOTH))) {
-        set_msg(msg, msglen,
-                "%s: the plugin cache folder %s is writable by group/other (mode %04o); "
-                "chmod 700 '%s'",
-                abs, opts->cache_dir, (unsigned)(cst.st_mode & 07777), opts->cache_dir);
-        err = FH_LOAD_UNSAFE_PERMS;
+    if ((cache_fd = open_cache_dir(opts->cache_dir, abs, &err, msg, msglen)) < 0)
         goto fail;
-    }
     char stem[FUSION_NAME_MAX + 1];
     file_stem(abs, stem, sizeof(stem));
     unsigned long seq = atomic_fetch_add(&copy_counter, 1) + 1;
-    size_t clen = strlen(opts->cache_dir) + strlen(stem) + 64;
+    char leaf[FUSION_NAME_MAX + 64];
+    snprintf(leaf, sizeof(leaf), "%s-%ld-%lu.so", stem, (long)getpid(), seq);
+    size_t clen = strlen(opts->cache_dir) + 1 + strlen(leaf) + 1;
     copy = malloc(clen);
     if (!copy) {
         set_msg(msg, msglen, "%s: out of memory", abs);
         err = FH_LOAD_IO;
         goto fail;
     }
-    snprintf(copy, clen, "%s/%s-%ld-%lu.so", opts->cache_dir, stem, (long)getpid(), seq);
-    if (copy_fd(fd, copy) != 0) {
+    snprintf(copy, clen, "%s/%s", opts->cache_dir, leaf);
+    struct stat written;
+    if (copy_fd_at(fd, cache_fd, leaf, &written) != 0) {
         set_msg(msg, msglen,
                 "%s: cannot copy it to %s: %s; check that the cache folder is "
                 "writable by the daemon",
@@ -528,6 +634,16 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         err = FH_LOAD_DLOPEN;
         goto fail;
     }
+    if (!mapped_is_copy(handle, &written)) {
+        fh_log_set_overlay(prev);
+        set_msg(msg, msglen,
+                "%s: the library the dynamic loader mapped from %s is not the copy just written "
+                "there (another device/inode): something else writes the cache folder %s; make "
+                "it the daemon's alone (chmod 700, owned by the daemon's user) and load again",
+                abs, copy, opts->cache_dir);
+        err = FH_LOAD_UNSAFE_PERMS;
+        goto fail;
+    }
     dlerror();
     /* dlsym returns data pointers; the POSIX-blessed way to get a function
      * pointer out of it is to copy the bits. */
@@ -551,6 +667,7 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         goto fail;
 
     close(fd);
+    close(cache_fd);
     out->handle = handle;
     out->source_path = abs;
     out->copy_path = copy;
@@ -559,12 +676,25 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     return FH_LOAD_OK;
 
 fail:
-    if (handle)
-        dlclose(handle);
+    if (handle && !close_handle(handle, copy, base_name(abs))) {
+        /* Its code stays in memory whatever we do; say so rather than
+         * let the operator believe a refused file left nothing behind. */
+        size_t used = msg && msglen ? strlen(msg) : 0;
+        if (msg && used + 1 < msglen)
+            snprintf(msg + used, msglen - used,
+                     "; the dynamic loader also kept the refused library mapped (linked with -z "
+                     "nodelete, or it uses unique symbols): it stays in memory until a restart");
+        else
+            fh_warn("%s: refused, and the dynamic loader kept the library mapped (linked with "
+                    "-z nodelete, or it uses unique symbols) until a restart",
+                    abs);
+    }
     if (copy) {
         unlink(copy);
         free(copy);
     }
+    if (cache_fd >= 0)
+        close(cache_fd);
     if (fd >= 0)
         close(fd);
     free(abs);
@@ -572,27 +702,12 @@ fail:
     return err;
 }
 
-/* True while an object of that name is still in the link map. The path is
- * the unique copy name, so only our own mapping can answer. */
-static bool still_mapped(const char *copy_path)
-{
-    void *h = dlopen(copy_path, RTLD_LAZY | RTLD_NOLOAD);
-    if (!h)
-        return false;
-    dlclose(h); /* drop the reference RTLD_NOLOAD just took */
-    return true;
-}
-
 bool fh_loader_close(fh_plugin *p)
 {
     bool unmapped = true;
     if (p->handle) {
-        const char *prev = fh_log_set_overlay(p->desc.name);
-        dlclose(p->handle); /* runs the plugin's destructors */
-        fh_log_set_overlay(prev);
+        unmapped = close_handle(p->handle, p->copy_path, p->desc.name);
         p->handle = NULL;
-        if (p->copy_path && still_mapped(p->copy_path))
-            unmapped = false;
     }
     if (p->copy_path) {
         /* A pinned mapping keeps the inode alive; the name can go. */

@@ -335,9 +335,9 @@ static int apply_headers(fh_txn *t, char *err, size_t errlen)
     }
     if (!type && !id && !key && confidence == r->confidence)
         return 0;
-    return fh_request_set_context(r, r->scenario_type ? r->scenario_type : type,
-                                  r->scenario_id ? r->scenario_id : id, r->key ? r->key : key,
-                                  confidence);
+    return fh_request_set_context_checked(r, r->scenario_type ? r->scenario_type : type,
+                                          r->scenario_id ? r->scenario_id : id,
+                                          r->key ? r->key : key, confidence, err, errlen);
 }
 
 static fh_reason unavailable_reason(fh_overlay_state s)

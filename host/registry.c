@@ -8,8 +8,13 @@
  *
  * Data:
  *   entries    list of fh_entry; each has `current` (the generation new
- *              requests get, NULL once unloaded) and `retired` (generations
- *              replaced or unloaded, still draining).
+ *              requests get, NULL once unloaded), `retired` (generations
+ *              replaced or unloaded, still draining), `finalising` (how many
+ *              were taken off `retired` and are being finalised now) and
+ *              `pinned` (finalised ones the dynamic loader kept mapped, with
+ *              a record of the last: version, ABI and source path). An
+ *              entry is freed only when all four are empty, so a library
+ *              left in memory stays listed until the process ends.
  *   failed     list of refused files by path.
  *
  * Locks and who touches what:
@@ -76,15 +81,30 @@ struct fh_generation {
     fh_generation *next_retired;
 };
 
+/* The last generation of an entry that dlclose() left mapped: what `list`
+ * shows once no live generation is left to describe the overlay. */
+typedef struct fh_pinned_record {
+    char version[FUSION_VERSION_MAX + 1];
+    unsigned abi_major, abi_minor;
+    char source_path[4096]; /* its private copy is named in the warning */
+} fh_pinned_record;
+
 typedef struct fh_entry {
     char name[FUSION_NAME_MAX + 1];
     fh_overlay_state state; /* ENABLED, DISABLED, QUARANTINED or DRAINING */
     char reason[512];
     fh_generation *current; /* NULL once unloaded */
     fh_generation *retired; /* newest first */
-    size_t pinned;
+    size_t finalising;      /* off `retired`, fini()/dlclose() running */
+    size_t pinned;          /* finalised but still mapped */
+    fh_pinned_record last_pinned;
     struct fh_entry *next;
 } fh_entry;
+
+/* Shown as the reason of an unloaded overlay whose library stays mapped. */
+#define FH_PINNED_REASON                                                                           \
+    "unloaded but the dynamic loader kept the library mapped (RTLD_NODELETE or unique symbols); "  \
+    "restart to unmap it"
 
 typedef struct fh_failed {
     char *path;
@@ -230,10 +250,12 @@ static void drop_failed(fh_registry *r, const char *path)
     }
 }
 
-/* Removes an entry with nothing left in it. Write lock. */
+/* Removes an entry with nothing left in it. An entry with generations being
+ * finalised stays until their outcome is known, and one with a pinned
+ * library stays for good: that memory is still in use. Write lock. */
 static void drop_entry_if_empty(fh_registry *r, fh_entry *e)
 {
-    if (e->current || e->retired)
+    if (e->current || e->retired || e->finalising || e->pinned)
         return;
     for (fh_entry **pp = &r->entries; *pp; pp = &(*pp)->next) {
         if (*pp == e) {
@@ -310,29 +332,51 @@ static bool finalise(fh_generation *g)
     return unmapped;
 }
 
-/* Finalises a list (linked by next_retired) built under the write lock and
- * counts pinned libraries on their entries. */
+/* An overlay with no live generation but a library in memory says why it
+ * is still listed (draining, with that reason). Write lock. */
+static void note_pinned(fh_entry *e)
+{
+    if (!e->current && e->pinned > 0) {
+        e->state = FH_STATE_DRAINING;
+        copy_str(e->reason, sizeof(e->reason), FH_PINNED_REASON);
+    }
+}
+
+/* Finalises a list (linked by next_retired) built under the write lock by
+ * collect_drained(), and books each outcome on its entry, which its
+ * `finalising` count kept alive meanwhile. */
 static void finalise_list(fh_registry *r, fh_generation *list)
 {
     while (list) {
         fh_generation *g = list;
         list = g->next_retired;
         char name[FUSION_NAME_MAX + 1];
+        fh_pinned_record rec;
         copy_str(name, sizeof(name), g->name);
-        bool unmapped = finalise(g);
+        copy_str(rec.version, sizeof(rec.version), g->version);
+        rec.abi_major = g->plugin.desc.abi_major;
+        rec.abi_minor = g->plugin.desc.abi_minor;
+        copy_str(rec.source_path, sizeof(rec.source_path), g->plugin.source_path);
+        bool unmapped = finalise(g); /* frees g */
         atomic_fetch_sub(&r->nretired, 1);
-        if (!unmapped) {
-            wrlock(r);
-            fh_entry *e = find_entry(r, name);
-            if (e)
+        wrlock(r);
+        fh_entry *e = find_entry(r, name);
+        assert(e && e->finalising > 0);
+        if (e) {
+            e->finalising--;
+            if (!unmapped) {
                 e->pinned++;
-            unlock(r);
+                e->last_pinned = rec;
+                note_pinned(e);
+            }
+            drop_entry_if_empty(r, e);
         }
+        unlock(r);
     }
 }
 
-/* Moves the drained, unheld retired generations of `e` onto *out. Write
- * lock. Returns how many stay behind. */
+/* Moves the drained, unheld retired generations of `e` onto *out, counting
+ * them in e->finalising. Write lock. Returns how many stay behind. */
 static size_t collect_drained(fh_entry *e, fh_generation **out)
 {
     size_t left = 0;
@@ -342,6 +386,7 @@ static size_t collect_drained(fh_entry *e, fh_generation **out)
             *pp = g->next_retired;
             g->next_retired = *out;
             *out = g;
+            e->finalising++;
         } else {
             left++;
             pp = &g->next_retired;
@@ -426,6 +471,7 @@ static int unload_locked(fh_registry *r, fh_entry *e, int drain_timeout_ms)
     copy_str(name, sizeof(name), e->name);
     retire_current(r, e);
     e->state = FH_STATE_DRAINING;
+    note_pinned(e); /* a library an earlier swap left mapped */
     size_t n = 0;
     fh_generation **held = hold_retired(e, &n);
     unlock(r);
@@ -640,9 +686,12 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
         }
         retire_current(r, e);
         /* A reload after an unload routes again; disable and quarantine are
-         * the operator's and survive a swap. */
-        if (e->state == FH_STATE_DRAINING)
+         * the operator's and survive a swap. The pinned count stays: the
+         * old library is still in memory. */
+        if (e->state == FH_STATE_DRAINING) {
             e->state = FH_STATE_ENABLED;
+            e->reason[0] = '\0';
+        }
     } else if (fresh) {
         e = fresh;
         fresh = NULL;
@@ -799,13 +848,19 @@ static void fill_entry_info(const fh_entry *e, fh_overlay_info *o)
 {
     memset(o, 0, sizeof(*o));
     copy_str(o->name, sizeof(o->name), e->name);
-    /* Describe the current generation, or the newest one still draining. */
+    /* Describe the current generation, or the newest one still draining,
+     * or else the last one the dynamic loader kept mapped. */
     const fh_generation *g = e->current ? e->current : e->retired;
     if (g) {
         copy_str(o->version, sizeof(o->version), g->version);
         o->abi_major = g->plugin.desc.abi_major;
         o->abi_minor = g->plugin.desc.abi_minor;
         copy_str(o->path, sizeof(o->path), g->plugin.source_path);
+    } else if (e->pinned > 0) {
+        copy_str(o->version, sizeof(o->version), e->last_pinned.version);
+        o->abi_major = e->last_pinned.abi_major;
+        o->abi_minor = e->last_pinned.abi_minor;
+        copy_str(o->path, sizeof(o->path), e->last_pinned.source_path);
     }
     o->state = e->state;
     if (e->current)
@@ -916,6 +971,15 @@ void fh_registry_free(fh_registry *r, int drain_timeout_ms)
     free(held);
 
     size_t left = fh_registry_reap(r);
+    if (left == 0) {
+        /* What is left is only the record of pinned libraries; their
+         * memory is the dynamic loader's, ours can go. */
+        while (r->entries) {
+            fh_entry *e = r->entries;
+            r->entries = e->next;
+            free(e);
+        }
+    }
     while (r->failed) {
         fh_failed *f = r->failed;
         r->failed = f->next;

@@ -7,7 +7,8 @@
  * locks. Invariants after a successful parse: body is an object, body has no
  * `fusion` member, body.messages is a non-empty array of objects each with a
  * string `role` and a string/array/null/absent `content`, and every context
- * string is either NULL or a private copy of at most FH_CONTEXT_MAX bytes.
+ * string is either NULL or a private, non-empty copy of at most
+ * FH_CONTEXT_MAX bytes of [A-Za-z0-9_.:-], safe in a log line or a label.
  *
  * Everything the caller sent other than `fusion` is kept as it came (tools,
  * response_format, n, seed, stream, vendor fields ...): the host adds, it
@@ -24,6 +25,9 @@
 /* Context strings end up in logs, metric labels and rollout hashing; a
  * caller has no business sending kilobytes there. */
 #define FH_CONTEXT_MAX 256
+/* ... nor newlines, quotes or escapes: one of those in a log line or a
+ * Prometheus label forges or breaks it. Identifiers need no more than this. */
+#define FH_CONTEXT_CHARS "letters, digits and _ . : -"
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -36,6 +40,19 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+/* [A-Za-z0-9_.:-]+, spelled out rather than isalnum(): the locale must not
+ * widen what reaches a metric label. */
+static int context_chars_valid(const char *s)
+{
+    for (; *s; s++) {
+        char c = *s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == ':' || c == '-'))
+            return 0;
+    }
+    return 1;
 }
 
 static char *dup_or_null(const char *s)
@@ -66,7 +83,16 @@ static int take_context_string(json_t *fusion, const char *key, char **out, char
         set_err(err, errlen, "fusion.%s is longer than %d bytes", key, FH_CONTEXT_MAX);
         return -1;
     }
-    *out = dup_or_null(json_string_value(v));
+    /* Checked as a C string; the length comparison refuses an embedded
+     * NUL should the parser ever be told to allow one. */
+    const char *text = json_string_value(v);
+    if (strlen(text) != json_string_length(v) || !context_chars_valid(text)) {
+        set_err(err, errlen, "fusion.%s may contain only " FH_CONTEXT_CHARS, key);
+        return -1;
+    }
+    if (!*text)
+        return 0; /* "" is "not given", like null */
+    *out = dup_or_null(text);
     if (!*out) {
         set_err(err, errlen, "out of memory");
         return -1;
@@ -217,18 +243,45 @@ void fh_request_free(fusion_request *req)
 int fh_request_set_context(fusion_request *req, const char *scenario_type, const char *scenario_id,
                            const char *key, double confidence)
 {
-    if (!req)
+    return fh_request_set_context_checked(req, scenario_type, scenario_id, key, confidence, NULL,
+                                          0);
+}
+
+int fh_request_set_context_checked(fusion_request *req, const char *scenario_type,
+                                   const char *scenario_id, const char *key, double confidence,
+                                   char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (!req) {
+        set_err(err, errlen, "no request");
         return -1;
+    }
     /* Negative means "not given"; anything else must be a probability. */
-    if (isnan(confidence) || confidence > 1.0)
+    if (isnan(confidence) || confidence > 1.0) {
+        set_err(err, errlen, "confidence must be a number from 0 to 1");
         return -1;
+    }
+    /* The same rules as the body's fusion object: these values come from
+     * X-Fusion-* headers and go to the same logs and labels. */
+    static const char *const names[3] = {"scenario_type", "scenario_id", "key"};
     const char *in[3] = {scenario_type, scenario_id, key};
     char *copy[3] = {NULL, NULL, NULL};
     for (int i = 0; i < 3; i++) {
-        if (in[i] && strlen(in[i]) > FH_CONTEXT_MAX)
+        if (!in[i] || !*in[i])
+            continue; /* "" is "not given" */
+        if (strlen(in[i]) > FH_CONTEXT_MAX) {
+            set_err(err, errlen, "fusion.%s is longer than %d bytes", names[i], FH_CONTEXT_MAX);
             goto fail;
-        if (in[i] && !(copy[i] = dup_or_null(in[i])))
+        }
+        if (!context_chars_valid(in[i])) {
+            set_err(err, errlen, "fusion.%s may contain only " FH_CONTEXT_CHARS, names[i]);
             goto fail;
+        }
+        if (!(copy[i] = dup_or_null(in[i]))) {
+            set_err(err, errlen, "out of memory");
+            goto fail;
+        }
     }
     /* All copies made: swap them in, so a failure leaves req unchanged. */
     free(req->scenario_type);

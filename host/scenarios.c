@@ -16,13 +16,16 @@ static const char refund_answer[] =
 
 static const char compliance_answer[] =
     "Audit preparation tracked as a state model.\n"
-    "States: collecting_evidence, under_review, remediation, ready_for_audit.\n"
+    "States: collecting_evidence, under_review, remediation, ready_for_audit, "
+    "evidence_rejected.\n"
     "Transitions: collecting_evidence -> under_review when every control has evidence; "
     "under_review -> remediation when a gap is found; remediation -> under_review once fixed; "
-    "under_review -> ready_for_audit after sign-off.\n"
+    "under_review -> ready_for_audit after sign-off; under_review -> evidence_rejected when "
+    "the auditor rejects evidence; evidence_rejected -> collecting_evidence when the owner "
+    "starts over.\n"
     "Invariant: every control must always have an owner and a dated evidence link.\n"
-    "Error state: evidence_rejected, entered when the auditor rejects evidence; recovery "
-    "returns the control to collecting_evidence.\n";
+    "Error state: evidence_rejected; recovery returns the control to collecting_evidence, and "
+    "a control still rejected after five business days is escalated to the compliance lead.\n";
 
 static const char generic_answer[] =
     "Here is a short plan: identify the cause, apply the fix, and monitor the result.\n";

@@ -78,6 +78,17 @@ static const char *join_path(char *buf, size_t size, const char *parent, const c
 
 /* ---- diagnostics ---------------------------------------------------------- */
 
+/* Quoted YAML may carry "\n", "\e" and friends into keys, values and tags
+ * (tags even through %0A). A raw newline in a diagnostic would forge a
+ * second "FILE:LINE:COL:" line and an escape would drive the terminal, so
+ * every control byte is shown as '?', as quote_value() does. */
+static void clean_controls(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 void fh_yaml_error(fh_yaml *y, const yaml_node_t *n, const char *path, const char *fmt, ...)
 {
     char msg[1024];
@@ -85,9 +96,15 @@ void fh_yaml_error(fh_yaml *y, const yaml_node_t *n, const char *path, const cha
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    clean_controls(msg);
+    char kp[sizeof(((fh_keypath *)0)->buf)];
+    if (path) {
+        snprintf(kp, sizeof(kp), "%s", path);
+        clean_controls(kp);
+    }
     size_t line = n ? n->start_mark.line + 1 : 0;
     size_t col = n ? n->start_mark.column + 1 : 0;
-    fh_diag_at(y->diag, y->file, line, col, path, "%s", msg);
+    fh_diag_at(y->diag, y->file, line, col, path ? kp : NULL, "%s", msg);
     y->errors++;
 }
 
@@ -100,6 +117,7 @@ static void error_at_mark(fh_yaml *y, yaml_mark_t m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    clean_controls(msg);
     fh_diag_at(y->diag, y->file, m.line + 1, m.column + 1, NULL, "%s", msg);
     y->errors++;
 }
@@ -194,7 +212,12 @@ static const char *char_at(const char *text, size_t len, size_t line, size_t col
     return i < len ? text + i : NULL;
 }
 
-/* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), no NUL byte. */
+/* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), no NUL byte,
+ * and none of the characters YAML 1.1 (so libyaml) takes as a line break
+ * but editors do not: NEL, LS, PS. With one of those in a comment or a
+ * quoted string, every later line number libyaml reports would be one past
+ * the line the operator sees. Lines are counted as libyaml counts them (LF,
+ * CRLF and a lone CR each end a line) so the positions here agree. */
 static bool check_utf8(fh_yaml *y, const char *text, size_t len)
 {
     const unsigned char *s = (const unsigned char *)text;
@@ -211,10 +234,10 @@ static bool check_utf8(fh_yaml *y, const char *text, size_t len)
         }
         if (c < 0x80) {
             i++;
-            if (c == '\n') {
+            if (c == '\n' || (c == '\r' && (i >= len || s[i] != '\n'))) {
                 line++;
                 col = 1;
-            } else {
+            } else if (c != '\r') {
                 col++;
             }
             continue;
@@ -234,6 +257,18 @@ static bool check_utf8(fh_yaml *y, const char *text, size_t len)
         }
         if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
             goto bad;
+        if (cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
+            fh_diag_at(y->diag, y->file, line, col, NULL,
+                       "U+%04X %s: YAML reads it as a line break, which would put every later "
+                       "line number off; remove it, or write it as \\u%04X inside double quotes",
+                       cp,
+                       cp == 0x85     ? "NEXT LINE"
+                       : cp == 0x2028 ? "LINE SEPARATOR"
+                                      : "PARAGRAPH SEPARATOR",
+                       cp);
+            y->errors++;
+            return false;
+        }
         i += need + 1;
         col++;
         continue;
@@ -334,12 +369,99 @@ static bool prepass(fh_yaml *y, const char *text, size_t len)
     return y->errors == before;
 }
 
+/* A key's text for a key path, with each NUL shown as "\0" so the path
+ * names the key as written rather than as its text before the NUL. */
+static void key_text(const yaml_node_t *k, char *out, size_t size)
+{
+    const char *s = scalar(k);
+    size_t len = k->data.scalar.length, o = 0;
+    for (size_t i = 0; i < len && o + 3 < size; i++) {
+        if (s[i]) {
+            out[o++] = s[i];
+        } else {
+            out[o++] = '\\';
+            out[o++] = '0';
+        }
+    }
+    out[o] = '\0';
+}
+
+static bool has_nul(const yaml_node_t *n)
+{
+    return n->type == YAML_SCALAR_NODE && strlen(scalar(n)) != n->data.scalar.length;
+}
+
+/* Reports every list or mapping longer than FH_YAML_MAX_ENTRIES, and every
+ * scalar holding a NUL (only a "\0" or "\u0000" escape in a
+ * double-quoted scalar can make one; a raw NUL byte was refused earlier).
+ * The getters, key lookups and duplicate checks all treat text as C
+ * strings, so "listen\0junk" would otherwise pass as the known key listen
+ * or as a duplicate of it, and a value would be cut short. Depth is bounded
+ * by the prepass (MAX_DEPTH). */
+static void check_nuls(fh_yaml *y, yaml_node_t *n, fh_keypath *kp)
+{
+    static const char why[] = "contains a NUL byte (written \\0 or \\u0000); keys and strings "
+                              "cannot hold one";
+    if (!n)
+        return;
+    /* The loaders look names up linearly (overlays, features, environments),
+     * so a bound here keeps a hostile 4 MiB file from costing minutes of
+     * string compares on every reload. */
+    size_t entries = n->type == YAML_SEQUENCE_NODE
+                         ? (size_t)(n->data.sequence.items.top - n->data.sequence.items.start)
+                         : fh_yaml_map_size(n);
+    if (entries > FH_YAML_MAX_ENTRIES) {
+        fh_yaml_error(y, n, kp->buf, "has %zu entries; at most %u are accepted", entries,
+                      FH_YAML_MAX_ENTRIES);
+        return;
+    }
+    if (n->type == YAML_SCALAR_NODE) {
+        if (has_nul(n))
+            fh_yaml_error(y, n, kp->buf, "%s", why);
+    } else if (n->type == YAML_SEQUENCE_NODE) {
+        size_t total = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        for (size_t i = 0; i < total; i++) {
+            size_t mark = fh_keypath_push_index(kp, i);
+            check_nuls(y, yaml_document_get_node(&y->doc, n->data.sequence.items.start[i]), kp);
+            fh_keypath_pop(kp, mark);
+        }
+    } else if (n->type == YAML_MAPPING_NODE) {
+        size_t total = fh_yaml_map_size(n);
+        for (size_t i = 0; i < total; i++) {
+            yaml_node_t *k, *v;
+            fh_yaml_map_key(y, n, i, &k, &v);
+            if (!k)
+                continue;
+            size_t mark = kp->len;
+            if (k->type == YAML_SCALAR_NODE) {
+                char text[256];
+                key_text(k, text, sizeof(text));
+                mark = fh_keypath_push(kp, text);
+                if (has_nul(k))
+                    fh_yaml_error(y, k, kp->buf, "%s", why);
+            } else {
+                /* A complex key is refused later by fh_yaml_check_map; its
+                 * scalars are still checked, under the mapping's path. */
+                check_nuls(y, k, kp);
+            }
+            check_nuls(y, v, kp);
+            fh_keypath_pop(kp, mark);
+        }
+    }
+}
+
 int fh_yaml_open_string(fh_yaml *y, const char *text, size_t len, const char *display,
                         fh_diag *diag)
 {
     memset(y, 0, sizeof(*y));
     y->file = display ? display : "<string>";
     y->diag = diag;
+    /* libyaml skips a UTF-8 byte-order mark but counts it as a column, so
+     * every position on line 1 would be one to the right. */
+    if (len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3)) {
+        text += 3;
+        len -= 3;
+    }
     if (!check_utf8(y, text, len) || !prepass(y, text, len))
         return -1;
 
@@ -366,6 +488,10 @@ int fh_yaml_open_string(fh_yaml *y, const char *text, size_t len, const char *di
         fh_yaml_error(y, root, NULL,
                       "the top level must be a mapping of settings (key: value), not %s",
                       fh_yaml_describe(root));
+    } else {
+        fh_keypath kp;
+        fh_keypath_init(&kp);
+        check_nuls(y, root, &kp);
     }
     if (y->errors) {
         fh_yaml_close(y);
@@ -536,6 +662,47 @@ static void report_unknown(fh_yaml *y, yaml_node_t *k, const char *path, const c
         fh_yaml_error(y, k, kp, "unknown key %s; known keys: %s", shown, list);
 }
 
+typedef struct keyed {
+    const char *text;
+    size_t index;
+} keyed;
+
+static int keyed_cmp(const void *a, const void *b)
+{
+    const keyed *x = a, *y = b;
+    int c = strcmp(x->text, y->text);
+    if (c)
+        return c;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* first[i] = the index of the first of texts[0..n) equal to texts[i]
+ * (i itself when it is the first; NULL texts are never equal). Sorting
+ * keeps this O(n log n): comparing every pair took seconds for a few ten
+ * thousand keys. Returns NULL when out of memory; free() the result. */
+static size_t *first_equal(const char *const *texts, size_t n)
+{
+    size_t *first = calloc(n ? n : 1, sizeof(*first));
+    keyed *k = calloc(n ? n : 1, sizeof(*k));
+    if (!first || !k) {
+        free(first);
+        free(k);
+        return NULL;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        first[i] = i;
+        if (texts[i])
+            k[m++] = (keyed){texts[i], i};
+    }
+    qsort(k, m, sizeof(*k), keyed_cmp);
+    for (size_t i = 1; i < m; i++)
+        if (!strcmp(k[i].text, k[i - 1].text))
+            first[k[i].index] = first[k[i - 1].index];
+    free(k);
+    return first;
+}
+
 bool fh_yaml_check_map(fh_yaml *y, yaml_node_t *map, const char *path, const char *const *known,
                        bool null_ok)
 {
@@ -550,6 +717,22 @@ bool fh_yaml_check_map(fh_yaml *y, yaml_node_t *map, const char *path, const cha
         return false;
     }
     size_t n = fh_yaml_map_size(map);
+    const char **texts = calloc(n ? n : 1, sizeof(*texts));
+    if (!texts) {
+        fh_yaml_error(y, map, path, "out of memory");
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *k;
+        const char *key = fh_yaml_map_key(y, map, i, &k, NULL);
+        texts[i] = key && !fh_yaml_is_null(k) ? key : NULL;
+    }
+    size_t *first = first_equal(texts, n);
+    free(texts);
+    if (!first) {
+        fh_yaml_error(y, map, path, "out of memory");
+        return false;
+    }
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *k;
         const char *key = fh_yaml_map_key(y, map, i, &k, NULL);
@@ -557,18 +740,15 @@ bool fh_yaml_check_map(fh_yaml *y, yaml_node_t *map, const char *path, const cha
             fh_yaml_error(y, k, path, "keys must be strings, not %s", fh_yaml_describe(k));
             continue;
         }
-        bool dup = false;
-        for (size_t j = 0; j < i && !dup; j++) {
+        if (first[i] != i) {
             yaml_node_t *pk;
-            const char *prev = fh_yaml_map_key(y, map, j, &pk, NULL);
-            if (prev && !strcmp(prev, key)) {
-                char kp[512];
-                fh_yaml_error(y, k, join_path(kp, sizeof(kp), path, key),
-                              "duplicate key; first defined at line %zu", pk->start_mark.line + 1);
-                dup = true;
-            }
+            fh_yaml_map_key(y, map, first[i], &pk, NULL);
+            char kp[512];
+            fh_yaml_error(y, k, join_path(kp, sizeof(kp), path, key),
+                          "duplicate key; first defined at line %zu", pk->start_mark.line + 1);
+            continue;
         }
-        if (dup || !known)
+        if (!known)
             continue;
         bool ok = false;
         for (size_t j = 0; known[j] && !ok; j++)
@@ -576,6 +756,7 @@ bool fh_yaml_check_map(fh_yaml *y, yaml_node_t *map, const char *path, const cha
         if (!ok)
             report_unknown(y, k, path, key, known);
     }
+    free(first);
     return true;
 }
 
@@ -720,8 +901,10 @@ static char *node_string(fh_yaml *y, yaml_node_t *n, const char *path, bool allo
         fh_yaml_error(y, n, path, "must not be empty");
         return NULL;
     }
-    if (strlen(scalar(n)) != n->data.scalar.length) {
-        fh_yaml_error(y, n, path, "must not contain a NUL character");
+    /* Unreachable for a document from fh_yaml_open() (check_nuls refused
+     * it); kept so a getter can never hand out a silently cut string. */
+    if (has_nul(n)) {
+        fh_yaml_error(y, n, path, "contains a NUL byte; keys and strings cannot hold one");
         return NULL;
     }
     char *s = strdup(null ? "" : scalar(n));
@@ -795,18 +978,26 @@ bool fh_yaml_get_string_list(fh_yaml *y, yaml_node_t *map, const char *path, con
             free(s);
             s = NULL;
         }
-        for (size_t j = 0; s && j < i; j++) {
-            if (v[j] && !strcmp(v[j], s)) {
-                fh_yaml_error(y, it, kp.buf, "'%s' is listed twice", s);
-                free(s);
-                s = NULL;
-            }
-        }
         fh_keypath_pop(&kp, mark);
         if (!s)
             ok = false;
         v[i] = s;
     }
+    size_t *first = first_equal((const char *const *)v, total);
+    if (total && !first) {
+        fh_yaml_error(y, n, kp.buf, "out of memory");
+        ok = false;
+    }
+    for (size_t i = 0; first && i < total; i++) {
+        if (first[i] == i)
+            continue;
+        yaml_node_t *it = yaml_document_get_node(&y->doc, n->data.sequence.items.start[i]);
+        size_t mark = fh_keypath_push_index(&kp, i);
+        fh_yaml_error(y, it, kp.buf, "'%s' is listed twice", v[i]);
+        fh_keypath_pop(&kp, mark);
+        ok = false;
+    }
+    free(first);
     if (!ok) {
         fh_strv_free(v, total);
         return false;

@@ -30,6 +30,10 @@
  * few KiB, and this keeps a wrong path (a log, a core file) cheap. */
 #define FH_YAML_MAX_FILE_BYTES (4u * 1024u * 1024u)
 
+/* Longer lists and mappings are refused when the file is loaded: the
+ * loaders look names up linearly, and no hand-edited file needs more. */
+#define FH_YAML_MAX_ENTRIES 10000u
+
 typedef struct fh_yaml {
     yaml_document_t doc;
     bool loaded;      /* doc must be deleted */
@@ -55,10 +59,13 @@ void fh_keypath_pop(fh_keypath *p, size_t len);
 
 /* Reads `path` (shown as `display` in messages; NULL = path) and loads its
  * single YAML document. On any problem (unreadable, too large, not UTF-8, a
- * NUL byte, YAML syntax, aliases, custom tags, several documents, empty, or
- * a top level that is not a mapping) appends diagnostics and returns -1
- * with nothing to free. On success returns 0 and the caller must call
- * fh_yaml_close(). */
+ * NUL byte, raw U+0085/U+2028/U+2029 (libyaml line breaks that would skew
+ * line numbers), YAML syntax, aliases, custom tags, several documents,
+ * empty, a top level that is not a mapping, a list or mapping of more than
+ * FH_YAML_MAX_ENTRIES, or a key or scalar holding an escaped NUL ("key.path: contains a NUL byte"))
+ * appends diagnostics and returns -1 with nothing to free. On success returns 0 and the caller must
+ * call fh_yaml_close(); every scalar's text is then a C string of its full
+ * length. A leading UTF-8 byte-order mark is skipped. */
 int fh_yaml_open(fh_yaml *y, const char *path, const char *display, fh_diag *diag);
 /* As fh_yaml_open(), from memory (tests, and files already read). */
 int fh_yaml_open_string(fh_yaml *y, const char *text, size_t len, const char *display,
@@ -68,7 +75,8 @@ void fh_yaml_close(fh_yaml *y);
 yaml_node_t *fh_yaml_root(fh_yaml *y);
 
 /* Appends "FILE:LINE:COL: path: message" at node `n` (NULL: no position)
- * and counts it as an error. */
+ * and counts it as an error. Control characters in `path` or the message
+ * (from escapes in the file) are shown as '?'. */
 void fh_yaml_error(fh_yaml *y, const yaml_node_t *n, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

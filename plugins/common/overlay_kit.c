@@ -427,18 +427,6 @@ int okit_apply_standard(const okit_state *st, fusion_request *req, const fusion_
 
 /* ---- text checks --------------------------------------------------------------- */
 
-int okit_contains(const char *text, size_t len, const char *needle)
-{
-    size_t n = needle ? strlen(needle) : 0;
-    if (!text || n == 0 || n > len)
-        return 0;
-    for (size_t i = 0; i + n <= len; i++) {
-        if (text[i] == needle[0] && memcmp(text + i, needle, n) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 static char lower(char c)
 {
     return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
@@ -450,6 +438,18 @@ static char lower(char c)
 static int word_char(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80;
+}
+
+/* A state name or code identifier keeps its '_' (PAYMENT_FAILED is one
+ * name), unlike a word. */
+static int ident_char(char c)
+{
+    return word_char((unsigned char)c) || c == '_';
+}
+
+static int letter(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80;
 }
 
 static int gap_char(char c)
@@ -510,6 +510,162 @@ size_t okit_count_distinct(const char *text, size_t len, const char *const *patt
     return n;
 }
 
+uint32_t okit_match_mask(const char *text, size_t len, const char *const *patterns)
+{
+    uint32_t mask = 0;
+    for (size_t i = 0; patterns && patterns[i] && i < 32; i++) {
+        if (okit_has(text, len, patterns[i]))
+            mask |= (uint32_t)1 << i;
+    }
+    return mask;
+}
+
+static int same_ci(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (lower(a[i]) != lower(b[i]))
+            return 0;
+    }
+    return 1;
+}
+
+int okit_has_name(const char *text, size_t len, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (!text || n == 0 || n > len)
+        return 0;
+    for (size_t i = 0; i + n <= len; i++) {
+        if ((i == 0 || !ident_char(text[i - 1])) && (i + n == len || !ident_char(text[i + n])) &&
+            same_ci(text + i, name, n))
+            return 1;
+    }
+    return 0;
+}
+
+size_t okit_distinct_words(const char *text, size_t len, size_t cap)
+{
+    size_t start[OKIT_MAX_WORDS], size[OKIT_MAX_WORDS], n = 0;
+    if (!text)
+        return 0;
+    if (cap > OKIT_MAX_WORDS)
+        cap = OKIT_MAX_WORDS;
+    for (size_t i = 0; i < len && n < cap;) {
+        if (!ident_char(text[i])) {
+            i++;
+            continue;
+        }
+        size_t s = i;
+        int has_letter = 0;
+        /* "customer's" is one word: an apostrophe between two word
+         * characters does not end it. */
+        while (i < len && (ident_char(text[i]) ||
+                           (text[i] == '\'' && i + 1 < len && ident_char(text[i + 1])))) {
+            has_letter |= letter((unsigned char)text[i]);
+            i++;
+        }
+        /* "3", "2024" (numbers alone) and "x", "y" (one-character filler)
+         * do not make a sentence. */
+        if (!has_letter || i - s < 2)
+            continue;
+        size_t k = 0;
+        while (k < n && !(size[k] == i - s && same_ci(text + start[k], text + s, i - s)))
+            k++;
+        if (k == n) {
+            start[n] = s;
+            size[n++] = i - s;
+        }
+    }
+    return n;
+}
+
+/* Whether the line [s, e) is a block of its own even without a blank line
+ * around it: a heading or a table row. */
+static int own_line(const char *t, size_t s, size_t e)
+{
+    while (s < e && (t[s] == ' ' || t[s] == '\t'))
+        s++;
+    return s < e && (t[s] == '#' || t[s] == '|');
+}
+
+/* Whether the line starting at t[i] starts a new block: blank, a heading,
+ * a table row, a quote or a list item ("- ", "* ", "+ ", "1. ", "2) "). */
+static int block_start(const char *t, size_t len, size_t i)
+{
+    while (i < len && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r'))
+        i++;
+    if (i >= len || t[i] == '\n' || t[i] == '#' || t[i] == '|' || t[i] == '>')
+        return 1;
+    if ((t[i] == '-' || t[i] == '*' || t[i] == '+') && i + 1 < len &&
+        (t[i + 1] == ' ' || t[i + 1] == '\t'))
+        return 1;
+    size_t d = i;
+    while (d < len && t[d] >= '0' && t[d] <= '9')
+        d++;
+    return d > i && d < len && (t[d] == '.' || t[d] == ')');
+}
+
+int okit_next_sentence(const char *text, size_t len, size_t *pos, size_t *start, size_t *end)
+{
+    if (!text)
+        return 0;
+    size_t i = *pos;
+    while (i < len && is_space(text[i]))
+        i++;
+    if (i >= len) {
+        *pos = len;
+        return 0;
+    }
+    *start = i;
+    for (; i < len; i++) {
+        char c = text[i];
+        /* "1.5" and "v2.1" do not end a sentence: the mark must be
+         * followed by a space or the end. */
+        if ((c == '.' || c == '!' || c == '?') && (i + 1 >= len || is_space(text[i + 1]))) {
+            *end = i + 1;
+            *pos = i + 1;
+            return 1;
+        }
+        if (c == '\n') {
+            /* Each line break is looked at by one call only, so finding
+             * its line's start here keeps the iteration linear. */
+            size_t line = i;
+            while (line > 0 && text[line - 1] != '\n')
+                line--;
+            /* A line wrapped to a width continues its sentence; a short
+             * line ("invariant must never"), a heading, a table row, a
+             * list item or a paragraph break does not, so keywords on
+             * lines of their own never add up to one long sentence. */
+            if (i - line < OKIT_WRAP_WIDTH || own_line(text, line, i) ||
+                block_start(text, len, i + 1)) {
+                *end = i;
+                *pos = i + 1;
+                return 1;
+            }
+        }
+    }
+    *end = len;
+    *pos = len;
+    return 1;
+}
+
+size_t okit_substantive(const char *text, size_t len, const char *const *need,
+                        const char *const *also, size_t min_words, uint32_t *mask)
+{
+    size_t pos = 0, s, e, n = 0;
+    uint32_t m = 0;
+    while (okit_next_sentence(text, len, &pos, &s, &e)) {
+        uint32_t hit = okit_match_mask(text + s, e - s, need);
+        if (!hit || (also && okit_count_distinct(text + s, e - s, also) == 0) ||
+            okit_distinct_words(text + s, e - s, min_words) < min_words)
+            continue;
+        n++;
+        m |= hit;
+    }
+    if (mask)
+        *mask = m;
+    return n;
+}
+
 /* Line iteration: [start, end) of the line beginning at *pos. */
 static int next_line(const char *text, size_t len, size_t *pos, size_t *start, size_t *end)
 {
@@ -522,8 +678,9 @@ static int next_line(const char *text, size_t len, size_t *pos, size_t *start, s
     return 1;
 }
 
-/* The step number a line opens with, or 0 when it is not a numbered line. */
-static unsigned line_number(const char *t, size_t i, size_t end)
+/* The step number a line opens with, or 0 when it is not a numbered line;
+ * *after gets where the step's own text starts. */
+static unsigned line_number(const char *t, size_t i, size_t end, size_t *after)
 {
     while (i < end && strchr(" \t*_>", t[i]) && t[i])
         i++;
@@ -541,33 +698,80 @@ static unsigned line_number(const char *t, size_t i, size_t end)
     if (digits == 0 || i >= end)
         return 0;
     /* "1." "1)" "1:" and, after "Step", also "Step 1 -"; never "1.5" or 10 % */
-    if (t[i] == '.' || t[i] == ')' || t[i] == ':' || (step_word && (t[i] == ' ' || t[i] == '-')))
-        return (i + 1 >= end || !(t[i + 1] >= '0' && t[i + 1] <= '9')) ? n : 0;
+    if (t[i] == '.' || t[i] == ')' || t[i] == ':' || (step_word && (t[i] == ' ' || t[i] == '-'))) {
+        if (i + 1 < end && t[i + 1] >= '0' && t[i + 1] <= '9')
+            return 0;
+        *after = i + 1;
+        return n;
+    }
     return 0;
 }
 
-size_t okit_numbered_steps(const char *text, size_t len)
+/* An indented line that is neither blank nor numbered carries on the step
+ * above it (a wrapped step, or its sub-items); anything else ends it. */
+static int continues_step(const char *t, size_t s, size_t e)
 {
-    size_t pos = 0, s, e, run = 0, best = 0;
-    unsigned prev = 0;
-    if (!text)
+    size_t after, i = s;
+    if (s >= e || (t[s] != ' ' && t[s] != '\t'))
         return 0;
-    while (next_line(text, len, &pos, &s, &e)) {
-        unsigned n = line_number(text, s, e);
+    while (i < e && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r'))
+        i++;
+    return i < e && line_number(t, s, e, &after) == 0;
+}
+
+/* Order of preference between two runs: one that qualifies first, then
+ * more steps with the wording, then more substantive steps, then more
+ * steps. */
+static int better_run(const okit_step_run *a, const okit_step_run *b, size_t min_steps)
+{
+    int qa = a->substantive >= min_steps && a->worded > 0;
+    int qb = b->substantive >= min_steps && b->worded > 0;
+    if (qa != qb)
+        return qa > qb;
+    if (a->worded != b->worded)
+        return a->worded > b->worded;
+    if (a->substantive != b->substantive)
+        return a->substantive > b->substantive;
+    return a->steps > b->steps;
+}
+
+void okit_best_step_run(const char *text, size_t len, size_t min_words, size_t min_steps,
+                        const char *const *patterns, okit_step_run *best)
+{
+    okit_step_run cur = {0, 0, 0};
+    int active = 0;
+    unsigned prev = 0;
+    size_t pos = 0, s, e;
+    *best = cur;
+    while (text && next_line(text, len, &pos, &s, &e)) {
+        size_t after = 0;
+        unsigned n = line_number(text, s, e, &after);
         if (n == 0)
             continue; /* prose between steps does not break the run */
-        if (n == 1)
-            run = 1;
-        else if (run > 0 && n == prev + 1)
-            run++;
-        else
-            run = 0;
+        if (n == 1 || !active || n != prev + 1) {
+            if (active && better_run(&cur, best, min_steps))
+                *best = cur;
+            cur = (okit_step_run){0, 0, 0};
+            active = n == 1; /* "5." out of order starts nothing */
+        }
         prev = n;
-        if (run > best)
-            best = run;
+        if (!active)
+            continue;
+        size_t step_end = e, q = pos, ls, le;
+        while (next_line(text, len, &q, &ls, &le) && continues_step(text, ls, le))
+            step_end = le;
+        cur.steps++;
+        if (okit_distinct_words(text + after, step_end - after, min_words) >= min_words) {
+            cur.substantive++;
+            if (okit_count_distinct(text + after, step_end - after, patterns) > 0)
+                cur.worded++;
+        }
     }
-    return best;
+    if (active && better_run(&cur, best, min_steps))
+        *best = cur;
 }
+
+/* ---- the state model ---------------------------------------------------------- */
 
 /* Length of an arrow at text[i], or 0. */
 static size_t arrow_at(const char *t, size_t len, size_t i)
@@ -586,93 +790,78 @@ static int decoration(char c)
     return c == ' ' || c == '\t' || c == '`' || c == '*' || c == '"' || c == '\'';
 }
 
-static int ident_char(char c)
+/* Index of a name in the model (case-insensitive), or -1. */
+static long name_find(const okit_state_model *m, const char *name, size_t n)
 {
-    return word_char((unsigned char)c) || c == '_';
+    for (size_t i = 0; i < m->name_count; i++) {
+        if (strlen(m->names[i]) == n && same_ci(m->names[i], name, n))
+            return (long)i;
+    }
+    return -1;
 }
 
-size_t okit_arrow_transitions(const char *text, size_t len)
+/* Adds a name (or finds it); -1 when it is too short to be a state name
+ * ("A", "B": the minimum is what keeps single letters from passing as a
+ * model), too long, or the model is full. */
+static long name_add(okit_state_model *m, const char *name, size_t n)
 {
-    size_t n = 0;
-    if (!text)
+    if (n < OKIT_MIN_STATE_NAME || n >= OKIT_STATE_NAME_SZ)
+        return -1;
+    long k = name_find(m, name, n);
+    if (k >= 0 || m->name_count >= OKIT_MAX_STATES)
+        return k;
+    memcpy(m->names[m->name_count], name, n);
+    m->names[m->name_count][n] = '\0';
+    return (long)m->name_count++;
+}
+
+/* Whether [s, s+n) has the form of a state name by itself: `code` (letters,
+ * digits, '_', a letter among them), UPPER_SNAKE_CASE or lower snake_case
+ * with an inner '_' ("under_review"; a plain lower-case word is prose), at
+ * least OKIT_MIN_STATE_NAME characters. */
+static int state_form(const char *s, size_t n, int backticked)
+{
+    if (n < OKIT_MIN_STATE_NAME || n >= OKIT_STATE_NAME_SZ)
         return 0;
-    for (size_t i = 0; i < len; i++) {
-        size_t a = arrow_at(text, len, i);
-        if (!a)
-            continue;
-        size_t l = i, r = i + a;
-        while (l > 0 && decoration(text[l - 1]))
-            l--;
-        while (r < len && decoration(text[r]))
-            r++;
-        if (l > 0 && (ident_char(text[l - 1]) || text[l - 1] == ')') && r < len &&
-            ident_char(text[r]))
-            n++;
-        i += a - 1;
+    int upper = s[0] >= 'A' && s[0] <= 'Z', low = s[0] >= 'a' && s[0] <= 'z', underscore = 0,
+        has_letter = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if ((unsigned char)c >= 0x80 || !ident_char(c))
+            return 0;
+        underscore |= c == '_';
+        has_letter |= letter((unsigned char)c);
+        if (c >= 'a' && c <= 'z')
+            upper = 0;
+        if (c >= 'A' && c <= 'Z')
+            low = 0;
     }
-    return n;
+    if (backticked)
+        return has_letter;
+    return upper || (low && underscore && s[n - 1] != '_');
 }
 
-#define MAX_STATES    64
-#define STATE_NAME_SZ 48
-
-typedef struct state_set {
-    char names[MAX_STATES][STATE_NAME_SZ];
-    size_t count;
-} state_set;
-
-static void state_add(state_set *set, const char *name, size_t n)
-{
-    if (n == 0 || n >= STATE_NAME_SZ || set->count >= MAX_STATES)
-        return;
-    for (size_t i = 0; i < set->count; i++) {
-        if (strlen(set->names[i]) == n && memcmp(set->names[i], name, n) == 0)
-            return;
-    }
-    memcpy(set->names[set->count], name, n);
-    set->names[set->count][n] = '\0';
-    set->count++;
-}
-
-/* A state name starting at t[i]: `ident`, UPPER_SNAKE (>= 3 chars, not
- * followed by a lower-case letter, so "Refund" is not one) or lower
- * snake_case with at least one '_' ("under_review"; a plain lower-case word
- * is prose). Returns its length and sets *name, or 0. */
+/* A state name starting at t[i], of state_form ("Refund", mixed case, is
+ * a word, not a name). Returns its length and sets *name, or 0. */
 static size_t state_token(const char *t, size_t len, size_t i, const char **name)
 {
-    if (i < len && t[i] == '`') {
-        size_t j = i + 1;
-        while (j < len && ident_char(t[j]) && (unsigned char)t[j] < 0x80)
-            j++;
-        if (j < len && t[j] == '`' && j > i + 1) {
-            *name = t + i + 1;
-            return j - i - 1;
-        }
+    size_t j = i + (i < len && t[i] == '`');
+    size_t k = j;
+    while (k < len && ident_char(t[k]))
+        k++;
+    int backticked = j > i && k < len && t[k] == '`';
+    if (j > i && !backticked)
         return 0;
-    }
-    size_t j = i;
-    if (i < len && t[i] >= 'a' && t[i] <= 'z') {
-        int underscore = 0;
-        while (j < len &&
-               ((t[j] >= 'a' && t[j] <= 'z') || (t[j] >= '0' && t[j] <= '9') || t[j] == '_'))
-            underscore |= t[j++] == '_';
-        if (!underscore || t[j - 1] == '_' || (j < len && ident_char(t[j])))
-            return 0;
-        *name = t + i;
-        return j - i;
-    }
-    while (j < len && ((t[j] >= 'A' && t[j] <= 'Z') || (t[j] >= '0' && t[j] <= '9') || t[j] == '_'))
-        j++;
-    if (j - i < 3 || !(t[i] >= 'A' && t[i] <= 'Z') || (j < len && t[j] >= 'a' && t[j] <= 'z'))
+    if (!state_form(t + j, k - j, backticked))
         return 0;
-    *name = t + i;
-    return j - i;
+    *name = t + j;
+    return k - j;
 }
 
 /* "States: a, b and c" on one line: each item (split at commas,
  * semicolons, "and", "or") of one to four words or a `code` name is a state
  * name. */
-static void inline_state_list(const char *t, size_t s, size_t e, state_set *set)
+static void inline_state_list(const char *t, size_t s, size_t e, okit_state_model *m)
 {
     size_t i, k = 0;
     for (i = s; i < e && i < s + 60; i++) {
@@ -700,9 +889,9 @@ static void inline_state_list(const char *t, size_t s, size_t e, state_set *set)
             x += 4;
         else if (y - x > 3 && match_at(t, y, x, "or ") >= 0)
             x += 3;
-        while (y > x && strchr(" \t`*.", t[y - 1]) && t[y - 1])
+        while (y > x && strchr(" \t`*.\r", t[y - 1]) && t[y - 1])
             y--;
-        size_t words = y > x ? 1 : 0, ok = y > x && y - x < STATE_NAME_SZ;
+        size_t words = y > x ? 1 : 0, ok = y > x && y - x < OKIT_STATE_NAME_SZ;
         for (size_t c = x; c < y && ok; c++) {
             if (t[c] == ' ')
                 words++;
@@ -710,25 +899,27 @@ static void inline_state_list(const char *t, size_t s, size_t e, state_set *set)
                 ok = 0;
         }
         if (ok && words <= 4)
-            state_add(set, t + x, y - x);
+            name_add(m, t + x, y - x);
         a = b + 1;
     }
 }
 
-size_t okit_named_states(const char *text, size_t len)
+static const char *const error_name_words[] = {"fail",     "failed",   "failing",   "failure",
+                                               "failures", "error",    "errors",    "errored",
+                                               "reject",   "rejected", "rejection", NULL};
+static const char *const error_state_phrases[] = {
+    "error state*", "failed state*", "failure state*", "rejected state*", "exception state*", NULL};
+
+/* The listed states: list items ("-", "*", "+", "1." or a "|" table row)
+ * that open with a state name, on a line without an arrow, and the items
+ * of "States:" lines. */
+static void collect_listed(const char *text, size_t len, okit_state_model *m)
 {
-    state_set *set = calloc(1, sizeof(*set)); /* 3 KiB: keep it off small hook stacks */
-    if (!set || !text) {
-        free(set);
-        return 0;
-    }
     const char *name;
     size_t n, pos = 0, s, e;
-    /* List items (and table rows) that open with a state name: the explicit
-     * list the directive asks for. */
     while (next_line(text, len, &pos, &s, &e)) {
         size_t i = s;
-        inline_state_list(text, s, e, set);
+        inline_state_list(text, s, e, m);
         while (i < e && (text[i] == ' ' || text[i] == '\t'))
             i++;
         if (i < e && strchr("-*+|", text[i]) && text[i]) {
@@ -747,40 +938,178 @@ size_t okit_named_states(const char *text, size_t len)
         int arrow = 0;
         for (size_t k = i; k < e && !arrow; k++)
             arrow = arrow_at(text, e, k) > 0;
-        if (!arrow && (n = state_token(text, e, i, &name)) > 0)
-            state_add(set, name, n);
+        long k;
+        if (arrow || (n = state_token(text, e, i, &name)) == 0 || (k = name_add(m, name, n)) < 0)
+            continue;
+        /* "- `ON_HOLD`: error state, ..." declares an error state whatever
+         * its name; a sentence elsewhere that mentions the state does not
+         * (it may be about leaving it). */
+        size_t rest = (size_t)(name - text) + n;
+        if (okit_count_distinct(text + rest, e - rest, error_state_phrases) > 0)
+            m->error[k] = 1;
     }
-    size_t count = set->count;
-    free(set);
-    return count;
 }
 
-static const char *const failure_words[] = {"fail*",       "failure*",    "timeout*", "times out",
-                                            "timed out",   "time out",    "crash*",   "error*",
-                                            "unavailable", "unreachable", NULL};
+/* The state named at t[i] (a word start): the longest listed name written
+ * there, else a name of state form. Returns its end and sets *at and *n, or 0. */
+static size_t state_after(const okit_state_model *m, const char *t, size_t len, size_t i,
+                          size_t *at, size_t *n)
+{
+    size_t best = 0;
+    for (size_t k = 0; k < m->listed; k++) {
+        size_t l = strlen(m->names[k]);
+        if (l > best && i + l <= len && same_ci(t + i, m->names[k], l) &&
+            (i + l == len || !ident_char(t[i + l])))
+            best = l;
+    }
+    if (best == 0) {
+        size_t j = i;
+        while (j < len && ident_char(t[j]))
+            j++;
+        int bt = i > 0 && t[i - 1] == '`' && j < len && t[j] == '`';
+        if (!state_form(t + i, j - i, bt))
+            return 0;
+        best = j - i;
+    }
+    *at = i;
+    *n = best;
+    return i + best;
+}
+
+/* The state named just before t[l] (l is where it ends), as state_after. */
+static int state_before(const okit_state_model *m, const char *t, size_t len, size_t l, size_t *at,
+                        size_t *n)
+{
+    size_t best = 0;
+    for (size_t k = 0; k < m->listed; k++) {
+        size_t w = strlen(m->names[k]);
+        if (w > best && w <= l && same_ci(t + l - w, m->names[k], w) &&
+            (l == w || !ident_char(t[l - w - 1])))
+            best = w;
+    }
+    if (best == 0) {
+        size_t j = l;
+        while (j > 0 && ident_char(t[j - 1]))
+            j--;
+        int bt = j > 0 && t[j - 1] == '`' && l < len && t[l] == '`';
+        if (!state_form(t + j, l - j, bt))
+            return 0;
+        best = l - j;
+    }
+    *at = l - best;
+    *n = best;
+    return 1;
+}
+
+static void edge_add(okit_state_model *m, const char *t, size_t fa, size_t fn, size_t ta, size_t tn)
+{
+    long from = name_add(m, t + fa, fn), to = name_add(m, t + ta, tn);
+    if (from < 0 || to < 0 || from == to || m->edge_count >= OKIT_MAX_EDGES)
+        return; /* "A -> A" changes nothing: not a transition */
+    for (size_t i = 0; i < m->edge_count; i++) {
+        if (m->edges[i].from == from && m->edges[i].to == to)
+            return;
+    }
+    m->edges[m->edge_count].from = (unsigned char)from;
+    m->edges[m->edge_count].to = (unsigned char)to;
+    m->edge_count++;
+}
+
+static size_t skip_decoration(const char *t, size_t len, size_t i)
+{
+    while (i < len && decoration(t[i]))
+        i++;
+    return i;
+}
+
+/* "from X to Y" / "from the X state into Y": X and Y as state_after. */
+static void from_to(okit_state_model *m, const char *t, size_t len, size_t i)
+{
+    long w = match_at(t, len, i, "from ");
+    size_t fa, fn, ta, tn, k;
+    if (w < 0)
+        return;
+    k = skip_decoration(t, len, (size_t)w);
+    if ((w = match_at(t, len, k, "the ")) >= 0)
+        k = skip_decoration(t, len, (size_t)w);
+    if (!(k = state_after(m, t, len, k, &fa, &fn)))
+        return;
+    k = skip_decoration(t, len, k);
+    if ((w = match_at(t, len, k, "state ")) >= 0)
+        k = (size_t)w;
+    if ((w = match_at(t, len, k, "to ")) < 0 && (w = match_at(t, len, k, "into ")) < 0)
+        return;
+    k = skip_decoration(t, len, (size_t)w);
+    if ((w = match_at(t, len, k, "the ")) >= 0)
+        k = skip_decoration(t, len, (size_t)w);
+    if (state_after(m, t, len, k, &ta, &tn))
+        edge_add(m, t, fa, fn, ta, tn);
+}
+
+/* Error states by name: a failure word in it (PAYMENT_FAILED,
+ * evidence_rejected; FAILOVER is not one). collect_listed() has already
+ * marked the listed states whose own item calls them an error state. */
+static void mark_errors(okit_state_model *m)
+{
+    for (size_t k = 0; k < m->name_count; k++)
+        m->error[k] |= okit_count_distinct(m->names[k], strlen(m->names[k]), error_name_words) > 0;
+}
+
+int okit_state_model_parse(const char *text, size_t len, okit_state_model *m)
+{
+    memset(m, 0, sizeof(*m));
+    if (!text)
+        return 0;
+    collect_listed(text, len, m);
+    m->listed = m->name_count;
+    for (size_t i = 0; i < len; i++) {
+        if (word_start(text, i) && (text[i] == 'f' || text[i] == 'F')) {
+            from_to(m, text, len, i);
+            continue;
+        }
+        size_t a = arrow_at(text, len, i);
+        if (!a)
+            continue;
+        size_t l = i, r = i + a, fa, fn, ta, tn;
+        while (l > 0 && decoration(text[l - 1]))
+            l--;
+        r = skip_decoration(text, len, r);
+        if (l > 0 && ident_char(text[l - 1]) && r < len && ident_char(text[r]))
+            m->written++;
+        if (state_before(m, text, len, l, &fa, &fn) && state_after(m, text, len, r, &ta, &tn))
+            edge_add(m, text, fa, fn, ta, tn);
+        i += a - 1;
+    }
+    mark_errors(m);
+    return 0;
+}
+
+static const char *const failure_words[] = {
+    "fail",        "fails",       "failed",   "failing",   "failure", "failures", "timeout*",
+    "times out",   "timed out",   "time out", "crash",     "crashes", "crashed",  "crashing",
+    "error",       "errors",      "errored",  "reject",    "rejects", "rejected", "declined",
+    "unavailable", "unreachable", "is down",  "goes down", NULL};
 
 int okit_conditional_failure(const char *text, size_t len)
 {
     if (!text)
         return 0;
-    for (size_t i = 0; i < len; i++) {
+    /* Only the first "if"/"when" matters: a failure word after any later
+     * one is also after the first. One pass, however many there are. */
+    long end = -1;
+    for (size_t i = 0; i < len && end < 0; i++) {
         if (!word_start(text, i))
             continue;
-        long end = match_at(text, len, i, "if");
+        end = match_at(text, len, i, "if");
         if (end < 0)
             end = match_at(text, len, i, "when");
-        if (end < 0)
+    }
+    for (size_t j = end < 0 ? len : (size_t)end; j < len; j++) {
+        if (!word_start(text, j))
             continue;
-        /* The rest of the sentence, at most 200 bytes. */
-        for (size_t j = (size_t)end; j < len && j < (size_t)end + 200; j++) {
-            if (text[j] == '.' || text[j] == '!' || text[j] == '?' || text[j] == '\n')
-                break;
-            if (!word_start(text, j))
-                continue;
-            for (size_t k = 0; failure_words[k]; k++) {
-                if (match_at(text, len, j, failure_words[k]) >= 0)
-                    return 1;
-            }
+        for (size_t k = 0; failure_words[k]; k++) {
+            if (match_at(text, len, j, failure_words[k]) >= 0)
+                return 1;
         }
     }
     return 0;

@@ -118,38 +118,117 @@ int okit_apply_standard(const okit_state *st, fusion_request *req, const fusion_
  * A pattern is a word or phrase matched case-insensitively on word
  * boundaries. A trailing '*' makes its last word a prefix ("idempoten*"
  * matches "idempotent" and "idempotency"); a space matches any run of
- * spaces, tabs, newlines or hyphens ("exactly once" matches "exactly-once").
+ * spaces, tabs, newlines, hyphens or '_' ("exactly once" matches
+ * "exactly-once"). '_' separates words: PAYMENT_FAILED contains "failed",
+ * FAILOVER does not contain "fail".
  */
 int okit_has(const char *text, size_t len, const char *pattern);
 
 /* How many of the NULL-terminated patterns occur at least once. */
 size_t okit_count_distinct(const char *text, size_t len, const char *const *patterns);
 
-/* The longest run of lines numbered 1, 2, 3 ... ("1." "2)" "Step 3:"),
- * ignoring leading spaces and '*', '_', '>' markers (a "## 1." heading
- * is a section, not a step). */
-size_t okit_numbered_steps(const char *text, size_t len);
+/* Bit i set when patterns[i] occurs (only the first 32 patterns count). */
+uint32_t okit_match_mask(const char *text, size_t len, const char *const *patterns);
 
-/* How many transitions are written as "A -> B" ("->", "=>", U+2192 or
- * U+27F6 between two words). */
-size_t okit_arrow_transitions(const char *text, size_t len);
+/* Whether an identifier (a state name: '_' is part of it) occurs as a
+ * whole, case-insensitively: "PENDING" is not found in PENDING_REVIEW. */
+int okit_has_name(const char *text, size_t len, const char *name);
 
-/* Distinct state names in an explicit list: list items ("-", "*", "+",
- * "1." or a "|" table row) that open with an identifier in `backticks`, in
- * UPPER_SNAKE_CASE (at least 3 characters) or in snake_case with an '_', on
- * a line without a transition arrow ("- A -> B" is a transition, not a
- * state definition); and the comma-separated items of a "States: a, b, c"
- * line (one to four words each). */
-size_t okit_named_states(const char *text, size_t len);
+/* The most words okit_distinct_words counts. */
+#define OKIT_MAX_WORDS 32
 
-/* Case-sensitive substring search (for upper-case state-name fragments
- * such as "FAIL" in PAYMENT_FAILED). */
-int okit_contains(const char *text, size_t len, const char *needle);
+/* How many different words (case-insensitive) the text has, counting up to
+ * cap (at most OKIT_MAX_WORDS). A word is a run of letters, digits and '_'
+ * (an apostrophe inside it too) of two or more characters with at least
+ * one letter: numbers and one-letter filler do not count, and repeating a
+ * keyword adds nothing. The measure of "substance" the quality rules use. */
+size_t okit_distinct_words(const char *text, size_t len, size_t cap);
 
-/* Whether a sentence says what happens when something fails: "if"/"when"
- * followed in the same sentence by fail*, time* out, timeout, unavailable,
- * crash* or error*. */
+/* A line at least this long (bytes) that ends without punctuation was
+ * wrapped to a width: its sentence goes on on the next line. */
+#define OKIT_WRAP_WIDTH 50
+
+/* Iterates sentences: from *pos, the next sentence's [*start, *end) and
+ * *pos moved past it; returns 0 at the end. A sentence ends at '.', '!' or
+ * '?' followed by white space (so "1.5" and "v2.1" do not end one), and at
+ * every line break except one after a line of OKIT_WRAP_WIDTH or more bytes
+ * that is not a heading or table row, followed by a line that does not open
+ * a list item ("- ", "* ", "+ ", "1.", "2)"), a heading, a table row, a
+ * quote or a blank line. Start with *pos = 0. */
+int okit_next_sentence(const char *text, size_t len, size_t *pos, size_t *start, size_t *end);
+
+/* How many sentences have at least min_words distinct words (see
+ * okit_distinct_words) and contain one of `need` and, when `also` is not
+ * NULL, also one of `also`. *mask (when not NULL) gets the OR of the `need`
+ * patterns found in those sentences (bit i for need[i]). */
+size_t okit_substantive(const char *text, size_t len, const char *const *need,
+                        const char *const *also, size_t min_words, uint32_t *mask);
+
+/* A run of numbered steps: lines numbered 1, 2, 3 ... in order ("1." "2)"
+ * "Step 3:"), ignoring leading spaces and '*', '_', '>' markers (a "## 1."
+ * heading is a section, not a step); prose between steps does not break a
+ * run, a number out of order does. A step's text is its line after the
+ * number plus the indented lines under it. */
+typedef struct okit_step_run {
+    size_t steps;       /* numbered steps in the run */
+    size_t substantive; /* those with at least min_words distinct words */
+    size_t worded;      /* substantive steps whose own text has one of the patterns */
+} okit_step_run;
+
+/* The best run of the text: one with at least min_steps substantive steps
+ * and a worded one if there is such a run, then the one with the most
+ * worded, then substantive, then steps. All zero when there is none. */
+void okit_best_step_run(const char *text, size_t len, size_t min_words, size_t min_steps,
+                        const char *const *patterns, okit_step_run *out);
+
+/* Whether a sentence says what happens when something fails: "if" or
+ * "when" followed, anywhere later in text (pass one sentence), by fail,
+ * fails, failed, failing, failure(s), timeout*, time(s)/timed out, crash*,
+ * error(s/ed), reject(s/ed), declined, unavailable, unreachable, is/goes
+ * down. Exact words: "failover" is not a failure. */
 int okit_conditional_failure(const char *text, size_t len);
+
+/* ---- the state model ------------------------------------------------------- */
+
+#define OKIT_MAX_STATES     64
+#define OKIT_STATE_NAME_SZ  48
+#define OKIT_MAX_EDGES      64
+#define OKIT_MIN_STATE_NAME 3 /* characters: `A`, `B` are placeholders, not states */
+
+/*
+ * The state machine an answer writes down.
+ *
+ * Listed states (names[0 .. listed)): list items ("-", "*", "+", "1.") or
+ * "|" table rows that open with a state name on a line without an arrow
+ * ("- A -> B" is a transition, not the definition of A), where a state name
+ * is `code`, UPPER_SNAKE_CASE or lower snake_case with an inner '_'; and
+ * the items of a "States: a, b and c" line (one to four words each). At
+ * least OKIT_MIN_STATE_NAME characters; compared case-insensitively.
+ *
+ * Transitions (edges): "X -> Y" (also =>, U+2192, U+27F6; a chain
+ * "X -> Y -> Z" is two) and "from X to Y" / "from the X state into Y",
+ * where X and Y are each a listed name or have the form of a state name.
+ * Distinct, X != Y. Endpoints that were not listed are added after them.
+ *
+ * Error states: error[k] when names[k] has the word fail(ed/ing/ure(s)),
+ * error(s/ed) or reject(ed/ion) in it (PAYMENT_FAILED, evidence_rejected;
+ * not FAILOVER), or when the list item that defines it says "error state"
+ * (failed/failure/rejected/exception state): "- `ON_HOLD`: error state".
+ */
+typedef struct okit_state_model {
+    char names[OKIT_MAX_STATES][OKIT_STATE_NAME_SZ];
+    unsigned char error[OKIT_MAX_STATES];
+    size_t name_count;
+    size_t listed; /* names[0 .. listed) are the listed states */
+    struct {
+        unsigned char from, to; /* indexes into names */
+    } edges[OKIT_MAX_EDGES];
+    size_t edge_count;
+    size_t written; /* arrows between two words, whatever the words are */
+} okit_state_model;
+
+/* Fills *m (about 3.5 KiB: callers on hook threads allocate it). Returns 0. */
+int okit_state_model_parse(const char *text, size_t len, okit_state_model *m);
 
 /* ---- scoring ------------------------------------------------------------- */
 

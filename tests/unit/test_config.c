@@ -512,7 +512,29 @@ static const bad_case bad_cases[] = {
     {"utf-16 bom", "\xff\xfel\x00i\x00", 6, 1, 1, NULL, "not UTF-8 text (byte 0xff)"},
     {"overlong utf-8", "a: \"\xc0\xaf\"\n", 0, 1, 5, NULL, "not UTF-8 text (byte 0xc0)"},
     {"escaped NUL in string", "state_dir: \"a\\0b\"\n", 0, 1, 12, "state_dir",
-     "must not contain a NUL character"},
+     "contains a NUL byte"},
+    /* A key with an escaped NUL would compare as its text before the NUL:
+     * "listen\0junk" passed as the known key listen. */
+    {"escaped NUL in known key", "\"listen\\0junk\": \"127.0.0.1:1\"\n", 0, 1, 1, "listen\\0junk",
+     "contains a NUL byte"},
+    {"escaped u0000 in key", "upstream:\n  \"timeout_ms\\u0000x\": 5\n", 0, 2, 3,
+     "upstream.timeout_ms\\0x", "contains a NUL byte"},
+    /* ...and made a second "listen" look like a duplicate of the first. */
+    {"escaped NUL key after the real one",
+     "listen: \"127.0.0.1:1\"\n\"listen\\0\": \"127.0.0.1:2\"\n", 0, 2, 1, "listen\\0",
+     "contains a NUL byte"},
+    {"escaped NUL in nested list", "overlays:\n  x1:\n    config: { a: [ok, \"b\\0\"] }\n", 0, 3,
+     23, "overlays.x1.config.a[1]", "contains a NUL byte"},
+    {"escaped NUL in complex key", "? [\"a\\0\"]\n: 1\n", 0, 1, 4, NULL, "contains a NUL byte"},
+    /* YAML reads these as line breaks where editors do not: every later
+     * line number would be off by one. */
+    {"line separator", "a: \"x\xe2\x80\xa8y\"\nlisten: 1\n", 0, 1, 6, NULL,
+     "U+2028 LINE SEPARATOR"},
+    {"next line in comment", "# x\xc2\x85y\nlisten: 1\n", 0, 1, 4, NULL, "U+0085 NEXT LINE"},
+    /* A lone CR is a line break to libyaml; the UTF-8 check must agree. */
+    {"latin-1 after CR", "a: 1\rb: \"caf\xe9\"\n", 0, 2, 8, NULL, "not UTF-8 text (byte 0xe9)"},
+    /* libyaml counts a byte-order mark as a column. */
+    {"column after BOM", "\xef\xbb\xbflistn: 1\n", 0, 1, 1, "listn", "unknown key"},
 };
 
 static void test_bad_inputs(void **state)
@@ -547,6 +569,68 @@ static void test_bad_inputs(void **state)
     }
     rm_rf(dir);
     free(dir);
+}
+
+/* Escapes in quoted keys and values ("\\n", "\\e") must not reach the
+ * diagnostics raw: a newline would forge a second "FILE:LINE:COL:" line
+ * and an escape sequence would drive the terminal. */
+static void test_control_chars_in_diagnostics(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    const char *text = "\"lis\\nc.yaml:9:9: fake\": 1\n"
+                       "listen: \"h\\e[31m:1\\n2\"\n"
+                       "environment: \"a\\tb\"\n"
+                       "x: !<%0A> 1\n";
+    char *path = write_file(dir, "c.yaml", text, strlen(text));
+    fh_diag d = {0};
+    assert_null(fh_config_load(path, &d));
+    dump_diag(&d);
+    assert_true(d.count >= 1);
+    for (size_t i = 0; i < d.count; i++)
+        for (const char *p = d.items[i]; *p; p++)
+            assert_false((unsigned char)*p < 0x20 || *p == 0x7f);
+    fh_diag_clear(&d);
+
+    text = "\"lis\\nc.yaml:9:9: fake\": 1\n"
+           "listen: \"h\\e[31m:1\\n2\"\n"
+           "environment: \"a\\tb\"\n";
+    free(path);
+    path = write_file(dir, "c.yaml", text, strlen(text));
+    assert_null(fh_config_load(path, &d));
+    dump_diag(&d);
+    assert_int_equal(d.count, 3);
+    char *want = NULL;
+    assert_true(asprintf(&want, "%s:1:1: lis?c.yaml:9:9: fake: unknown key", path) > 0);
+    assert_true(diag_has(&d, want, NULL));
+    free(want);
+    assert_true(asprintf(&want, "%s:2:9: listen: ", path) > 0);
+    assert_true(diag_has(&d, want, "got \"h?[31m:1?2\""));
+    free(want);
+    assert_true(asprintf(&want, "%s:3:14: environment: ", path) > 0);
+    assert_true(diag_has(&d, want, "got \"a?b\""));
+    free(want);
+    fh_diag_clear(&d);
+    free(path);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Every NUL is reported, each with its own position, in one run. */
+static void test_nul_reports_all(void **state)
+{
+    (void)state;
+    const char *text = "\"listen\\0junk\": 1\nupstream: { base_url: \"\\0\" }\n";
+    fh_diag d = {0};
+    fh_yaml y;
+    assert_int_equal(fh_yaml_open_string(&y, text, strlen(text), "mem.yaml", &d), -1);
+    dump_diag(&d);
+    assert_int_equal(d.count, 2);
+    assert_string_equal(d.items[0], "mem.yaml:1:1: listen\\0junk: contains a NUL byte (written "
+                                    "\\0 or \\u0000); keys and strings cannot hold one");
+    assert_string_equal(d.items[1], "mem.yaml:2:23: upstream.base_url: contains a NUL byte "
+                                    "(written \\0 or \\u0000); keys and strings cannot hold one");
+    fh_diag_clear(&d);
 }
 
 /* Every problem is reported, not just the first. */
@@ -678,6 +762,54 @@ static void test_deep_nesting(void **state)
     free(dir);
 }
 
+/* A list or mapping beyond FH_YAML_MAX_ENTRIES is refused at load: the
+ * name lookups are linear, and 400,000 keys fit in 4 MiB. At the limit,
+ * duplicates are still found, each naming the line of the first. */
+static void test_entry_limit(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    size_t n = FH_YAML_MAX_ENTRIES;
+    char *text = malloc(n * 32 + 128);
+    assert_non_null(text);
+    size_t o = (size_t)sprintf(text, "overlays:\n  x1:\n    config:\n");
+    for (size_t i = 0; i < n - 1; i++)
+        o += (size_t)sprintf(text + o, "      k%zu: %zu\n", (i * 7919) % (n - 1), i);
+    o += (size_t)sprintf(text + o, "      k%zu: dup\n", (size_t)17 * 7919 % (n - 1));
+    char *path = write_file(dir, "c.yaml", text, o);
+    fh_diag d = {0};
+    assert_null(fh_config_load(path, &d));
+    dump_diag(&d);
+    assert_int_equal(d.count, 1);
+    char *want = NULL;
+    assert_true(asprintf(&want,
+                         "%s:%zu:7: overlays.x1.config.k%zu: duplicate key; first defined at "
+                         "line 21",
+                         path, n + 3, (size_t)17 * 7919 % (n - 1)) > 0);
+    assert_string_equal(d.items[0], want);
+    free(want);
+    fh_diag_clear(&d);
+    free(path);
+
+    o = (size_t)sprintf(text, "features_list: [");
+    for (size_t i = 0; i <= n; i++)
+        o += (size_t)sprintf(text + o, "%sa%zu", i ? "," : "", i);
+    o += (size_t)sprintf(text + o, "]\n");
+    path = write_file(dir, "c.yaml", text, o);
+    free(text);
+    assert_null(fh_config_load(path, &d));
+    dump_diag(&d);
+    assert_int_equal(d.count, 1);
+    assert_true(asprintf(&want, "%s:1:16: features_list: has %zu entries; at most %u are accepted",
+                         path, n + 1, FH_YAML_MAX_ENTRIES) > 0);
+    assert_string_equal(d.items[0], want);
+    free(want);
+    fh_diag_clear(&d);
+    free(path);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* yamlutil on its own: key paths and the string-list getter. */
 static void test_yamlutil_helpers(void **state)
 {
@@ -697,7 +829,8 @@ static void test_yamlutil_helpers(void **state)
         fh_keypath_push(&kp, "longish_component");
     assert_true(strlen(kp.buf) < sizeof(kp.buf));
 
-    const char *text = "l: [a, b_1]\nbad: [a, \"B\"]\ndup: [a, a]\nscalar: a\nempty:\n";
+    const char *text =
+        "l: [a, b_1]\nbad: [a, \"B\"]\ndup: [a, a]\nscalar: a\nempty:\ndup3: [b, a, b, c, b]\n";
     fh_diag d = {0};
     fh_yaml y;
     assert_int_equal(fh_yaml_open_string(&y, text, strlen(text), "mem.yaml", &d), 0);
@@ -720,6 +853,10 @@ static void test_yamlutil_helpers(void **state)
     assert_string_equal(d.items[1], "mem.yaml:3:10: dup[1]: 'a' is listed twice");
     assert_string_equal(d.items[2],
                         "mem.yaml:4:9: scalar: must be a list such as [\"a\", \"b\"]; got a");
+    assert_false(fh_yaml_get_string_list(&y, root, "", "dup3", NULL, NULL, &v, &n));
+    assert_int_equal(d.count, 5);
+    assert_string_equal(d.items[3], "mem.yaml:6:14: dup3[2]: 'b' is listed twice");
+    assert_string_equal(d.items[4], "mem.yaml:6:20: dup3[4]: 'b' is listed twice");
     fh_yaml_close(&y);
     fh_diag_clear(&d);
 
@@ -747,10 +884,13 @@ int main(void)
         cmocka_unit_test(test_overlay_config_json),
         cmocka_unit_test(test_valid_listen_forms),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_control_chars_in_diagnostics),
+        cmocka_unit_test(test_nul_reports_all),
         cmocka_unit_test(test_collects_all_problems),
         cmocka_unit_test(test_missing_and_unreadable),
         cmocka_unit_test(test_too_large),
         cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_entry_limit),
         cmocka_unit_test(test_yamlutil_helpers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -249,6 +249,18 @@ static const bad_case bad_cases[] = {
      "features.a.conditions.scenario_types", "must be a list"},
     {"features:\n  a:\n    conditions: { scenario_types: [ok, \"Bad Type\"] }\n", 3, 40,
      "features.a.conditions.scenario_types[1]", "must be a scenario type of [a-z0-9_]"},
+    /* "refund_" would only ever match a type that is itself "refund_" or
+     * has "__" in it, never "refund_x": refused rather than silently dead. */
+    {"features:\n  a:\n    conditions: { scenario_types: [refund_] }\n", 3, 36,
+     "features.a.conditions.scenario_types[0]",
+     "must not end with '_'; write the prefix without it: 'refund' matches 'refund_x'"},
+    {"features:\n  a:\n    conditions:\n      scenario_types:\n        - ok\n        - \"b__\"\n",
+     6, 11, "features.a.conditions.scenario_types[1]",
+     "must not end with '_'; write the prefix without it: 'b' matches 'b_x'"},
+    {"features:\n  a:\n    conditions: { scenario_types: [_] }\n", 3, 36,
+     "features.a.conditions.scenario_types[0]", "must not end with '_'"},
+    /* An escaped NUL in a feature name must not pass as the name before it. */
+    {"features:\n  \"a\\0b\": {}\n", 2, 3, "features.a\\0b", "contains a NUL byte"},
     {"features:\n  a:\n    conditions: { scenario_typez: [x] }\n", 3, 19,
      "features.a.conditions.scenario_typez", "did you mean 'scenario_types'?"},
     {"features:\n  a:\n    enabled_overlays: [\"../etc/passwd\"]\n", 3, 24,

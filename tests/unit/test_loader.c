@@ -1,13 +1,16 @@
 /*
  * test_loader.c - host/loader.c: every refusal has its own code and a
  * message naming the file; a good plugin loads from a private copy and
- * closes; a pinned one is detected.
+ * closes; a pinned one is detected, loaded or refused; the cache folder
+ * must be the daemon's alone.
  *
  * Each test stages the plugins it needs (built from tests/plugins/ into
  * FH_TEST_PLUGIN_DIR) into a fresh folder under /tmp with known modes, so
  * the result does not depend on the umask of the build. Single-threaded.
  */
 #include "loader.h"
+
+#include "log.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -17,6 +20,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,6 +394,103 @@ static void test_owner(void **state)
     assert_int_equal(chown(f->plugins, 0, (gid_t)-1), 0);
 }
 
+/* Makes root/cache and the cache folder itself, mode 0700 whatever the
+ * umask, as the loader would. */
+static void make_cache(fixture *f)
+{
+    char parent[PATH_MAX];
+    xsnprintf(parent, sizeof(parent), "%s/cache", f->root);
+    assert_int_equal(mkdir(parent, 0700) == 0 || errno == EEXIST, 1);
+    assert_int_equal(mkdir(f->cache, 0700) == 0 || errno == EEXIST, 1);
+    assert_int_equal(chmod(f->cache, 0700), 0);
+}
+
+/* Whoever owns or can write the cache folder can swap the private copy
+ * between the write and dlopen(), so the folder must be the daemon's alone:
+ * owned by its effective user, no group/other write, not a symlink. */
+static void test_cache_folder_must_be_private(void **state)
+{
+    fixture *f = *state;
+    char path[PATH_MAX];
+    stage(f, "good_a", path, sizeof(path));
+    make_cache(f);
+
+    assert_int_equal(chmod(f->cache, 0770), 0);
+    expect_refusal(f, path, FH_LOAD_UNSAFE_PERMS, "writable by its group");
+    assert_int_equal(chmod(f->cache, 0720), 0);
+    expect_refusal(f, path, FH_LOAD_UNSAFE_PERMS, "chmod 700");
+    assert_int_equal(chmod(f->cache, 0700), 0);
+
+    /* A symlink to a private folder: whoever can change the link chooses. */
+    char real[PATH_MAX];
+    xsnprintf(real, sizeof(real), "%s/real_cache", f->root);
+    assert_int_equal(mkdir(real, 0700), 0);
+    assert_int_equal(rmdir(f->cache), 0);
+    assert_int_equal(symlink(real, f->cache), 0);
+    expect_refusal(f, path, FH_LOAD_UNSAFE_PERMS, "symbolic link");
+    assert_int_equal(count_files(real), 0);
+    assert_int_equal(unlink(f->cache), 0);
+    make_cache(f);
+
+    if (geteuid() != 0) {
+        print_message("[  SKIPPED ] cache folder owned by another user: needs root to chown it "
+                      "to nobody\n");
+    } else {
+        /* Owned by nobody, mode 0700: only its owner could swap the copy,
+         * and that owner is not the daemon. */
+        assert_int_equal(chown(f->cache, NOBODY_UID, (gid_t)-1), 0);
+        expect_refusal(f, path, FH_LOAD_UNSAFE_PERMS, "owned by uid 65534");
+        assert_int_equal(chown(f->cache, 0, (gid_t)-1), 0);
+    }
+
+    /* The private folder works, and the copy in it is read-only. */
+    fh_plugin p;
+    char msg[512];
+    assert_int_equal(fh_loader_open(&f->opts, path, &p, msg, sizeof(msg)), FH_LOAD_OK);
+    struct stat copy;
+    assert_int_equal(stat(p.copy_path, &copy), 0);
+    assert_int_equal(copy.st_mode & 0777, 0500);
+    assert_int_equal(copy.st_uid, geteuid());
+    assert_true(fh_loader_close(&p));
+}
+
+/* A refused library the dynamic loader will not unmap (here it pinned
+ * itself with RTLD_NODELETE from its entry function) is reported. */
+static void test_refused_pinned_library_is_reported(void **state)
+{
+    fixture *f = *state;
+    char path[PATH_MAX];
+    stage(f, "bad_nodelete", path, sizeof(path));
+    expect_refusal(f, path, FH_LOAD_BAD_VERSION, "kept the refused library mapped");
+}
+
+/* The refused library's destructors run attributed to its file in the log,
+ * like a loaded one's are to its overlay. */
+static char probe_overlay[128];
+static int probe_calls;
+
+static void dtor_probe(void)
+{
+    const char *cur = fh_log_current_overlay();
+    snprintf(probe_overlay, sizeof(probe_overlay), "%s", cur ? cur : "(none)");
+    probe_calls++;
+}
+
+static void test_refused_library_is_closed_attributed(void **state)
+{
+    fixture *f = *state;
+    char path[PATH_MAX], hex[32];
+    stage(f, "bad_dtor_probe", path, sizeof(path));
+    xsnprintf(hex, sizeof(hex), "%jx", (uintmax_t)(uintptr_t)&dtor_probe);
+    assert_int_equal(setenv("TP_DTOR_PROBE", hex, 1), 0);
+    probe_calls = 0;
+    expect_refusal(f, path, FH_LOAD_BAD_MAGIC, "0x12345678");
+    unsetenv("TP_DTOR_PROBE");
+    assert_int_equal(probe_calls, 1);
+    assert_string_equal(probe_overlay, "bad_dtor_probe.so");
+    assert_null(fh_log_current_overlay()); /* restored afterwards */
+}
+
 static void test_older_size_still_loads(void **state)
 {
     fixture *f = *state;
@@ -516,6 +617,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_io_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsafe_permissions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owner, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_folder_must_be_private, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_pinned_library_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_library_is_closed_attributed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_older_size_still_loads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pinned_library_is_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_copy, setup, teardown),

@@ -446,6 +446,59 @@ static void check_answers(loaded *l, const char *const *sections, const char *co
         assert_false(ev.rules[i].passed);
 }
 
+/* The good answer with section `idx` replaced by `section`: a near miss
+ * that must fail exactly rule `idx` and the quality gate. */
+static void check_near_miss(loaded *l, const char *const *sections, const char *const *rules,
+                            int idx, const char *section)
+{
+    const char *with[4];
+    for (int i = 0; i < 4; i++)
+        with[i] = i == idx ? section : sections[i];
+    char *answer = compose(with, -1);
+    fusion_evaluation ev;
+    evaluate(l, answer, &ev);
+    for (int i = 0; i < 4; i++) {
+        if ((i == idx) == (ev.rules[i].passed != 0))
+            fail_msg("near miss for %s: rule %s %s (%s)\n%s", rules[idx], rules[i],
+                     ev.rules[i].passed ? "passed" : "failed", ev.rules[i].detail, answer);
+    }
+    if (!(ev.quality < 0.8))
+        fail_msg("near miss for %s: quality %g", rules[idx], ev.quality);
+    free(answer);
+}
+
+/* A whole answer: rule i must pass exactly when want[i] is 'p'; the
+ * quality must be below the gate unless every rule passes. */
+static void check_rules(loaded *l, const char *answer, const char *want)
+{
+    fusion_evaluation ev;
+    evaluate(l, answer, &ev);
+    assert_int_equal(ev.rule_count, 4);
+    for (size_t i = 0; i < 4; i++) {
+        if ((want[i] == 'p') != (ev.rules[i].passed != 0))
+            fail_msg("rule %s %s (%s), want %s\n%s", ev.rules[i].name,
+                     ev.rules[i].passed ? "passed" : "failed", ev.rules[i].detail,
+                     want[i] == 'p' ? "pass" : "fail", answer);
+    }
+    if (strcmp(want, "pppp") == 0 ? !(ev.quality >= 0.8) : !(ev.quality < 0.8))
+        fail_msg("quality %g for rules %s\n%s", ev.quality, want, answer);
+}
+
+/* The directive texts echoed back as the answer. */
+static char *echo(const char *const *names, size_t n)
+{
+    char *out = calloc(1, 65536 * 2 + 2);
+    assert_non_null(out);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        char *t = read_text(names[i], &len);
+        strcat(out, t);
+        strcat(out, "\n");
+        free(t);
+    }
+    return out;
+}
+
 static void test_evaluate_refund(void **unused)
 {
     loaded r;
@@ -465,6 +518,48 @@ static void test_evaluate_refund(void **unused)
     assert_int_equal(r.d->evaluate(r.state, req, text, 4, &ev, fh_host_api()), 0);
     assert_false(ev.rules[3].passed);
     fh_request_free(req);
+
+    /* Keyword stuffing: every keyword, no substance. */
+    check_rules(&r,
+                "1. rollback\n2. x\n3. y\ncompensating clawback. If it fails, retry. "
+                "idempotent",
+                "ffff");
+    /* The directive echoed back has no numbered steps of its own. */
+    char *e = echo(rls_dirs, 1);
+    check_rules(&r, e, "fppp");
+    free(e);
+
+    /* One thin section in an otherwise good answer fails that rule. */
+    check_near_miss(&r, rls_sections, rls_rules, 0,
+                    "## Rollback procedure\n1. Roll back.\n2. Revert it.\n3. Restore the row.\n\n");
+    /* Substantive steps, but the rollback wording only around them. */
+    check_near_miss(&r, rls_sections, rls_rules, 0,
+                    "## Rollback procedure\nWe roll back the duplicate refund as follows.\n"
+                    "1. Freeze refunds for customer 881 and snapshot the ledger rows.\n"
+                    "2. Call the payment provider's API about the duplicate refund R-2.\n"
+                    "3. Compare the order balance with the ledger and close the ticket.\n\n");
+    check_near_miss(&r, rls_sections, rls_rules, 1,
+                    "## Compensating actions\ncompensating clawback.\n\n");
+    check_near_miss(&r, rls_sections, rls_rules, 2,
+                    "## Failure scenarios\nIf it fails, retry.\n\n");
+    /* A failover is not a failure word, and there is no handling. */
+    check_near_miss(&r, rls_sections, rls_rules, 2,
+                    "## Failure scenarios\nWhen the primary database does a FAILOVER, the "
+                    "replica takes over and traffic continues normally.\n\n");
+    check_near_miss(&r, rls_sections, rls_rules, 3, "## Idempotency\nidempotent\n");
+    /* Named, in a long sentence, but with no mechanism (key, token, check). */
+    check_near_miss(&r, rls_sections, rls_rules, 3,
+                    "## Idempotency\nThe whole process is idempotent and happens exactly once, "
+                    "we promise that to every customer.\n");
+
+    /* Only one step says rollback: still a procedure, at 0.8. */
+    evaluate(&r,
+             "1. Freeze refunds for customer 881 and snapshot the ledger rows.\n"
+             "2. Reverse the duplicate refund R-2 through the provider's API.\n"
+             "3. Compare the balance with the snapshot before closing the ticket.\n",
+             &ev);
+    assert_true(ev.rules[0].passed);
+    assert_true(ev.rules[0].score == 0.8);
     unload(&r);
 }
 
@@ -474,21 +569,87 @@ static void test_evaluate_state_model(void **unused)
     load(&s, "state_model_first", NULL);
     check_answers(&s, smf_sections, smf_rules);
 
-    /* Prose about states without naming any, transitions in lower case. */
+    /* Prose about states without listing any: only the states rule fails
+     * (transition lines define no state). */
     fusion_evaluation ev;
+    check_rules(&s,
+                "The application moves through a few states.\n"
+                "- SUBMITTED -> IN_REVIEW when the form is complete.\n"
+                "- IN_REVIEW -> APPROVED when the reviewer signs off.\n"
+                "- IN_REVIEW -> VERIFICATION_FAILED when a document does not verify.\n"
+                "Invariant: an application must never be approved without a reviewer.\n"
+                "From VERIFICATION_FAILED the applicant may resubmit corrected documents for "
+                "another review.\n",
+                "fppp");
+    /* Arrows between plain lower-case words are not transitions between
+     * named states, and "the failed state" in prose is not an error state. */
+    check_rules(&s,
+                "The application moves through a few states.\n"
+                "- submitted -> review when the form is complete.\n"
+                "- review -> approved when the reviewer signs off.\n"
+                "Invariant: an application must never be approved without a reviewer.\n"
+                "If documents cannot be verified it enters the failed state; the applicant may "
+                "resubmit them.\n",
+                "ffpf");
+
+    /* Keyword stuffing: one-letter states, keywords on lines of their own. */
+    check_rules(&s, "- `A`\n- `B`\n- `C`\nA -> B -> C\ninvariant must never\nERROR retry", "ffff");
+    /* Real names make states and transitions, but not the rest. */
+    check_rules(&s,
+                "- `DRAFT`\n- `REVIEW`\n- `DONE`\nDRAFT -> REVIEW -> DONE\ninvariant must never\n"
+                "ERROR retry",
+                "ppff");
+    /* The directives echoed back: no listed state, `FROM -> TO` is not a
+     * transition, VERIFICATION_FAILED in prose is not a state. */
+    char *e = echo(smf_dirs, 2);
+    check_rules(&s, e, "ffpf");
+    free(e);
+    /* FAILOVER and "HTTP ERROR" are not error states (whole words, and
+     * only listed states or transition ends count). */
+    check_rules(
+        &s,
+        "## States\n- `PRIMARY_ACTIVE`: the primary serves traffic.\n"
+        "- `FAILOVER_IN_PROGRESS`: traffic moves to the standby.\n"
+        "- `STANDBY_ACTIVE`: the standby serves traffic.\n\n"
+        "## Transitions\n- PRIMARY_ACTIVE -> FAILOVER_IN_PROGRESS when health checks fail.\n"
+        "- FAILOVER_IN_PROGRESS -> STANDBY_ACTIVE when the standby is promoted.\n"
+        "- STANDBY_ACTIVE -> PRIMARY_ACTIVE after the primary is repaired.\n\n"
+        "## Invariants\nInvariant: exactly one region must always accept writes, in "
+        "every state.\n\n"
+        "## Errors\nOn an HTTP ERROR from the standby the client will retry the request "
+        "after a short delay.\n",
+        "pppf");
+
+    /* One thin section in an otherwise good answer fails that rule. */
+    check_near_miss(&s, smf_sections, smf_rules, 0,
+                    "## States\n- `A`: received.\n- `B`: in review.\n- `C`: done.\n\n");
+    check_near_miss(&s, smf_sections, smf_rules, 1, "## Transitions\n- A -> B -> C\n\n");
+    check_near_miss(&s, smf_sections, smf_rules, 1,
+                    "## Transitions\n- SUBMITTED -> PENDING_REVIEW when the file is "
+                    "complete.\n\n");
+    check_near_miss(&s, smf_sections, smf_rules, 2, "## Invariants\ninvariant must never\n\n");
+    check_near_miss(&s, smf_sections, smf_rules, 3, "## Error states and recovery\nERROR retry\n");
+    /* A recovery that is not about an error state. */
+    check_near_miss(&s, smf_sections, smf_rules, 3,
+                    "## Error states and recovery\nReviewers may retry the checks later if they "
+                    "want to double-check the evidence.\n");
+
+    /* "from X to Y" transitions, and a state its list item calls the error
+     * state, with a transition out of it. */
     evaluate(&s,
-             "The application moves through a few states.\n"
-             "- submitted -> review when the form is complete.\n"
-             "- review -> approved when the reviewer signs off.\n"
-             "Invariant: an application must never be approved without a reviewer.\n"
-             "If documents cannot be verified it enters the failed state; the applicant may "
-             "resubmit them.\n",
+             "## States\n- `DRAFT`: being written.\n- `IN_REVIEW`: with a reviewer.\n"
+             "- `APPROVED`: signed off.\n- `ON_HOLD`: error state, a document is missing.\n\n"
+             "An item moves from DRAFT to IN_REVIEW when submitted, from IN_REVIEW to APPROVED "
+             "on sign-off and from IN_REVIEW into the ON_HOLD state when a document is missing. "
+             "It goes from ON_HOLD to IN_REVIEW once the document arrives.\n"
+             "Invariant: an item must never be approved by the person who drafted it.\n",
              &ev);
-    assert_false(ev.rules[0].passed);
-    assert_true(ev.rules[1].passed);
-    assert_true(ev.rules[2].passed);
-    assert_true(ev.rules[3].passed);
-    assert_true(ev.quality < 0.8);
+    for (size_t i = 0; i < 4; i++) {
+        if (!ev.rules[i].passed)
+            fail_msg("from/to answer: %s failed: %s", ev.rules[i].name, ev.rules[i].detail);
+    }
+    assert_true(ev.rules[1].score == 1.0);
+    assert_true(ev.rules[3].score == 1.0);
 
     /* States listed inline, in snake_case; a "States:" line of prose is not a list. */
     evaluate(&s, "States: draft, in_review, `APPROVED` and archived.\n", &ev);

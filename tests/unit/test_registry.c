@@ -653,6 +653,62 @@ static void test_pinned_is_counted(void **state)
     assert_int_equal(mapped_copies(f), 2); /* the pinned one and the live one */
 }
 
+/* An unloaded overlay whose library the dynamic loader keeps in memory
+ * stays listed: draining, pinned, and a reason that says what to do. */
+static void test_pinned_is_listed_after_unload(void **state)
+{
+    static const char reason[] = "unloaded but the dynamic loader kept the library mapped "
+                                 "(RTLD_NODELETE or unique symbols); restart to unmap it";
+    fixture *f = *state;
+    assert_int_equal(load(f, f->pinned), FH_LOAD_OK);
+    assert_int_equal(fh_registry_unload(f->reg, "pinned", 1000), 0);
+    assert_int_equal(atomic_load(&finis[V_PINNED]), 1);
+    assert_int_equal(mapped_copies(f), 1);
+
+    fh_overlay_info *list = NULL;
+    size_t n = fh_registry_list(f->reg, &list);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].name, "pinned");
+    assert_string_equal(list[0].version, "1.0.0");
+    assert_string_equal(list[0].path, f->pinned);
+    assert_int_equal(list[0].state, FH_STATE_DRAINING);
+    assert_int_equal(list[0].pinned, 1);
+    assert_int_equal(list[0].draining, 0);
+    assert_int_equal(list[0].inflight, 0);
+    assert_string_equal(list[0].reason, reason);
+    free(list);
+    fh_overlay_info info;
+    assert_int_equal(fh_registry_get(f->reg, "pinned", &info), 0);
+    assert_int_equal(info.pinned, 1);
+    assert_string_equal(info.reason, reason);
+
+    /* Reaping does not forget it; nothing routes to it. */
+    assert_int_equal(fh_registry_reap(f->reg), 0);
+    assert_int_equal(fh_registry_get(f->reg, "pinned", &info), 0);
+    assert_int_equal(info.pinned, 1);
+    fh_overlay_state st;
+    assert_null(fh_registry_acquire(f->reg, "pinned", &st));
+    assert_int_equal(st, FH_STATE_DRAINING);
+    assert_int_equal(fh_registry_enable(f->reg, "pinned"), -1);
+
+    /* Loading it again routes again; the old library is still counted. */
+    assert_int_equal(load(f, f->pinned), FH_LOAD_OK);
+    assert_int_equal(fh_registry_get(f->reg, "pinned", &info), 0);
+    assert_int_equal(info.state, FH_STATE_ENABLED);
+    assert_int_equal(info.pinned, 1);
+    assert_string_equal(info.reason, "");
+    fh_generation *g = fh_registry_acquire(f->reg, "pinned", &st);
+    assert_non_null(g);
+    fh_generation_release(g);
+
+    /* Unloading again leaves the second library in memory as well. */
+    assert_int_equal(fh_registry_unload(f->reg, "pinned", 1000), 0);
+    assert_int_equal(fh_registry_get(f->reg, "pinned", &info), 0);
+    assert_int_equal(info.state, FH_STATE_DRAINING);
+    assert_int_equal(info.pinned, 2);
+    assert_string_equal(info.reason, reason);
+}
+
 /* ---- concurrency ----------------------------------------------------- */
 
 typedef struct run {
@@ -765,6 +821,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_duplicate_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_are_listed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pinned_is_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pinned_is_listed_after_unload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_routing_while_swapping, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

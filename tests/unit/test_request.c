@@ -14,9 +14,11 @@
 #include "request.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static fusion_request *parse(const char *body)
 {
@@ -283,6 +285,167 @@ static void test_context_setters(void **unused)
     fh_request_free(req);
 }
 
+/* Context strings reach log lines, metric labels and rollout hashing: only
+ * identifier characters get in, from the body or from headers. */
+static void test_context_strings_are_identifiers(void **unused)
+{
+    static const char rule[] = "may contain only letters, digits and _ . : -";
+    static const struct {
+        const char *field, *value; /* value as JSON string text */
+    } bad[] = {
+        {"scenario_type", "a\\nERROR forged"},
+        {"scenario_type", "refund processing"},
+        {"scenario_id", "x\\ty"},
+        {"scenario_id", "a\\\"b"},
+        {"key", "user@example.com"},
+        {"key", "k}"},
+        {"key", "caf\\u00e9"},
+        {"scenario_type", "a\\u001b[31m"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[256], err[256] = "", want[128];
+        snprintf(body, sizeof(body),
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                 "\"fusion\":{\"%s\":\"%s\"}}",
+                 bad[i].field, bad[i].value);
+        snprintf(want, sizeof(want), "fusion.%s %s", bad[i].field, rule);
+        fusion_request *req = fh_request_parse(body, strlen(body), err, sizeof(err));
+        if (req || strcmp(err, want) != 0)
+            fail_msg("case %zu (%s): expected '%s', got %s '%s'", i, body, want,
+                     req ? "a request" : "error", err);
+    }
+
+    /* Every allowed character, and "" as "not given". */
+    fusion_request *req = parse("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                                "\"fusion\":{\"scenario_type\":\"Refund_processing-2.v1:a\","
+                                "\"scenario_id\":\"\",\"key\":\"tenant-7\"}}");
+    assert_string_equal(req->scenario_type, "Refund_processing-2.v1:a");
+    assert_null(req->scenario_id);
+    assert_string_equal(req->key, "tenant-7");
+
+    /* Header values go through the same rule; a refusal says why and
+     * leaves the context as it was. */
+    char err[256] = "";
+    assert_int_equal(
+        fh_request_set_context_checked(req, "a\nERROR forged", NULL, NULL, -1, err, sizeof(err)),
+        -1);
+    assert_string_equal(err, "fusion.scenario_type may contain only letters, digits and _ . : -");
+    assert_int_equal(fh_request_set_context_checked(req, "ok", "ok", "a b", -1, err, sizeof(err)),
+                     -1);
+    assert_string_equal(err, "fusion.key may contain only letters, digits and _ . : -");
+    assert_int_equal(fh_request_set_context(req, NULL, "x\r", NULL, -1), -1);
+    assert_int_equal(fh_request_set_context_checked(req, "x", NULL, NULL, 2, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "confidence"));
+    assert_string_equal(req->scenario_type, "Refund_processing-2.v1:a");
+    assert_string_equal(req->key, "tenant-7");
+    assert_int_equal(fh_request_set_context_checked(req, "t.1", "", "k:2", 0.5, err, sizeof(err)),
+                     0);
+    assert_string_equal(err, "");
+    assert_string_equal(req->scenario_type, "t.1");
+    assert_null(req->scenario_id);
+    assert_string_equal(req->key, "k:2");
+    fh_request_free(req);
+}
+
+/* Only the sampling parameters are an overlay's to set; stream, n, model
+ * and the like are the caller's, whatever their current value. */
+static void test_set_only_sampling_fields(void **unused)
+{
+    fusion_request *req = parse("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                                "\"n\":2}");
+    const fusion_host_api *h = fh_host_api();
+    static const char *const allowed[] = {
+        "temperature",           "top_p", "presence_penalty", "frequency_penalty", "max_tokens",
+        "max_completion_tokens", "seed"};
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+        assert_int_equal(h->req_set_number(req, allowed[i], 0.5), 0);
+        assert_int_equal(h->req_set_integer(req, allowed[i], 7), 0);
+    }
+    static const char *const refused[] = {"stream",       "n",
+                                          "fusion",       "model",
+                                          "user",         "logprobs",
+                                          "top_logprobs", "stop",
+                                          "logit_bias",   "parallel_tool_calls"};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        if (h->req_set_integer(req, refused[i], 1) != -1 ||
+            h->req_set_number(req, refused[i], 50) != -1)
+            fail_msg("an overlay could set '%s'", refused[i]);
+    }
+    /* Absent ones stay absent, present ones unchanged. */
+    assert_null(json_object_get(req->body, "stream"));
+    assert_null(json_object_get(req->body, "fusion"));
+    assert_int_equal(json_integer_value(json_object_get(req->body, "n")), 2);
+    fh_request_free(req);
+}
+
+/* Each byte of the UTF-8 text in [s, end) belongs to a whole character. */
+static bool utf8_complete(const char *s, const char *end)
+{
+    while (s < end) {
+        unsigned char c = (unsigned char)*s;
+        size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : 4;
+        if ((size_t)(end - s) < n)
+            return false;
+        for (size_t i = 1; i < n; i++)
+            if (((unsigned char)s[i] & 0xc0) != 0x80)
+                return false;
+        s += n;
+    }
+    return true;
+}
+
+/* Runs h->log(ERROR, "%s", text) with stderr in a file; returns the line. */
+static void capture_log_line(const char *text, char *line, size_t len)
+{
+    char path[] = "/tmp/fh_test_log_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    fh_host_api()->log(FUSION_LOG_ERROR, "%s", text);
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    ssize_t n = pread(fd, line, len - 1, 0);
+    close(fd);
+    assert_true(n > 0);
+    line[n] = '\0';
+}
+
+/* A plugin line cut at the 1 KiB limit ends on a character boundary. */
+static void test_log_cut_keeps_utf8(void **unused)
+{
+    static const struct {
+        const char *prefix, *ch; /* the character repeated past the limit */
+    } cases[] = {
+        {"", "\xc3\xa9"},            /* é, 2 bytes: byte 1022 is a lead */
+        {"a", "\xe2\x82\xac"},       /* €, 3 bytes: 2 of the last one fit */
+        {"ab", "\xf0\x9f\x98\x80"},  /* U+1F600, 4 bytes: 1 fits */
+        {"abc", "\xf0\x9f\x98\x80"}, /* 4 bytes, exactly 1020 + 3 */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char text[2048], line[4096];
+        size_t used = (size_t)snprintf(text, sizeof(text), "%s", cases[i].prefix);
+        size_t w = strlen(cases[i].ch);
+        while (used + w < 1500) {
+            memcpy(text + used, cases[i].ch, w);
+            used += w;
+        }
+        text[used] = '\0';
+        capture_log_line(text, line, sizeof(line));
+        char *nl = strchr(line, '\n');
+        assert_non_null(nl);
+        const char *msg = strstr(line, cases[i].prefix[0] ? cases[i].prefix : cases[i].ch);
+        assert_non_null(msg);
+        if (!utf8_complete(msg, nl))
+            fail_msg("case %zu: the cut split a character: ...%s", i, nl - 8);
+        /* Only the partial character went: at most 3 bytes short of 1023. */
+        assert_true((size_t)(nl - msg) >= 1020 && (size_t)(nl - msg) <= 1023);
+    }
+}
+
 static void test_null_safety(void **unused)
 {
     const fusion_host_api *h = fh_host_api();
@@ -357,6 +520,9 @@ static void test_metrics_and_log(void **unused)
 
 int main(void)
 {
+    /* Log lines must reach stderr, where test_log_cut_keeps_utf8 reads
+     * them, even when the suite runs under systemd. */
+    unsetenv("JOURNAL_STREAM");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_valid_and_context),
         cmocka_unit_test(test_parse_without_fusion),
@@ -365,6 +531,9 @@ int main(void)
         cmocka_unit_test(test_prepend_ahead_of_caller_system),
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_context_setters),
+        cmocka_unit_test(test_context_strings_are_identifiers),
+        cmocka_unit_test(test_set_only_sampling_fields),
+        cmocka_unit_test(test_log_cut_keeps_utf8),
         cmocka_unit_test(test_null_safety),
         cmocka_unit_test(test_metrics_and_log),
     };

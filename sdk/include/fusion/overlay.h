@@ -189,7 +189,13 @@ typedef struct fusion_host_api {
     int (*req_get_number)(const fusion_request *req, const char *field, double *out);
 
     /* Rewrites. Each returns 0 on success, -1 on refusal (bad argument,
-     * out of memory); the host copies what it is given. */
+     * out of memory); the host copies what it is given.
+     * req_set_number / req_set_integer set a top-level sampling parameter,
+     * and only these: temperature, top_p, presence_penalty,
+     * frequency_penalty, max_tokens, max_completion_tokens, seed. Any other
+     * field (stream, n, model, ...), a non-finite value, or a field the
+     * caller sent as something other than a number or null is refused with
+     * -1 (logged at debug level). */
     int (*req_prepend_system)(fusion_request *req, const char *text);
     int (*req_set_number)(fusion_request *req, const char *field, double value);
     int (*req_set_integer)(fusion_request *req, const char *field, int64_t value);
