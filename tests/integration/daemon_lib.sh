@@ -57,10 +57,15 @@ YAML
     echo "$dir/fusion-host.yaml"
 }
 
-# start_daemon CONFIG: runs `fusion-host serve` in the background.
+# start_daemon CONFIG: runs `fusion-host serve` in the background. A test
+# that measures the daemon's RSS sets FH_TEST_MEASURES_MEMORY=1: under ASan
+# the allocator's quarantine keeps every freed block resident (up to 256 MB),
+# which would measure ASan, not us, so that daemon runs without it.
 start_daemon() {
     rm -f "$FH_TMP/ready"
-    FH_TEST_UPSTREAM_KEY=${FH_TEST_UPSTREAM_KEY:-sk-test-secret-42} \
+    local asan=${ASAN_OPTIONS:-}
+    [ -n "${FH_TEST_MEASURES_MEMORY:-}" ] && asan="${asan:+$asan:}quarantine_size_mb=0"
+    ASAN_OPTIONS=$asan FH_TEST_UPSTREAM_KEY=${FH_TEST_UPSTREAM_KEY:-sk-test-secret-42} \
         "$FH_BIN" --log-level "${FH_TEST_LOG_LEVEL:-info}" serve -c "$1" \
         --ready-file "$FH_TMP/ready" >>"$FH_TMP/daemon.log" 2>&1 &
     FH_PID=$!

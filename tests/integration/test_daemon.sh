@@ -3,6 +3,7 @@
 # upstream, requests as an application sends them.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/daemon_lib.sh"
+FH_TEST_MEASURES_MEMORY=1 # RSS checks below (backpressure, endless event)
 
 start_stub
 cfg=$(make_config "$FH_TMP/d1")
