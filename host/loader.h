@@ -4,7 +4,8 @@
  * Owns: the private copy of the file and the dlopen handle of one fh_plugin.
  * The loader never maps the file in the plugin folder itself: it checks the
  * file (regular, ELF shared object, not writable by group/other, owned by
- * root or the daemon's user, folder likewise), copies it under cache_dir with
+ * root or the daemon's user, folder likewise), copies it under cache_dir (a
+ * folder that must be the daemon's own, not a symlink, mode 0700) with
  * a unique name, checks with RTLD_NOLOAD that nothing of that name is mapped,
  * dlopens the copy RTLD_NOW|RTLD_LOCAL, calls the entry function, checks
  * magic, ABI major and size before reading anything else, refuses a newer
