@@ -27,6 +27,7 @@
 #include "reason.h"
 #include "request.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -44,6 +45,7 @@
 #define SSE_EVENT_MAX (1u << 20)   /* one SSE event larger is a broken upstream */
 #define TEXT_MAX      (4u << 20)   /* streamed text kept for evaluation */
 #define TXN_MAGIC     0x54584e31u  /* "TXN1", checked in debug builds */
+#define TXN_CHECK(t)  assert((t)->magic == TXN_MAGIC)
 
 typedef struct buf {
     char *data;
@@ -581,6 +583,7 @@ static enum MHD_Result txn_start(fh_txn *t)
 static void up_response(void *ud, long status, const char *content_type)
 {
     fh_txn *t = ud;
+    TXN_CHECK(t);
     pthread_mutex_lock(&t->lock);
     t->status = status;
     snprintf(t->content_type, sizeof(t->content_type), "%s", content_type ? content_type : "");
@@ -691,6 +694,7 @@ static int relay_bytes(fh_txn *t, const char *d, size_t n)
 static int up_body(void *ud, const char *data, size_t len)
 {
     fh_txn *t = ud;
+    TXN_CHECK(t);
     int rc = 0;
     pthread_mutex_lock(&t->lock);
     if (t->done || !t->conn) {
@@ -726,6 +730,7 @@ static bool overlay_rejected(const fh_txn *t, fh_upstream_result result)
 static void up_done(void *ud, fh_upstream_result result, long status, const char *error)
 {
     fh_txn *t = ud;
+    TXN_CHECK(t);
     pthread_mutex_lock(&t->lock);
     if (t->done) { /* aborted at shutdown: already answered */
         pthread_mutex_unlock(&t->lock);
@@ -765,6 +770,7 @@ static void up_done(void *ud, fh_upstream_result result, long status, const char
 static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
 {
     fh_txn *t = cls;
+    TXN_CHECK(t);
     (void)pos;
     ssize_t rc;
     pthread_mutex_lock(&t->lock);
@@ -949,6 +955,7 @@ static enum MHD_Result txn_respond(fh_txn *t)
 
 enum MHD_Result fh_txn_step(fh_txn *t)
 {
+    TXN_CHECK(t);
     if (t->ph == PH_RECEIVING && atomic_load(&t->p->closing)) {
         t->ph = PH_ANSWERED;
         return fh_http_error(t->conn, 503, "server_error", "draining", "fusion-host is stopping");
@@ -971,6 +978,7 @@ enum MHD_Result fh_txn_step(fh_txn *t)
 
 void fh_txn_completed(fh_txn *t, enum MHD_RequestTerminationCode toe)
 {
+    TXN_CHECK(t);
     fh_pipeline *p = t->p;
     pthread_mutex_lock(&t->lock);
     t->conn = NULL;

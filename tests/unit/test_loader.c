@@ -30,6 +30,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test_fs.h"
+
 #define NOBODY_UID 65534
 
 typedef struct fixture {
@@ -38,33 +40,6 @@ typedef struct fixture {
     char cache[PATH_MAX];   /* root/cache, created by the loader */
     fh_loader_opts opts;
 } fixture;
-
-static void xsnprintf(char *buf, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void xsnprintf(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-    assert_true(n >= 0 && (size_t)n < len);
-}
-
-static void copy_file(const char *from, const char *to, mode_t mode)
-{
-    int in = open(from, O_RDONLY);
-    assert_true(in >= 0);
-    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC, mode);
-    assert_true(out >= 0);
-    char buf[8192];
-    ssize_t n;
-    while ((n = read(in, buf, sizeof(buf))) > 0)
-        assert_int_equal(write(out, buf, (size_t)n), n);
-    assert_int_equal(n, 0);
-    close(in);
-    close(out);
-    assert_int_equal(chmod(to, mode), 0); /* whatever the umask */
-}
 
 /* Copies FH_TEST_PLUGIN_DIR/NAME.so into the fixture's plugin folder. */
 static void stage(fixture *f, const char *name, char *path, size_t len)

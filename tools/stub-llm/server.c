@@ -433,19 +433,9 @@ static json_t *usage_json(long prompt, long completion)
                      (json_int_t)completion, "total_tokens", (json_int_t)(prompt + completion));
 }
 
-/* Appends "data: <json>\n\n" as one event; frees `v`. */
-static void add_event(struct stream *st, json_t *v, size_t *cap_ends)
+/* Records that the text so far ends an event. */
+static void end_event(struct stream *st, size_t *cap_ends)
 {
-    char *text = v ? json_dumps(v, JSON_COMPACT) : NULL;
-    json_decref(v);
-    if (!text) {
-        st->text.failed = 1;
-        return;
-    }
-    sb_puts(&st->text, "data: ");
-    sb_puts(&st->text, text);
-    sb_puts(&st->text, "\n\n");
-    free(text);
     if (st->nev == *cap_ends) {
         size_t cap = *cap_ends ? *cap_ends * 2 : 32;
         size_t *ends = realloc(st->ends, cap * sizeof *ends);
@@ -462,17 +452,23 @@ static void add_event(struct stream *st, json_t *v, size_t *cap_ends)
 static void add_raw_event(struct stream *st, const char *raw, size_t *cap_ends)
 {
     sb_puts(&st->text, raw);
-    if (st->nev == *cap_ends) {
-        size_t cap = *cap_ends ? *cap_ends * 2 : 32;
-        size_t *ends = realloc(st->ends, cap * sizeof *ends);
-        if (!ends) {
-            st->text.failed = 1;
-            return;
-        }
-        st->ends = ends;
-        *cap_ends = cap;
+    end_event(st, cap_ends);
+}
+
+/* Appends "data: <json>\n\n" as one event; frees `v`. */
+static void add_event(struct stream *st, json_t *v, size_t *cap_ends)
+{
+    char *text = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    if (!text) {
+        st->text.failed = 1;
+        return;
     }
-    st->ends[st->nev++] = st->text.len;
+    sb_puts(&st->text, "data: ");
+    sb_puts(&st->text, text);
+    sb_puts(&st->text, "\n\n");
+    free(text);
+    end_event(st, cap_ends);
 }
 
 static void stream_free(void *cls)

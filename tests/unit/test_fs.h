@@ -1,0 +1,44 @@
+/*
+ * test_fs.h - small file helpers shared by the loader and registry tests
+ * (header-only; include after <cmocka.h>).
+ */
+#ifndef FH_TEST_FS_H
+#define FH_TEST_FS_H
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* snprintf that fails the test instead of truncating. */
+static void xsnprintf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4), unused));
+static void xsnprintf(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    assert_true(n >= 0 && (size_t)n < len);
+}
+
+/* Copies `from` to `to` with exactly `mode`, whatever the umask. */
+static void copy_file(const char *from, const char *to, mode_t mode) __attribute__((unused));
+static void copy_file(const char *from, const char *to, mode_t mode)
+{
+    int in = open(from, O_RDONLY);
+    assert_true(in >= 0);
+    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    assert_true(out >= 0);
+    char buf[8192];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        assert_int_equal(write(out, buf, (size_t)n), n);
+    assert_int_equal(n, 0);
+    close(in);
+    close(out);
+    assert_int_equal(chmod(to, mode), 0);
+}
+
+#endif
