@@ -200,7 +200,8 @@ static int cmd_check(int argc, char **argv)
         fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = geteuid()},
                                .host_api = fh_host_api(),
                                .inputs_for = fh_inputs_for,
-                               .inputs_ud = &inputs};
+                               .inputs_ud = &inputs,
+                               .hook_deadline_ms = cfg->hooks.deadline_ms};
         fh_registry *reg = fh_registry_new(&ro);
         if (!reg) {
             fh_diag_add(&problems, "out of memory");
@@ -470,11 +471,22 @@ static int run_plugin_test(const plugin_test_opts *o, fh_registry *reg, const ch
         route.reason = FH_REASON_NO_MATCH, decision = "baseline";
 
     int apply_rc = fh_generation_apply(gen, req);
+    if (apply_rc == FH_GENERATION_TIMEOUT) {
+        fprintf(stderr, "fusion-host: apply() did not return within hooks.deadline_ms; the daemon "
+                        "would serve the baseline and quarantine the overlay\n");
+        return 1; /* the request is the abandoned call's now: keep it */
+    }
     char *rewritten = fh_request_dump(req, 1);
     fusion_evaluation ev;
     memset(&ev, 0, sizeof(ev));
     const char *text = answer ? answer : "";
     int eval_rc = fh_generation_evaluate(gen, req, text, strlen(text), &ev);
+    if (eval_rc == FH_GENERATION_TIMEOUT) {
+        fprintf(stderr, "fusion-host: evaluate() did not return within hooks.deadline_ms; the "
+                        "daemon would serve the baseline and quarantine the overlay\n");
+        free(rewritten);
+        return 1;
+    }
     if (eval_rc == 0 && !isfinite(ev.quality)) {
         fprintf(stderr, "fusion-host: evaluate returned a quality that is not a number; the "
                         "daemon ignores such a score\n");
@@ -584,7 +596,8 @@ static int cmd_plugin_test(int argc, char **argv)
         .loader = {.cache_dir = cache, .daemon_uid = geteuid(), .skip_owner_checks = true},
         .host_api = fh_host_api(),
         .inputs_for = fh_inputs_for,
-        .inputs_ud = &inputs};
+        .inputs_ud = &inputs,
+        .hook_deadline_ms = cfg ? cfg->hooks.deadline_ms : 2000};
     fh_registry *reg = cache ? fh_registry_new(&ro) : NULL;
     if (reg) {
         char msg[1024] = "", name[FUSION_NAME_MAX + 1] = "";

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,8 @@ static const char *const top_keys[] = {"listen",
                                        "limits",
                                        "metrics",
                                        "drain_timeout_ms",
+                                       "workers",
+                                       "hooks",
                                        NULL};
 static const char *const admin_keys[] = {"listen", "token_file", NULL};
 static const char *const upstream_keys[] = {"base_url", "api_key_env", "timeout_ms",
@@ -73,6 +76,7 @@ static const char *const budget_keys[] = {"hook_latency_ms",
                                           NULL};
 static const char *const limits_keys[] = {"max_body_bytes", "max_connections", NULL};
 static const char *const metrics_keys[] = {"max_series_per_metric", NULL};
+static const char *const hooks_keys[] = {"deadline_ms", NULL};
 
 void fh_overlay_cfg_defaults(fh_overlay_cfg *o)
 {
@@ -463,6 +467,8 @@ static int set_defaults(fh_config *c)
     c->limits.max_connections = 10000;
     c->metrics.max_series_per_metric = 1000;
     c->drain_timeout_ms = 10000;
+    c->workers = 0;
+    c->hooks.deadline_ms = 2000;
     if (!c->listen || !c->admin.listen || !c->admin.token_file || !c->upstream.base_url ||
         !c->upstream.api_key_env || !c->plugins.dir || !c->state_dir || !c->feature_flags ||
         !c->micro_overlays_dir || !c->environment)
@@ -559,6 +565,9 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
     fh_yaml_get_long(y, me, "metrics", "max_series_per_metric", 1, 1000000,
                      &c->metrics.max_series_per_metric);
     fh_yaml_get_int(y, root, NULL, "drain_timeout_ms", 0, 3600000, &c->drain_timeout_ms);
+    fh_yaml_get_int(y, root, NULL, "workers", 0, FH_WORKERS_MAX, &c->workers);
+    yaml_node_t *hk = section(&L, root, "hooks", hooks_keys);
+    fh_yaml_get_int(y, hk, "hooks", "deadline_ms", 10, 60000, &c->hooks.deadline_ms);
 
     resolve_paths(&L, root);
 
@@ -569,6 +578,17 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
         return NULL;
     }
     return c;
+}
+
+int fh_config_workers(const fh_config *cfg)
+{
+    if (cfg && cfg->workers > 0)
+        return cfg->workers;
+    cpu_set_t set;
+    int n = 1;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        n = CPU_COUNT(&set);
+    return n < 1 ? 1 : (n > FH_WORKERS_MAX ? FH_WORKERS_MAX : n);
 }
 
 void fh_config_free(fh_config *cfg)

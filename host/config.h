@@ -17,6 +17,7 @@
 #include <stddef.h>
 
 #define FH_DEFAULT_CONFIG_PATH "/etc/fusion-host/fusion-host.yaml"
+#define FH_WORKERS_MAX         64
 
 typedef struct fh_breaker_cfg {
     int failure_threshold;   /* default 5, 1..1000 */
@@ -76,6 +77,10 @@ typedef struct fh_config {
         long max_series_per_metric;
     } metrics;
     int drain_timeout_ms;
+    int workers; /* 0: the CPUs the process may run on (fh_config_workers) */
+    struct {
+        int deadline_ms; /* hard limit on one plugin call, 10..60000 */
+    } hooks;
 } fh_config;
 
 /* Returns NULL and appends to `diag` on any problem (file unreadable, YAML
@@ -89,6 +94,10 @@ const fh_overlay_cfg *fh_config_overlay(const fh_config *cfg, const char *name);
 
 /* Fills the documented defaults (name and config_json left NULL). */
 void fh_overlay_cfg_defaults(fh_overlay_cfg *o);
+
+/* The worker count to run: `workers`, or when 0 the CPUs this process may
+ * run on (sched_getaffinity), capped at FH_WORKERS_MAX. */
+int fh_config_workers(const fh_config *cfg);
 
 /* Resolves `path` against `base_dir` unless absolute; malloc'd result. */
 char *fh_path_resolve(const char *base_dir, const char *path);

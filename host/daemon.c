@@ -3,12 +3,13 @@
  *
  * Threads: the main thread owns this file's state and runs the loop below;
  * it is the only thread that receives signals (they are blocked before any
- * other thread starts and taken with sigtimedwait). The HTTP thread and the
- * upstream thread are started here and joined on the way out.
+ * other thread starts and taken with sigtimedwait). The workers and the
+ * monitor (workers.h) are started here and stopped on the way out.
  *
- * The watchdog is pinged only while the upstream thread has checked in
- * recently and the HTTP loop answers a real /health request in time: a
- * wedged loop stops the pings, and systemd restarts us.
+ * The watchdog is pinged only while every worker's loop echoes the previous
+ * ping (its inbox runs) and the monitor ticks: a wedged loop stops the
+ * pings, and systemd restarts us. The proof needs no public connection, so
+ * clients alone can never starve it.
  */
 #include "daemon.h"
 
@@ -24,6 +25,8 @@
 #include "registry.h"
 #include "snapshot.h"
 #include "upstream.h"
+#include "util.h"
+#include "workers.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,34 +46,6 @@ static fh_metrics *metric_sink_target; /* set once before plugins load */
 static void metric_sink(const char *overlay, const char *event, double delta)
 {
     fh_metrics_overlay_event(metric_sink_target, overlay ? overlay : "unknown", event, delta);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* mkdir -p with the given mode for the last component. */
-static int make_dir(const char *path, mode_t mode)
-{
-    char *p = strdup(path);
-    if (!p)
-        return -1;
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            free(p);
-            return -1;
-        }
-        *s = '/';
-    }
-    int rc = mkdir(p, mode) != 0 && errno != EEXIST ? -1 : 0;
-    free(p);
-    return rc;
 }
 
 /* Copies left by a run that crashed are never mapped again: clear them. */
@@ -153,35 +128,35 @@ static void listen_host(const char *listen, char *out, size_t len)
     out[n] = '\0';
 }
 
-/* Watchdog pings (main thread). The probe also runs every 10 s between
- * pings so its kept-alive connection outlives MHD's 30 s idle timeout. */
+/* Watchdog pings (main thread): one per interval while the workers and the
+ * monitor are responsive. */
 typedef struct watchdog {
     uint64_t interval; /* ms between pings; 0: no watchdog */
     uint64_t next_ping;
-    uint64_t next_keepalive;
 } watchdog;
 
-#define PROBE_KEEPALIVE_MS 10000
-
-static void watchdog_tick(watchdog *w, fh_http *http, fh_upstream *up)
+static void watchdog_tick(watchdog *w, fh_workers *ws)
 {
-    uint64_t now = now_ms();
-    if (!w->interval)
+    uint64_t now = fh_now_ms();
+    if (!w->interval || now < w->next_ping)
         return;
-    if (now >= w->next_ping) {
-        /* The upstream loop ticks at least every 250 ms when healthy; the
-         * HTTP loop must answer a real request. */
-        uint64_t stale = w->interval > 1000 ? w->interval : 1000;
-        int budget = (int)(w->interval < 1000 ? w->interval : 1000);
-        if (now - fh_upstream_heartbeat(up) < stale && fh_http_probe(http, budget) == 0)
-            fh_notify_watchdog();
-        else
-            fh_warn("watchdog: the HTTP or upstream loop is not responding; not pinging");
-        w->next_ping = now + w->interval;
-        w->next_keepalive = now + PROBE_KEEPALIVE_MS;
-    } else if (now >= w->next_keepalive) {
-        fh_http_probe(http, 1000);
-        w->next_keepalive = now + PROBE_KEEPALIVE_MS;
+    /* Each worker must have echoed the ping sent one interval ago. */
+    if (fh_workers_responsive(ws, w->interval > 1000 ? w->interval : 1000))
+        fh_notify_watchdog();
+    else
+        fh_warn("watchdog: a worker or the monitor is not responding; not pinging");
+    w->next_ping = now + w->interval;
+}
+
+/* Waits up to timeout_ms for the requests in flight to end; the watchdog
+ * goes on (a long drain is not a hang). */
+static void drain(fh_pipeline *p, watchdog *wd, fh_workers *ws, uint64_t timeout_ms)
+{
+    uint64_t deadline = fh_now_ms() + timeout_ms;
+    while (fh_pipeline_in_flight(p) > 0 && fh_now_ms() < deadline) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+        watchdog_tick(wd, ws);
     }
 }
 
@@ -250,17 +225,17 @@ int fh_serve(const fh_serve_opts *o)
 
     char *cache = NULL;
     fh_registry *reg = NULL;
-    fh_upstream *up = NULL;
     fh_http *http = NULL;
+    fh_workers *workers = NULL;
     fh_pipeline pipeline;
-    bool pipeline_ready = false;
     /* Plugins loaded later get their inputs from the snapshot they were
      * configured with; keep it alive for as long as the registry. */
     fh_snapshot *inputs_snap = fh_snapshot_ref(snap);
     fh_inputs_provider inputs = {.cfg = cfg, .flags = snap->flags};
     char err[512];
 
-    if (asprintf(&cache, "%s/plugin-cache", cfg->state_dir) < 0 || make_dir(cache, 0700) != 0) {
+    if (asprintf(&cache, "%s/plugin-cache", cfg->state_dir) < 0 ||
+        fh_mkdir_p(cache, 0755, 0700) != 0) {
         fh_error("cannot create %s/plugin-cache: %s; create state_dir or fix its permissions",
                  cfg->state_dir, strerror(errno));
         goto out;
@@ -269,7 +244,8 @@ int fh_serve(const fh_serve_opts *o)
     fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = geteuid()},
                            .host_api = fh_host_api(),
                            .inputs_for = fh_inputs_for,
-                           .inputs_ud = &inputs};
+                           .inputs_ud = &inputs,
+                           .hook_deadline_ms = cfg->hooks.deadline_ms};
     reg = fh_registry_new(&ro);
     if (!metrics || !reg) {
         fh_error("out of memory");
@@ -277,23 +253,26 @@ int fh_serve(const fh_serve_opts *o)
     }
     load_plugins(reg, cfg->plugins.dir);
 
-    const char *key_env = cfg->upstream.api_key_env;
-    fh_upstream_opts uo = {.base_url = cfg->upstream.base_url,
-                           .api_key = key_env && *key_env ? getenv(key_env) : NULL,
-                           .timeout_ms = cfg->upstream.timeout_ms,
-                           .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
-    up = fh_upstream_start(&uo, err, sizeof(err));
-    if (!up) {
+    fh_pipeline_init(&pipeline, reg, &snaps, metrics, cfg->hooks.deadline_ms);
+    unsigned nworkers = (unsigned)fh_config_workers(cfg);
+    fh_http_opts ho = {.listen = cfg->listen,
+                       .max_connections = (unsigned)cfg->limits.max_connections,
+                       .max_body_bytes = (size_t)cfg->limits.max_body_bytes,
+                       .workers = nworkers};
+    http = fh_http_listen(&ho, &pipeline, metrics, reg, err, sizeof(err));
+    if (!http) {
         fh_error("%s", err);
         goto out;
     }
-    fh_pipeline_init(&pipeline, reg, up, &snaps, metrics);
-    pipeline_ready = true;
-    fh_http_opts ho = {.listen = cfg->listen,
-                       .max_connections = (unsigned)cfg->limits.max_connections,
-                       .max_body_bytes = (size_t)cfg->limits.max_body_bytes};
-    http = fh_http_start(&ho, &pipeline, metrics, reg, err, sizeof(err));
-    if (!http) {
+    const char *key_env = cfg->upstream.api_key_env;
+    fh_workers_opts wo = {.count = nworkers,
+                          .hook_deadline_ms = cfg->hooks.deadline_ms,
+                          .upstream = {.base_url = cfg->upstream.base_url,
+                                       .api_key = key_env && *key_env ? getenv(key_env) : NULL,
+                                       .timeout_ms = cfg->upstream.timeout_ms,
+                                       .connect_timeout_ms = cfg->upstream.connect_timeout_ms}};
+    workers = fh_workers_start(&wo, &pipeline, http, err, sizeof(err));
+    if (!workers) {
         fh_error("%s", err);
         goto out;
     }
@@ -302,23 +281,27 @@ int fh_serve(const fh_serve_opts *o)
     listen_host(cfg->listen, host, sizeof(host));
     fh_http_set_state(http, FH_HTTP_SERVING);
     status_line(reg, "serving; ", status, sizeof(status));
-    fh_info("listening on %s:%u (upstream %s); %s", host, fh_http_port(http),
-            cfg->upstream.base_url, status);
+    fh_info("listening on %s:%u with %u worker(s) (upstream %s); %s", host, fh_http_port(http),
+            nworkers, cfg->upstream.base_url, status);
     if (o->ready_file && write_ready_file(o->ready_file, host, fh_http_port(http)) != 0)
         fh_warn("cannot write %s: %s", o->ready_file, strerror(errno));
     fh_notify_ready(status);
 
     watchdog wd = {.interval = fh_notify_watchdog_interval_ms()};
-    uint64_t next_reap = now_ms() + 1000;
+    fh_workers_responsive(workers, UINT64_MAX); /* the first ping */
+    wd.next_ping = fh_now_ms() + wd.interval;
+    uint64_t next_reap = fh_now_ms() + 1000;
     for (;;) {
         struct timespec tick = {0, LOOP_TICK_MS * 1000000L};
+        if (wd.interval && wd.interval < LOOP_TICK_MS)
+            tick.tv_nsec = (long)wd.interval * 1000000L;
         int sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT)
             break;
         if (sig == SIGHUP)
             reload(&snaps, reg, o->config_path);
-        watchdog_tick(&wd, http, up);
-        uint64_t now = now_ms();
+        watchdog_tick(&wd, workers);
+        uint64_t now = fh_now_ms();
         if (now >= next_reap) {
             fh_registry_reap(reg);
             next_reap = now + 1000;
@@ -329,21 +312,19 @@ int fh_serve(const fh_serve_opts *o)
     fh_info("stopping: draining %zu request(s), up to %d ms", fh_pipeline_in_flight(&pipeline),
             cfg->drain_timeout_ms);
     fh_http_set_state(http, FH_HTTP_DRAINING);
-    fh_http_quiesce(http);
-    uint64_t deadline = now_ms() + (uint64_t)cfg->drain_timeout_ms;
-    while (fh_pipeline_in_flight(&pipeline) > 0 && now_ms() < deadline) {
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-        watchdog_tick(&wd, http, up); /* a long drain is not a hang */
-    }
-    if (fh_pipeline_in_flight(&pipeline) > 0)
+    fh_workers_quiesce(workers);
+    drain(&pipeline, &wd, workers, (uint64_t)cfg->drain_timeout_ms);
+    if (fh_pipeline_in_flight(&pipeline) > 0) {
         fh_warn("drain timeout: cancelling %zu request(s)", fh_pipeline_in_flight(&pipeline));
+        fh_workers_abort(workers);
+        /* Until every answer is out, not just queued: stopping a worker's
+         * daemon closes its connections whatever they still had to send. */
+        drain(&pipeline, &wd, workers, 2000);
+    }
     rc = 0;
 out:
-    fh_http_stop(http);
-    fh_upstream_stop(up);
-    if (pipeline_ready)
-        fh_pipeline_destroy(&pipeline);
+    fh_workers_stop(workers);
+    fh_http_close(http);
     fh_registry_free(reg, 1000);
     fh_inputs_provider_clear(&inputs);
     fh_snapshot_unref(inputs_snap);

@@ -14,6 +14,7 @@
  */
 #include "hostapi.h"
 
+#include "jfast.h"
 #include "log.h"
 #include "request.h"
 
@@ -286,9 +287,13 @@ static int api_prepend_system(fusion_request *req, const char *text)
     json_t *msgs = messages_of(req);
     if (!msgs || !text)
         return -1;
-    /* json_string() validates UTF-8: a plugin cannot smuggle bytes that
-     * would make the upstream body invalid JSON. */
-    json_t *content = json_string(text);
+    /* Valid UTF-8 only: a plugin cannot smuggle bytes that would make the
+     * upstream body invalid JSON. (Checked here with an ASCII fast path:
+     * json_string()'s own check costs more than the rest of apply().) */
+    size_t len = strlen(text);
+    if (!fh_utf8_valid(text, len))
+        return -1;
+    json_t *content = json_stringn_nocheck(text, len);
     if (!content)
         return -1;
     json_t *msg = json_object();

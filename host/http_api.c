@@ -1,47 +1,56 @@
 /*
  * http_api.c - see http_api.h.
  *
- * Threads: MHD's own epoll thread runs every callback; fh_http_set_state,
- * fh_http_port and fh_http_probe may be called from any thread. Start and
- * stop run on the main thread.
+ * Each worker's daemon runs in libmicrohttpd's external-epoll mode: its epoll
+ * descriptor is watched by the worker's loop, and the worker's HTTP turn
+ * calls MHD_run() when that descriptor is ready, when the pipeline resumed a
+ * connection, or when MHD's own timer (idle connections) is due. All the
+ * daemons share one listening socket; the kernel wakes them and one accept
+ * wins.
  */
 #include "http_api.h"
 
+#include "apierror.h"
 #include "log.h"
+#include "util.h"
 
-#include <errno.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <poll.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
+#define LISTEN_BACKLOG 4096
+
 struct fh_http {
-    struct MHD_Daemon *d;
+    int fd;
+    int family;
+    uint16_t port;
     fh_pipeline *p;
     fh_metrics *m;
     fh_registry *reg;
     size_t max_body;
+    unsigned per_worker_connections;
+    unsigned idle_timeout_s;
     atomic_int state;
-    struct sockaddr_storage addr;
-    uint16_t port;
-    int probe_fd; /* the watchdog probe's kept-alive connection (main thread) */
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+struct fh_http_worker {
+    fh_http *h;
+    fh_worker *w;
+    fh_pipe *pipe;
+    struct MHD_Daemon *d;
+    fh_watch watch;       /* MHD's epoll descriptor */
+    bool due;             /* it is ready */
+    uint64_t deadline_ns; /* MHD's timer; 0: none */
+};
 
 static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *ctype,
                                     char *text, size_t len)
@@ -76,8 +85,9 @@ static enum MHD_Result health(fh_http *h, struct MHD_Connection *c)
     char *text = NULL;
     int len = asprintf(&text,
                        "{\"status\":\"%s\",\"overlays\":{\"enabled\":%zu,\"quarantined\":%zu,"
-                       "\"failed\":%zu},\"in_flight\":%zu}",
-                       status, enabled, quarantined, failed, fh_pipeline_in_flight(h->p));
+                       "\"failed\":%zu},\"in_flight\":%zu,\"stuck_threads\":%u}",
+                       status, enabled, quarantined, failed, fh_pipeline_in_flight(h->p),
+                       fh_door_stuck_threads());
     if (len < 0)
         return MHD_NO;
     return respond_text(c, state == FH_HTTP_SERVING ? 200 : 503, "application/json", text,
@@ -110,7 +120,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **ctx)
 {
-    fh_http *h = cls;
+    fh_http_worker *hw = cls;
+    fh_http *h = hw->h;
     (void)version;
     if (*ctx) {
         fh_txn *t = *ctx;
@@ -133,7 +144,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (cl && strtoull(cl, NULL, 10) > h->max_body)
             return fh_http_error(c, 413, "invalid_request_error", "request_too_large",
                                  "request body is larger than limits.max_body_bytes");
-        fh_txn *t = fh_txn_new(h->p, c, FH_TXN_CHAT);
+        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_CHAT);
         if (!t)
             return MHD_NO;
         *ctx = t;
@@ -144,7 +155,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return method_not_allowed(c, "GET");
         if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
-        fh_txn *t = fh_txn_new(h->p, c, FH_TXN_MODELS);
+        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_MODELS);
         if (!t)
             return MHD_NO;
         *ctx = t;
@@ -179,105 +190,11 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     fh_debug("http: %s", line);
 }
 
-/* Opens the probe's connection to our own listener. */
-static int probe_connect(fh_http *h, uint64_t deadline)
-{
-    struct sockaddr_storage ss = h->addr;
-    socklen_t len;
-    if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
-            a->sin6_addr = in6addr_loopback;
-        a->sin6_port = htons(h->port);
-        len = sizeof(*a);
-    } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        if (a->sin_addr.s_addr == htonl(INADDR_ANY))
-            a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        a->sin_port = htons(h->port);
-        len = sizeof(*a);
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&ss, len) != 0) {
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int err = 0;
-        socklen_t elen = sizeof(err);
-        if (errno != EINPROGRESS || now_ms() >= deadline ||
-            poll(&p, 1, (int)(deadline - now_ms())) != 1 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0) {
-            close(fd);
-            return -1;
-        }
-    }
-    return fd;
-}
-
-/* One GET /health on the probe connection: 0 when a whole answer came
- * back in time (the body is read too, so the connection stays usable). */
-static int probe_once(int fd, uint64_t deadline)
-{
-    static const char req[] = "GET /health HTTP/1.1\r\nHost: probe\r\n\r\n";
-    size_t sent = 0, got = 0, need = 0;
-    char buf[1024];
-    while (now_ms() < deadline) {
-        bool sending = sent < sizeof(req) - 1;
-        struct pollfd p = {.fd = fd, .events = sending ? POLLOUT : POLLIN};
-        if (poll(&p, 1, (int)(deadline - now_ms())) != 1)
-            return -1;
-        if (sending) {
-            ssize_t n = send(fd, req + sent, sizeof(req) - 1 - sent, MSG_NOSIGNAL);
-            if (n <= 0)
-                return -1;
-            sent += (size_t)n;
-            continue;
-        }
-        ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
-        if (n <= 0)
-            return -1;
-        got += (size_t)n;
-        buf[got] = '\0';
-        if (!need) {
-            char *end = strstr(buf, "\r\n\r\n");
-            if (!end)
-                continue;
-            if (strncmp(buf, "HTTP/1.", 7) != 0)
-                return -1;
-            char *cl = strcasestr(buf, "\r\nContent-Length:");
-            need = (size_t)(end + 4 - buf) + (cl ? strtoul(cl + 17, NULL, 10) : 0);
-        }
-        if (got >= need)
-            return got == need ? 0 : -1;
-        if (got == sizeof(buf) - 1)
-            return -1; /* /health is small; anything bigger is not it */
-    }
-    return -1;
-}
-
-/* The loop is alive when it answers a real request in time. The probe
- * keeps one connection open and reuses it, so a daemon at its connection
- * limit can still be probed. */
-int fh_http_probe(fh_http *h, int timeout_ms)
-{
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (h->probe_fd < 0)
-            h->probe_fd = probe_connect(h, deadline);
-        if (h->probe_fd < 0)
-            return -1;
-        if (probe_once(h->probe_fd, deadline) == 0)
-            return 0;
-        /* A stale connection (closed by MHD's idle timeout): once more on a
-         * fresh one, within the same deadline. */
-        close(h->probe_fd);
-        h->probe_fd = -1;
-    }
-    return -1;
-}
+/* ---- the listening socket ------------------------------------------------------ */
 
 /* "host:port" or "[v6]:port" to a socket address. */
-static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *err, size_t errlen)
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *sslen,
+                        char *err, size_t errlen)
 {
     char host[256];
     const char *colon = strrchr(listen, ':');
@@ -306,50 +223,61 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *e
         return -1;
     }
     memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *sslen = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
 }
 
-fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_registry *reg,
-                       char *err, size_t errlen)
+fh_http *fh_http_listen(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_registry *reg,
+                        char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    if (parse_listen(o->listen, &ss, err, errlen) != 0)
+    socklen_t sslen = 0;
+    if (parse_listen(o->listen, &ss, &sslen, err, errlen) != 0)
         return NULL;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        (ss.ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
+        bind(fd, (struct sockaddr *)&ss, sslen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s (in use, or not an address of this host?)",
+                 o->listen, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+    getsockname(fd, (struct sockaddr *)&bound, &blen);
     fh_http *h = calloc(1, sizeof(*h));
     if (!h) {
+        close(fd);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    h->fd = fd;
+    h->family = ss.ss_family;
+    h->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                : ((struct sockaddr_in *)&bound)->sin_port);
     h->p = p;
     h->m = m;
     h->reg = reg;
     h->max_body = o->max_body_bytes;
+    unsigned workers = o->workers ? o->workers : 1;
+    unsigned total = o->max_connections ? o->max_connections : 10000u;
+    h->per_worker_connections = (total + workers - 1) / workers;
+    h->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : 30u;
     atomic_init(&h->state, FH_HTTP_STARTING);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
-    if (ss.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
-        o->max_connections ? o->max_connections : 10000u, MHD_OPTION_CONNECTION_TIMEOUT,
-        o->idle_timeout_s ? o->idle_timeout_s : 30u,
-        /* Bounds the request headers (and the per-connection buffer, which
-         * MHD clears per request: bigger costs time on every request). */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        4096u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
-    if (!h->d) {
-        snprintf(err, errlen, "cannot listen on %s: %s (in use, or not an address of this host?)",
-                 o->listen, strerror(errno));
-        free(h);
-        return NULL;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info ? info->port : 0;
-    h->addr = ss;
-    h->probe_fd = -1;
     return h;
+}
+
+void fh_http_close(fh_http *h)
+{
+    if (!h)
+        return;
+    close(h->fd);
+    free(h);
 }
 
 void fh_http_set_state(fh_http *h, fh_http_state s)
@@ -362,37 +290,105 @@ uint16_t fh_http_port(const fh_http *h)
     return h->port;
 }
 
-void fh_http_quiesce(fh_http *h)
+/* ---- a worker's daemon ------------------------------------------------------------ */
+
+static void on_mhd_ready(fh_watch *watch, uint32_t events)
 {
-    MHD_socket s = MHD_quiesce_daemon(h->d);
-    if (s != MHD_INVALID_SOCKET)
-        close(s);
+    (void)events;
+    ((fh_http_worker *)watch->ud)->due = true;
 }
 
-void fh_http_stop(fh_http *h)
+static int http_turn(fh_worker *w, void *ud)
 {
-    if (!h)
-        return;
-    /* Every suspended connection is resumed and answered before MHD goes
-     * away: MHD refuses to stop with suspended connections. */
-    uint64_t deadline = now_ms() + 2000;
-    size_t suspended;
-    /* Until every answer is out, not just queued: MHD_stop_daemon closes
-     * connections whatever they still had to send. */
-    while (((suspended = fh_pipeline_abort_all(h->p)) > 0 || fh_pipeline_in_flight(h->p) > 0) &&
-           now_ms() < deadline) {
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+    (void)w;
+    fh_http_worker *hw = ud;
+    bool kicked = fh_pipe_take_kick(hw->pipe);
+    uint64_t now = fh_now_ns();
+    if (hw->due || kicked || (hw->deadline_ns && now >= hw->deadline_ns)) {
+        hw->due = false;
+        MHD_run(hw->d);
     }
+    if (fh_pipe_busy(hw->pipe))
+        return 0; /* MHD queued jobs: run them at once */
+    MHD_UNSIGNED_LONG_LONG ms = 0;
+    if (MHD_get_timeout(hw->d, &ms) != MHD_YES) {
+        hw->deadline_ns = 0;
+        return -1;
+    }
+    hw->deadline_ns = fh_now_ns() + (uint64_t)ms * 1000000u;
+    return ms > 60000 ? 60000 : (int)ms;
+}
+
+fh_http_worker *fh_http_worker_new(fh_http *h, fh_worker *w, fh_pipe *pipe, char *err,
+                                   size_t errlen)
+{
+    fh_http_worker *hw = calloc(1, sizeof(*hw));
+    if (!hw) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    hw->h = h;
+    hw->w = w;
+    hw->pipe = pipe;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (h->family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    hw->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, hw, MHD_OPTION_EXTERNAL_LOGGER,
+                             on_mhd_error, hw, MHD_OPTION_LISTEN_SOCKET, h->fd,
+                             MHD_OPTION_CONNECTION_LIMIT, h->per_worker_connections,
+                             MHD_OPTION_CONNECTION_TIMEOUT, h->idle_timeout_s,
+                             /* Bounds the request headers (and the per-connection buffer, which
+                              * MHD clears per request: bigger costs time on every request). */
+                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),
+                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, hw, MHD_OPTION_END);
+    const union MHD_DaemonInfo *info =
+        hw->d ? MHD_get_daemon_info(hw->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+    if (!info) {
+        snprintf(err, errlen, "cannot start the HTTP daemon of worker %u: %s", fh_worker_index(w),
+                 strerror(errno));
+        if (hw->d) {
+            MHD_quiesce_daemon(hw->d);
+            MHD_stop_daemon(hw->d);
+        }
+        free(hw);
+        return NULL;
+    }
+    hw->watch.fd = info->epoll_fd;
+    hw->watch.events = EPOLLIN;
+    hw->watch.fn = on_mhd_ready;
+    hw->watch.ud = hw;
+    hw->due = true;
+    if (fh_worker_watch(w, &hw->watch) != 0 || fh_worker_add_turn(w, http_turn, hw) != 0) {
+        snprintf(err, errlen, "cannot register worker %u's HTTP daemon: %s", fh_worker_index(w),
+                 strerror(errno));
+        MHD_quiesce_daemon(hw->d);
+        MHD_stop_daemon(hw->d);
+        free(hw);
+        return NULL;
+    }
+    return hw;
+}
+
+void fh_http_worker_quiesce(fh_http_worker *hw)
+{
+    MHD_quiesce_daemon(hw->d); /* hands the shared socket back: never closed by MHD */
+}
+
+void fh_http_worker_free(fh_http_worker *hw)
+{
+    if (!hw)
+        return;
+    fh_worker_unwatch(hw->w, &hw->watch);
+    MHD_quiesce_daemon(hw->d);
+    size_t suspended = fh_pipe_suspended(hw->pipe);
     if (suspended) {
-        /* Cannot happen unless MHD never ran them; exiting without
-         * stopping MHD beats aborting in it. */
-        fh_error("%zu connection(s) still suspended at exit; not stopping the HTTP daemon",
-                 suspended);
+        /* MHD must not stop with suspended connections; leaving it running
+         * (and its memory) at exit beats aborting in it. */
+        fh_error("worker %u: %zu connection(s) still suspended at exit; not stopping its HTTP "
+                 "daemon",
+                 fh_worker_index(hw->w), suspended);
         return;
     }
-    MHD_stop_daemon(h->d);
-    if (h->probe_fd >= 0)
-        close(h->probe_fd);
-    free(h);
+    MHD_stop_daemon(hw->d);
+    free(hw);
 }

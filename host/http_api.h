@@ -1,11 +1,17 @@
 /*
  * http_api.h - the public HTTP listener (SPEC section 4).
  *
- * Owns: the libmicrohttpd daemon, run by MHD's internal epoll thread with
- * suspend/resume. Every MHD callback, and so every plugin hook, runs on that
- * one thread. Its liveness for the watchdog is proven from outside, by a
- * real request to /health (fh_http_probe). Routes /v1/chat/completions and /v1/models to the
- * pipeline and answers /health and /metrics itself.
+ * Owns: the listening socket (fh_http, shared) and one libmicrohttpd daemon
+ * per worker (fh_http_worker), each run by its worker's event loop in
+ * external-epoll mode and accepting from the shared socket: a connection
+ * lives on the worker that accepted it, with every request on it. Routes
+ * /v1/chat/completions and /v1/models to the pipeline and answers /health
+ * and /metrics itself.
+ *
+ * Threads: an fh_http_worker, its MHD daemon and every MHD callback belong
+ * to its worker's runner. fh_http_set_state, fh_http_port and the state
+ * read by /health are any thread's. fh_http_listen/close run on the main
+ * thread, before the workers start and after they stopped.
  */
 #ifndef FH_HTTP_API_H
 #define FH_HTTP_API_H
@@ -13,6 +19,7 @@
 #include "metrics.h"
 #include "pipeline.h"
 #include "registry.h"
+#include "worker.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -24,27 +31,31 @@ typedef enum fh_http_state {
 } fh_http_state;
 
 typedef struct fh_http_opts {
-    const char *listen; /* "host:port"; port 0 picks a free one */
-    unsigned max_connections;
+    const char *listen;       /* "host:port"; port 0 picks a free one */
+    unsigned max_connections; /* in all, shared out among the workers */
     size_t max_body_bytes;
     unsigned idle_timeout_s; /* clients silent this long are dropped */
+    unsigned workers;
 } fh_http_opts;
 
 typedef struct fh_http fh_http;
+typedef struct fh_http_worker fh_http_worker;
 
-fh_http *fh_http_start(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_registry *reg,
-                       char *err, size_t errlen);
+fh_http *fh_http_listen(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_registry *reg,
+                        char *err, size_t errlen);
+/* Closes the socket; after every worker's daemon stopped. */
+void fh_http_close(fh_http *h);
 void fh_http_set_state(fh_http *h, fh_http_state s);
 uint16_t fh_http_port(const fh_http *h);
-/* A real GET /health against our own listener, on a kept-alive connection
- * (so it works at the connection limit): 0 when the loop answered within
- * timeout_ms, -1 otherwise (wedged, overloaded, gone). Blocks the caller up
- * to timeout_ms. One thread only (the main thread). */
-int fh_http_probe(fh_http *h, int timeout_ms);
-/* Stops accepting new connections (kept ones are still served). */
-void fh_http_quiesce(fh_http *h);
-/* Cancels what is still in flight, lets the loop answer it (bounded), then
- * stops the thread and the daemon. */
-void fh_http_stop(fh_http *h);
+
+/* A worker's daemon on the shared socket, registered with the worker's
+ * loop (an fd watch and a turn). Before the worker starts. */
+fh_http_worker *fh_http_worker_new(fh_http *h, fh_worker *w, fh_pipe *pipe, char *err,
+                                   size_t errlen);
+/* Runner: stops accepting (kept connections are still served). */
+void fh_http_worker_quiesce(fh_http_worker *hw);
+/* Runner: stops the daemon (after fh_pipe_abort_all resumed everything)
+ * and frees. Connections still open are closed. */
+void fh_http_worker_free(fh_http_worker *hw);
 
 #endif

@@ -37,12 +37,16 @@
  * reported in the message.
  *
  * Threads: no shared state but the atomic counter that makes copy names
- * unique; any thread may load or close. A plugin's constructors and its entry
- * function run on the calling thread, attributed in the log to the file name.
+ * unique; any thread may load or close. A plugin's constructors, its entry
+ * function and its destructors run through the door (door.h): on a helper
+ * thread, attributed to the file name, under the deadline. A library whose
+ * code is still running past it is left mapped, never closed.
  */
 #include "loader.h"
 
+#include "door.h"
 #include "log.h"
+#include "util.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -84,6 +88,7 @@ static const char *const err_names[FH_LOAD_ERR_COUNT] = {
     [FH_LOAD_BAD_VERSION] = "bad_version",
     [FH_LOAD_DUPLICATE] = "duplicate",
     [FH_LOAD_INIT_FAILED] = "init_failed",
+    [FH_LOAD_TIMEOUT] = "timeout",
 };
 
 const char *fh_load_err_name(fh_load_err e)
@@ -259,26 +264,11 @@ static fh_load_err check_elf(int fd, const char *path, char *msg, size_t msglen)
     return FH_LOAD_OK;
 }
 
-/* mkdir -p for the cache folder, new levels 0700. */
+/* mkdir -p for the cache folder, new levels 0700; it must be a folder. */
 static int make_dirs(const char *dir)
 {
-    char buf[PATH_MAX];
-    if (strlen(dir) >= sizeof(buf)) {
-        errno = ENAMETOOLONG;
+    if (fh_mkdir_p(dir, 0700, 0700) != 0)
         return -1;
-    }
-    strcpy(buf, dir);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char saved = *p;
-            *p = '\0';
-            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-                return -1;
-            *p = saved;
-            if (saved == '\0')
-                break;
-        }
-    }
     struct stat st;
     if (stat(dir, &st) != 0)
         return -1;
@@ -289,9 +279,6 @@ static int make_dirs(const char *dir)
     return 0;
 }
 
-/* Copies fd (from offset 0) to a new file `leaf` in the folder dirfd and
- * fstats what it wrote into *written; removes it on failure. 0500: nothing,
- * not even this process, has a reason to write the copy once it is made. */
 static int copy_fd_at(int in, int dirfd, const char *leaf, struct stat *written)
 {
     const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
@@ -440,15 +427,25 @@ static bool still_mapped(const char *copy_path)
     return true;
 }
 
-/* dlclose() runs the plugin's destructors: attribute them to `who` in the
- * log. Returns true when the library is really unmapped afterwards. Shared
- * by fh_loader_close() and the refusal path of fh_loader_open(), so a
- * refused library that will not unmap is reported like a loaded one. */
-static bool close_handle(void *handle, const char *copy_path, const char *who)
+/* Plugin code of the loader's (constructors, entry, destructors), through
+ * the door. FH_DOOR_TIMEOUT leaves the call running on its own thread. */
+static fh_door_result plugin_call(fh_hook_call *c, const char *who, int deadline_ms)
 {
-    const char *prev = fh_log_set_overlay(who);
-    dlclose(handle);
-    fh_log_set_overlay(prev);
+    snprintf(c->who, sizeof(c->who), "%s", who);
+    return fh_door_call(c, deadline_ms);
+}
+
+/* dlclose() runs the plugin's destructors: attribute them to `who` in the
+ * log. Returns true when the library is really unmapped afterwards; false
+ * when the dynamic loader kept it, or its destructors did not return in time
+ * (the library then stays mapped for good). Shared by fh_loader_close() and
+ * the refusal path of fh_loader_open(), so a refused library that will not
+ * unmap is reported like a loaded one. */
+static bool close_handle(void *handle, const char *copy_path, const char *who, int deadline_ms)
+{
+    fh_hook_call c = {.kind = FH_HOOK_DLCLOSE, .handle = handle};
+    if (plugin_call(&c, who, deadline_ms) != FH_DOOR_OK)
+        return false;
     return !(copy_path && still_mapped(copy_path));
 }
 
@@ -621,21 +618,26 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         goto fail;
     }
 
-    /* Constructors and the entry function are plugin code: attribute them. */
-    const char *prev = fh_log_set_overlay(base_name(abs));
-    handle = dlopen(copy, RTLD_NOW | RTLD_LOCAL);
+    /* Constructors and the entry function are plugin code: through the door. */
+    fh_hook_call dl = {.kind = FH_HOOK_DLOPEN, .path = copy, .dl_flags = RTLD_NOW | RTLD_LOCAL};
+    if (plugin_call(&dl, base_name(abs), opts->deadline_ms) != FH_DOOR_OK) {
+        set_msg(msg, msglen,
+                "%s: its constructors did not return within %d ms (hooks.deadline_ms); the "
+                "library stays mapped until a restart: fix its initialisation code",
+                abs, opts->deadline_ms);
+        err = FH_LOAD_TIMEOUT;
+        goto fail;
+    }
+    handle = dl.handle_out;
     if (!handle) {
-        fh_log_set_overlay(prev);
-        const char *e = dlerror();
         set_msg(msg, msglen,
                 "%s: the dynamic loader refused it: %s; check its dependencies with `ldd %s` "
                 "and that it was built for this system",
-                abs, e ? e : "unknown error", base_name(abs));
+                abs, dl.dl_error, base_name(abs));
         err = FH_LOAD_DLOPEN;
         goto fail;
     }
     if (!mapped_is_copy(handle, &written)) {
-        fh_log_set_overlay(prev);
         set_msg(msg, msglen,
                 "%s: the library the dynamic loader mapped from %s is not the copy just written "
                 "there (another device/inode): something else writes the cache folder %s; make "
@@ -649,7 +651,6 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
      * pointer out of it is to copy the bits. */
     void *sym = dlsym(handle, FUSION_OVERLAY_ENTRY_NAME);
     if (!sym) {
-        fh_log_set_overlay(prev);
         set_msg(msg, msglen,
                 "%s: no symbol " FUSION_OVERLAY_ENTRY_NAME "; build the plugin with "
                 "FUSION_OVERLAY_DEFINE() from <fusion/overlay.h> and -fvisibility=hidden "
@@ -658,10 +659,18 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         err = FH_LOAD_NO_ENTRY;
         goto fail;
     }
-    fusion_overlay_entry_fn entry;
-    memcpy(&entry, &sym, sizeof(entry));
-    const fusion_overlay_descriptor *d = entry();
-    fh_log_set_overlay(prev);
+    fh_hook_call en = {.kind = FH_HOOK_ENTRY};
+    memcpy(&en.entry, &sym, sizeof(en.entry));
+    if (plugin_call(&en, base_name(abs), opts->deadline_ms) != FH_DOOR_OK) {
+        set_msg(msg, msglen,
+                "%s: " FUSION_OVERLAY_ENTRY_NAME "() did not return within %d ms "
+                "(hooks.deadline_ms); the library stays mapped until a restart",
+                abs, opts->deadline_ms);
+        handle = NULL; /* its code may still run: never close it */
+        err = FH_LOAD_TIMEOUT;
+        goto fail;
+    }
+    const fusion_overlay_descriptor *d = en.desc_out;
 
     if ((err = check_descriptor(d, abs, out, msg, msglen)) != FH_LOAD_OK)
         goto fail;
@@ -669,6 +678,7 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     close(fd);
     close(cache_fd);
     out->handle = handle;
+    out->deadline_ms = opts->deadline_ms;
     out->source_path = abs;
     out->copy_path = copy;
     out->source_dev = st.st_dev;
@@ -676,7 +686,7 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     return FH_LOAD_OK;
 
 fail:
-    if (handle && !close_handle(handle, copy, base_name(abs))) {
+    if (handle && !close_handle(handle, copy, base_name(abs), opts->deadline_ms)) {
         /* Its code stays in memory whatever we do; say so rather than
          * let the operator believe a refused file left nothing behind. */
         size_t used = msg && msglen ? strlen(msg) : 0;
@@ -706,7 +716,7 @@ bool fh_loader_close(fh_plugin *p)
 {
     bool unmapped = true;
     if (p->handle) {
-        unmapped = close_handle(p->handle, p->copy_path, p->desc.name);
+        unmapped = close_handle(p->handle, p->copy_path, p->desc.name, p->deadline_ms);
         p->handle = NULL;
     }
     if (p->copy_path) {

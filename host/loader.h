@@ -41,6 +41,7 @@ typedef enum fh_load_err {
     FH_LOAD_BAD_VERSION,
     FH_LOAD_DUPLICATE,   /* (registry) another file has this name+version */
     FH_LOAD_INIT_FAILED, /* (registry) init() returned non-zero */
+    FH_LOAD_TIMEOUT,     /* plugin code did not return within the deadline */
     FH_LOAD_ERR_COUNT
 } fh_load_err;
 
@@ -51,10 +52,13 @@ typedef struct fh_loader_opts {
     const char *cache_dir;  /* where private copies go; created 0700 if missing */
     uid_t daemon_uid;       /* besides root, the owner a plugin file may have */
     bool skip_owner_checks; /* plugin-test on an author's own build tree */
+    int deadline_ms;        /* limit on the plugin's constructors, entry and
+                               destructors (hooks.deadline_ms); 0: none */
 } fh_loader_opts;
 
 typedef struct fh_plugin {
     void *handle;
+    int deadline_ms;   /* from the loader options, for fh_loader_close */
     char *source_path; /* the file as given (absolute) */
     char *copy_path;   /* the private copy that is mapped */
     dev_t source_dev;
@@ -68,7 +72,8 @@ typedef struct fh_plugin {
 fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plugin *out, char *msg,
                            size_t msglen);
 
-/* dlcloses and removes the private copy. Returns true when the library is
+/* dlcloses (destructors under opts' deadline, given at open) and removes
+ * the private copy. Returns true when the library is
  * really unmapped afterwards, false when the dynamic loader kept it (e.g.
  * -z nodelete or unique symbols): the caller reports it as pinned. */
 bool fh_loader_close(fh_plugin *p);

@@ -1,31 +1,41 @@
 /*
  * pipeline.c - see pipeline.h. The data path reads top to bottom:
  *
- *   txn_start()      parse, route, apply the overlay, submit upstream, suspend
- *   up_response()    upstream thread: status line in; a 200 SSE answer to a
- *                    streaming client switches the txn to relaying
- *   up_body()        upstream thread: buffer (or relay, with backpressure)
- *   up_done()        upstream thread: overlay rejected with a 4xx? retry as
- *                    baseline; else mark done and resume the connection
- *   txn_respond()    HTTP thread: evaluate the answer, add the fusion object
- *                    and headers, queue the response
- *   stream_reader()  HTTP thread: hands relayed bytes to MHD; suspends when
- *                    it has none instead of spinning
- *   fh_txn_completed HTTP thread: evaluate a finished stream, record
- *                    metrics, release the overlay and the snapshot
+ *   fh_txn_step()     MHD: the body is in; suspend, queue the START job
+ *   txn_start()       job: parse, route, match + apply (door), submit upstream
+ *   up_response()     curl: status line in; a 200 SSE answer to a streaming
+ *                     client switches the txn to relaying
+ *   up_body()         curl: buffer (or relay, with backpressure)
+ *   up_done()         loop: overlay rejected with a 4xx? retry as baseline;
+ *                     else queue the ANSWER job (or end the relayed stream)
+ *   txn_answer()      job: evaluate (door), build the response, resume
+ *   fh_txn_step()     MHD: queue the prepared response (or the stream)
+ *   stream_reader()   MHD: hands relayed bytes over; suspends when it has none
+ *   fh_txn_completed  MHD: the request is over; queue the finish
+ *   txn_finish()      job: evaluate a finished stream (door), record metrics,
+ *                     release the overlay and the snapshot
  *
- * Threads and locks: t->lock guards every field marked (L); the HTTP thread
- * owns the others until it submits, after which they are read-only. The
- * suspend and resume of a connection both happen under t->lock and the
- * `suspended` flag, so each suspension is resumed exactly once. Lock order:
- * t->lock, then the upstream queue lock (inside fh_upstream_*); never the
- * reverse. Plugin code runs on the HTTP thread only.
+ * Threads: everything here runs on the worker's runner (pipeline.h); no
+ * locks. Plugin hooks run only from jobs, through run_hook(): if the door
+ * detaches the call, the job returns HOOK_LEFT all the way up without
+ * touching anything, and the request continues in frame_resumed() once the
+ * call returns or its deadline passes.
+ *
+ * Ownership: a txn is reference counted (plain int, runner only): the HTTP
+ * side's reference until the finish, the streaming response's until MHD
+ * destroys it, and a hook call's while it runs. While a hook runs, the call
+ * owns the request, the overlay reference and the answer it reads (door.h);
+ * a call abandoned at its deadline keeps them, and the request is then
+ * served from the caller's original bytes.
  */
 #include "pipeline.h"
 
+#include "apierror.h"
+#include "jfast.h"
 #include "log.h"
 #include "reason.h"
 #include "request.h"
+#include "util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -36,7 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
+#include <sys/queue.h>
 #include <unistd.h>
 
 #define RESP_MAX      (64u << 20)  /* a non-streaming answer larger is a 502 */
@@ -44,8 +54,17 @@
 #define STREAM_LOW    (64u << 10)  /* and resume it below this */
 #define SSE_EVENT_MAX (1u << 20)   /* one SSE event larger is a broken upstream */
 #define TEXT_MAX      (4u << 20)   /* streamed text kept for evaluation */
-#define TXN_MAGIC     0x54584e31u  /* "TXN1", checked in debug builds */
-#define TXN_CHECK(t)  assert((t)->magic == TXN_MAGIC)
+#define TXN_MAGIC     0x54584e32u  /* "TXN2" */
+#define HUNG_MAX      2            /* an overlay with more calls hung gets no more */
+
+/* A broken invariant here corrupts memory: checked in release builds too. */
+#define TXN_CHECK(t)                                                                               \
+    do {                                                                                           \
+        if ((t)->magic != TXN_MAGIC) {                                                             \
+            fh_error("pipeline: request object corrupt at %s:%d", __FILE__, __LINE__);             \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 typedef struct buf {
     char *data;
@@ -53,70 +72,112 @@ typedef struct buf {
 } buf;
 
 typedef enum { PH_RECEIVING, PH_WAITING, PH_STREAMING, PH_ANSWERED } phase;
+typedef enum { JOB_NONE, JOB_START, JOB_ANSWER, JOB_RESUMED } job_kind;
+typedef enum { HOOK_OK, HOOK_LEFT } hook_result;
+
+/* A worker's view of the config snapshot: one shared reference, many
+ * requests counted without atomics. */
+typedef struct snap_ref {
+    fh_snapshot *snap;
+    unsigned users; /* the pipe's (while current) + one per request */
+} snap_ref;
+
+struct fh_pipe {
+    fh_pipeline *p;
+    fh_worker *w;
+    fh_upstream *up;
+    TAILQ_HEAD(, fh_txn) ready; /* txns with a job to run */
+    TAILQ_HEAD(, fh_txn) live;  /* every txn not yet finished */
+    size_t nlive;
+    snap_ref *snap;
+    bool kick; /* a connection was resumed: MHD must run */
+};
 
 struct fh_txn {
     unsigned magic;
-    atomic_int refs;
-    pthread_mutex_t lock;
-    fh_pipeline *p;
-    struct MHD_Connection *conn; /* (L) NULL once MHD is done with it */
+    int refs;
+    fh_pipe *pp;
+    struct MHD_Connection *conn; /* NULL once MHD is done with it */
     fh_txn_kind kind;
     phase ph;
-    fh_txn *prev, *next; /* live list, under p->live_lock */
+    job_kind job;
+    bool queued;
+    TAILQ_ENTRY(fh_txn) qlink;
+    TAILQ_ENTRY(fh_txn) llink;
 
-    /* Request, HTTP thread. */
+    /* Request. */
     buf in;
     bool in_too_large;
     size_t discarded; /* body bytes dropped past the limit */
     char request_id[48];
     fusion_request *req;
-    fh_snapshot *snap;
-    fh_generation *gen; /* the overlay in use, referenced until completion */
+    snap_ref *snap;
+    fh_generation *gen; /* the overlay in use, referenced until the finish */
     fh_reason reason;
-    bool overlaid;
+    bool overlaid, had_fusion;
     char overlay_name[FUSION_NAME_MAX + 1];
     char overlay_version[FUSION_VERSION_MAX + 1];
     char scenario[64];
     char *baseline_body;
     size_t baseline_len;
+    char *up_body; /* what is being sent upstream (owned) */
     bool client_stream;
     bool added_usage; /* we asked for usage the client did not want */
-    uint64_t t_start_ns, t_submit_ns, t_done_ns;
 
-    /* Upstream exchange (L). */
+    /* The hook in flight, if any, and the last one's outputs. */
+    bool in_hook;
+    fh_hook_kind hook_kind;
+    bool hook_timed_out;
+    bool evaluated; /* evaluate() was called (streams: at the finish) */
+    int hook_rc;
+    double hook_score;
+    double hook_quality;
+
+    /* Upstream exchange. */
     fh_upstream_call *call;
     bool retried;
     bool suspended;
     long status;
     char content_type[128];
     bool streaming; /* relaying SSE to the client */
-    bool done;
+    bool done;      /* the upstream exchange is over */
     fh_upstream_result result;
     char error[256];
     bool paused; /* upstream paused by backpressure */
     bool overflow;
     buf resp; /* whole answer, or the relay backlog */
     size_t resp_off;
-    buf sse;            /* partial SSE event (upstream thread) */
+    buf sse;            /* partial SSE event */
     size_t sse_scanned; /* bytes of `sse` already searched for an event end */
     buf text;           /* assembled streamed answer */
     bool text_truncated;
-    uint64_t upstream_ns; /* time spent in earlier upstream attempts */
     long usage_total, usage_prompt, usage_completion;
     bool have_usage;
+    bool answer_has_fusion, answer_empty; /* of a complete JSON answer */
 
-    /* Outcome, HTTP thread. */
+    /* Response. */
+    struct MHD_Response *response; /* prepared by a job, queued by MHD's handler */
+    unsigned response_status;
+
+    /* Time: the host's own share (SPEC: overhead) leaves out the client's
+     * upload and the upstream's answer. */
+    uint64_t t_start_ns, t_body_ns, t_submit_ns, t_headers_ns;
+    uint64_t upstream_ns; /* the upstream's share of finished attempts */
+    uint64_t relay_ns;    /* host time spent relaying a stream */
+    uint64_t hook_ns;
+    double overhead_ms; /* as reported in X-Fusion-Overhead-Ms */
+
+    /* Outcome. */
     double quality;
     bool have_quality;
-    bool recorded;
+    bool completed; /* MHD is done with it */
+    bool aborted;   /* shutdown ended it */
+    enum MHD_RequestTerminationCode toe;
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+static const fh_upstream_handler handler;
+
+/* ---- buffers --------------------------------------------------------------- */
 
 static int buf_add(buf *b, const char *d, size_t n)
 {
@@ -142,69 +203,96 @@ static void buf_free(buf *b)
     memset(b, 0, sizeof(*b));
 }
 
-static void mark_done(fh_txn *t, fh_upstream_result result, const char *error);
-static void wake(fh_txn *t);
+/* ---- snapshots -------------------------------------------------------------- */
 
-/* ---- lifecycle ----------------------------------------------------------- */
+static void snap_release(snap_ref *s)
+{
+    if (s && --s->users == 0) {
+        fh_snapshot_unref(s->snap);
+        free(s);
+    }
+}
 
-void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_upstream *up, fh_snapshot_holder *snaps,
-                      fh_metrics *metrics)
+/* The worker's current snapshot, refreshed when a reload installed one. */
+static snap_ref *snap_take(fh_pipe *pp)
+{
+    fh_snapshot_holder *h = pp->p->snaps;
+    if (!pp->snap || pp->snap->snap->generation != fh_snapshot_installed(h)) {
+        snap_ref *s = malloc(sizeof(*s));
+        if (s && (s->snap = fh_snapshot_get(h)) != NULL) {
+            s->users = 1;
+            snap_release(pp->snap);
+            pp->snap = s;
+        } else {
+            free(s);
+        }
+    }
+    if (!pp->snap)
+        return NULL;
+    pp->snap->users++;
+    return pp->snap;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snaps,
+                      fh_metrics *metrics, int hook_deadline_ms)
 {
     memset(p, 0, sizeof(*p));
     p->reg = reg;
-    p->up = up;
     p->snaps = snaps;
     p->metrics = metrics;
-    p->id_salt = (unsigned long)now_ns() ^ ((unsigned long)getpid() << 16);
-    pthread_mutex_init(&p->live_lock, NULL);
+    p->id_salt = (unsigned long)fh_now_ns() ^ ((unsigned long)getpid() << 16);
+    p->hook_deadline_ns = (uint64_t)hook_deadline_ms * 1000000u;
+    atomic_init(&p->in_flight, 0);
 }
 
-void fh_pipeline_destroy(fh_pipeline *p)
+size_t fh_pipeline_in_flight(const fh_pipeline *p)
 {
-    pthread_mutex_destroy(&p->live_lock);
+    return atomic_load(&((fh_pipeline *)p)->in_flight);
 }
 
 static void txn_unref(fh_txn *t)
 {
-    if (atomic_fetch_sub(&t->refs, 1) != 1)
+    if (--t->refs > 0)
         return;
     t->magic = 0;
     if (t->gen)
         fh_generation_release(t->gen);
+    if (t->response)
+        MHD_destroy_response(t->response);
+    if (t->call)
+        fh_upstream_cancel(t->pp->up, t->call);
     fh_request_free(t->req);
-    fh_snapshot_unref(t->snap);
-    fh_upstream_call_release(t->call);
+    snap_release(t->snap);
+    if (t->up_body != t->baseline_body)
+        free(t->up_body);
     free(t->baseline_body);
     buf_free(&t->in);
     buf_free(&t->resp);
     buf_free(&t->sse);
     buf_free(&t->text);
-    pthread_mutex_destroy(&t->lock);
     free(t);
 }
 
-fh_txn *fh_txn_new(fh_pipeline *p, struct MHD_Connection *conn, fh_txn_kind kind)
+fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind)
 {
     fh_txn *t = calloc(1, sizeof(*t));
     if (!t)
         return NULL;
+    fh_pipeline *p = pp->p;
     t->magic = TXN_MAGIC;
-    atomic_init(&t->refs, 1); /* the HTTP side's, dropped in completed */
-    pthread_mutex_init(&t->lock, NULL);
-    t->p = p;
+    t->refs = 1; /* the HTTP side's, dropped by the finish */
+    t->pp = pp;
     t->conn = conn;
     t->kind = kind;
-    t->t_start_ns = now_ns();
+    t->t_start_ns = fh_now_ns();
     t->reason = FH_REASON_NO_MATCH;
     snprintf(t->request_id, sizeof(t->request_id), "fh-%08lx-%lu", p->id_salt & 0xffffffffu,
-             atomic_fetch_add(&p->next_id, 1) + 1);
-    pthread_mutex_lock(&p->live_lock);
-    t->next = p->live;
-    if (p->live)
-        p->live->prev = t;
-    p->live = t;
-    p->live_count++;
-    pthread_mutex_unlock(&p->live_lock);
+             atomic_fetch_add_explicit(&p->next_id, 1, memory_order_relaxed) + 1);
+    TAILQ_INSERT_TAIL(&pp->live, t, llink);
+    pp->nlive++;
+    atomic_fetch_add(&p->in_flight, 1);
     return t;
 }
 
@@ -219,97 +307,157 @@ int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body)
     return t->discarded > max_body ? -2 : -1;
 }
 
-size_t fh_pipeline_in_flight(fh_pipeline *p)
-{
-    pthread_mutex_lock(&p->live_lock);
-    size_t n = p->live_count;
-    pthread_mutex_unlock(&p->live_lock);
-    return n;
-}
+/* ---- jobs ------------------------------------------------------------------------ */
 
-size_t fh_pipeline_abort_all(fh_pipeline *p)
+static void queue_job(fh_txn *t, job_kind j)
 {
-    atomic_store(&p->closing, true);
-    size_t suspended = 0;
-    pthread_mutex_lock(&p->live_lock);
-    for (fh_txn *t = p->live; t; t = t->next) {
-        pthread_mutex_lock(&t->lock);
-        if (t->ph != PH_RECEIVING && !t->done) {
-            mark_done(t, FH_UPSTREAM_CANCELLED, "fusion-host is stopping");
-            if (t->call)
-                fh_upstream_cancel(p->up, t->call);
-        }
-        if (t->done)
-            wake(t);
-        suspended += t->suspended;
-        pthread_mutex_unlock(&t->lock);
+    if (j != JOB_NONE)
+        t->job = j;
+    if (!t->queued) {
+        t->queued = true;
+        TAILQ_INSERT_TAIL(&t->pp->ready, t, qlink);
     }
-    pthread_mutex_unlock(&p->live_lock);
-    return suspended;
 }
 
-/* ---- responses ------------------------------------------------------------ */
-
-static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struct MHD_Response *r)
+bool fh_pipe_busy(const fh_pipe *pp)
 {
-    if (!r)
-        return MHD_NO;
-    enum MHD_Result rc = MHD_queue_response(conn, status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return !TAILQ_EMPTY(&pp->ready);
 }
 
-enum MHD_Result fh_http_error(struct MHD_Connection *conn, unsigned status, const char *type,
-                              const char *code, const char *message)
+bool fh_pipe_take_kick(fh_pipe *pp)
 {
-    return fh_http_error_allow(conn, status, type, code, message, NULL);
+    bool k = pp->kick;
+    pp->kick = false;
+    return k;
 }
 
-enum MHD_Result fh_http_error_allow(struct MHD_Connection *conn, unsigned status, const char *type,
-                                    const char *code, const char *message, const char *allow)
+static void suspend(fh_txn *t)
 {
-    json_t *o =
-        json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", type, "code", code);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!text)
-        return MHD_NO;
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    if (!r) {
-        free(text);
-        return MHD_NO;
+    if (!t->suspended && t->conn) {
+        t->suspended = true;
+        MHD_suspend_connection(t->conn);
     }
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    if (allow)
-        MHD_add_response_header(r, "Allow", allow);
-    return queue(conn, status, r);
 }
 
-static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
+/* The counterpart of suspend(), exactly once per suspension. */
+static void wake(fh_txn *t)
 {
-    char overlay[FUSION_NAME_MAX + FUSION_VERSION_MAX + 2];
-    if (t->overlaid)
-        snprintf(overlay, sizeof(overlay), "%s/%s", t->overlay_name, t->overlay_version);
-    else
-        snprintf(overlay, sizeof(overlay), "baseline");
-    MHD_add_response_header(r, "X-Fusion-Overlay", overlay);
-    MHD_add_response_header(r, "X-Fusion-Reason", fh_reason_name(t->reason));
-    MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
-    /* The host's own time: everything but the wait for the upstream. */
-    uint64_t end = now_ns();
-    uint64_t upstream =
-        t->upstream_ns + (t->t_done_ns > t->t_submit_ns ? t->t_done_ns - t->t_submit_ns : 0);
-    if (t->streaming)
-        upstream = end - t->t_submit_ns; /* headers go out as the stream starts */
-    uint64_t total = end - t->t_start_ns;
-    double overhead = (double)(total > upstream ? total - upstream : 0) / 1e6;
-    char ms[32];
-    snprintf(ms, sizeof(ms), "%.3f", overhead);
-    MHD_add_response_header(r, "X-Fusion-Overhead-Ms", ms);
+    if (t->suspended && t->conn) {
+        t->suspended = false;
+        MHD_resume_connection(t->conn);
+        t->pp->kick = true;
+    }
 }
 
-/* ---- routing and submit ----------------------------------------------------- */
+/* A response for MHD's handler to queue once the connection is resumed. */
+static void prepare(fh_txn *t, unsigned status, struct MHD_Response *r)
+{
+    if (t->response)
+        MHD_destroy_response(t->response);
+    t->response = r;
+    t->response_status = status;
+    wake(t);
+}
+
+static void prepare_error(fh_txn *t, unsigned status, const char *type, const char *code,
+                          const char *message)
+{
+    struct MHD_Response *r = fh_error_response(type, code, message, NULL);
+    if (r && t->kind == FH_TXN_CHAT)
+        MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
+    prepare(t, status, r);
+}
+
+/* ---- plugin hooks ------------------------------------------------------------------ */
+
+/* Frees what an abandoned call held, should its plugin ever return. */
+static void abandon_call(fh_hook_call *c)
+{
+    fh_request_free(c->req);
+    if (c->answer_owned)
+        free(c->answer);
+    if (c->gen)
+        fh_generation_release(c->gen);
+}
+
+/* Runs one hook of t's overlay inline, through the door. HOOK_OK: outputs
+ * in t->hook, and t owns its request and overlay again. HOOK_LEFT: the call
+ * was detached; this thread no longer runs the worker, so the caller must
+ * return HOOK_LEFT at once, touching nothing. */
+static hook_result run_hook(fh_txn *t, fh_hook_kind kind, char *answer, size_t len, bool owned)
+{
+    fh_door_frame *f = fh_worker_frame(t->pp->w);
+    fh_hook_call *c = &f->call;
+    fh_generation_prepare(t->gen, kind, c);
+    c->req = t->req;
+    c->answer = answer;
+    c->answer_len = len;
+    c->answer_owned = owned;
+    c->abandon = abandon_call;
+    f->ctx = t;
+    t->req = NULL; /* the call's while it runs */
+    t->gen = NULL;
+    t->in_hook = true;
+    t->hook_kind = kind;
+    t->refs++; /* the call's */
+    if (fh_door_run(f) == FH_DOOR_DETACHED)
+        return HOOK_LEFT;
+    t->req = c->req;
+    t->gen = c->gen;
+    t->in_hook = false;
+    t->refs--;
+    t->hook_ns += c->elapsed_ns;
+    t->hook_rc = c->rc;
+    t->hook_score = c->score;
+    t->hook_quality = c->eval.quality;
+    if (owned)
+        free(answer);
+    return HOOK_OK;
+}
+
+static void quarantine(fh_txn *t, const fh_hook_call *c)
+{
+    char why[256];
+    snprintf(why, sizeof(why), "%s did not return within %.0f ms (hooks.deadline_ms)",
+             fh_hook_kind_name(c->kind), (double)t->pp->p->hook_deadline_ns / 1e6);
+    fh_error("overlay %s: %s; quarantined, request %s served by the baseline", c->who, why,
+             t->request_id);
+    fh_registry_quarantine(t->pp->p->reg, c->who, why);
+}
+
+/* The worker's handler for detached calls (worker.h): the call came back,
+ * or its deadline passed. Either way the request continues in a job. */
+static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
+{
+    (void)w;
+    fh_txn *t = f->ctx;
+    TXN_CHECK(t);
+    fh_hook_call *c = &f->call;
+    t->in_hook = false;
+    t->refs--; /* the call's; the HTTP side's keeps t alive */
+    if (timed_out) {
+        /* The abandoned call keeps the request, the answer and the overlay
+         * reference; the request is served from the caller's bytes. */
+        t->hook_timed_out = true;
+        t->hook_ns += t->pp->p->hook_deadline_ns;
+        quarantine(t, c);
+    } else {
+        t->req = c->req;
+        t->gen = c->gen;
+        t->hook_ns += c->elapsed_ns;
+        t->hook_rc = c->rc;
+        t->hook_score = c->score;
+        t->hook_quality = c->eval.quality;
+        if (c->answer_owned)
+            free(c->answer);
+    }
+    c->req = NULL;
+    c->gen = NULL;
+    c->answer = NULL;
+    queue_job(t, JOB_RESUMED);
+}
+
+/* ---- routing and submit --------------------------------------------------------------- */
 
 static const char *header(fh_txn *t, const char *name)
 {
@@ -359,25 +507,27 @@ static fh_reason unavailable_reason(fh_overlay_state s)
 static void route(fh_txn *t)
 {
     fusion_request *r = t->req;
+    fh_snapshot *s = t->snap->snap;
     fh_route_ctx ctx = {.scenario_type = r->scenario_type,
                         .scenario_id = r->scenario_id,
                         .confidence = r->confidence,
                         .key = r->key,
                         .request_id = t->request_id};
     fh_route rt;
-    fh_flags_route(t->snap->flags, t->snap->cfg->environment, &t->snap->ovr, &ctx, &rt);
+    fh_flags_route(s->flags, s->cfg->environment, &s->ovr, &ctx, &rt);
     t->reason = rt.reason;
     if (!rt.feature)
         return;
     fh_overlay_state st = FH_STATE_COUNT;
-    fh_generation *g = fh_registry_acquire(t->p->reg, rt.feature->name, &st);
+    fh_generation *g = fh_registry_acquire(t->pp->p->reg, rt.feature->name, &st);
     if (!g) {
         t->reason = unavailable_reason(st);
         return;
     }
-    if (fh_generation_match(g, r) <= 0.0) {
+    if (fh_generation_hung(g) >= HUNG_MAX) {
+        /* Its calls hang: do not hand it another thread. */
         fh_generation_release(g);
-        t->reason = FH_REASON_NO_MATCH;
+        t->reason = FH_REASON_HOOK_TIMEOUT;
         return;
     }
     const fusion_overlay_descriptor *d = fh_generation_descriptor(g);
@@ -387,69 +537,16 @@ static void route(fh_txn *t)
     t->reason = FH_REASON_APPLIED;
 }
 
-static void up_response(void *ud, long status, const char *content_type);
-static int up_body(void *ud, const char *data, size_t len);
-static void up_done(void *ud, fh_upstream_result result, long status, const char *error);
-static const fh_upstream_handler handler = {up_response, up_body, up_done};
-
-/* Under t->lock. */
-static int submit(fh_txn *t, const char *body, size_t len)
-{
-    if (atomic_load(&t->p->closing))
-        return -1;
-    atomic_fetch_add(&t->refs, 1); /* the upstream side's, dropped in up_done */
-    fh_upstream_call_release(t->call);
-    t->call = t->kind == FH_TXN_MODELS
-                  ? fh_upstream_submit(t->p->up, "GET", "/models", NULL, 0, 0, &handler, t)
-                  : fh_upstream_submit(t->p->up, "POST", "/chat/completions", body, len,
-                                       t->client_stream, &handler, t);
-    if (!t->call) {
-        atomic_fetch_sub(&t->refs, 1);
-        return -1;
-    }
-    t->status = 0;
-    t->content_type[0] = '\0';
-    t->resp.len = t->resp_off = 0;
-    t->overflow = false;
-    return 0;
-}
-
-/* Under t->lock: every later upstream callback for this txn is ignored. */
-static void mark_done(fh_txn *t, fh_upstream_result result, const char *error)
-{
-    t->done = true;
-    t->result = result;
-    t->t_done_ns = now_ns();
-    snprintf(t->error, sizeof(t->error), "%s", error ? error : "");
-}
-
-/* Under t->lock: parks the connection until the upstream has news. */
-static void suspend(fh_txn *t)
-{
-    t->suspended = true;
-    MHD_suspend_connection(t->conn);
-}
-
-/* Under t->lock: the counterpart, exactly once per suspension. */
-static void wake(fh_txn *t)
-{
-    if (t->suspended && t->conn) {
-        t->suspended = false;
-        MHD_resume_connection(t->conn);
-    }
-}
-
 /* Sets t->baseline_body: the caller's request as the upstream must see it
  * for the baseline. The bytes as sent when nothing had to change (no
  * `fusion` object, no usage request added); else re-serialised, from
  * t->req when it is still untouched by an overlay (`pristine`), or from
- * the original bytes. Any thread that owns the txn's request side. */
+ * the original bytes. */
 static int make_baseline(fh_txn *t, bool pristine)
 {
     if (t->baseline_body)
         return 0;
-    bool as_sent = !t->added_usage && !t->req->had_fusion;
-    if (as_sent) {
+    if (!t->added_usage && !t->had_fusion) {
         t->baseline_body = malloc(t->in.len + 1);
         if (!t->baseline_body)
             return -1;
@@ -458,7 +555,7 @@ static int make_baseline(fh_txn *t, bool pristine)
         t->baseline_len = t->in.len;
         return 0;
     }
-    if (pristine) {
+    if (pristine && t->req) {
         t->baseline_body = fh_request_dump(t->req, 0);
     } else {
         char err[64];
@@ -480,52 +577,137 @@ static int make_baseline(fh_txn *t, bool pristine)
     return 0;
 }
 
-enum MHD_Result fh_txn_reject_too_large(fh_txn *t)
+/* Sends `body` (taken: freed with the txn or the next submit) upstream. */
+static int submit(fh_txn *t, char *body, size_t len)
 {
-    if (t->ph != PH_RECEIVING)
-        return MHD_YES; /* answered already */
-    t->ph = PH_ANSWERED;
-    return fh_http_error(t->conn, 413, "invalid_request_error", "request_too_large",
-                         "request body is larger than limits.max_body_bytes");
+    if (atomic_load(&t->pp->p->closing)) {
+        if (body != t->baseline_body)
+            free(body);
+        return -1;
+    }
+    if (t->up_body != t->baseline_body)
+        free(t->up_body);
+    t->up_body = body;
+    t->status = 0;
+    t->content_type[0] = '\0';
+    t->resp.len = t->resp_off = 0;
+    t->overflow = false;
+    t->t_submit_ns = fh_now_ns();
+    t->call = t->kind == FH_TXN_MODELS
+                  ? fh_upstream_submit(t->pp->up, "GET", "/models", NULL, 0, 0, &handler, t)
+                  : fh_upstream_submit(t->pp->up, "POST", "/chat/completions", body, len,
+                                       t->client_stream, &handler, t);
+    return t->call ? 0 : -1;
 }
 
-static enum MHD_Result txn_start(fh_txn *t)
+static void submit_or_fail(fh_txn *t, char *body, size_t len)
 {
-    char err[256];
-    if (t->kind == FH_TXN_MODELS) {
-        pthread_mutex_lock(&t->lock);
-        t->t_submit_ns = now_ns();
-        int rc = submit(t, NULL, 0);
-        pthread_mutex_unlock(&t->lock);
-        t->ph = PH_WAITING;
-        return rc == 0 ? fh_txn_step(t)
-                       : fh_http_error(t->conn, 503, "server_error", "shutting_down",
-                                       "fusion-host is stopping");
+    if (submit(t, body, len) != 0)
+        prepare_error(t, 503, "server_error", "shutting_down",
+                      "fusion-host is stopping or out of memory");
+}
+
+/* The baseline goes upstream (no overlay, or the overlay failed). */
+static void send_baseline(fh_txn *t, bool pristine)
+{
+    if (t->gen) {
+        fh_generation_release(t->gen);
+        t->gen = NULL;
     }
-    if (t->in_too_large)
-        return fh_http_error(t->conn, 413, "invalid_request_error", "request_too_large",
-                             "request body is larger than limits.max_body_bytes");
-    t->snap = fh_snapshot_get(t->p->snaps);
-    t->req = fh_request_parse(t->in.data ? t->in.data : "", t->in.len, err, sizeof(err));
-    if (!t->req)
-        return fh_http_error(t->conn, 400, "invalid_request_error", "invalid_body", err);
-    if (apply_headers(t, err, sizeof(err)) != 0)
-        return fh_http_error(t->conn, 400, "invalid_request_error", "invalid_fusion", err);
+    t->overlaid = false;
+    if (make_baseline(t, pristine) != 0) {
+        prepare_error(t, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    submit_or_fail(t, t->baseline_body, t->baseline_len);
+}
+
+static void log_routed(fh_txn *t)
+{
+    if (fh_log_get_level() < FH_LOG_DEBUG)
+        return;
+    char f_id[80], f_scn[90], f_ovl[100], f_rsn[64];
+    snprintf(f_id, sizeof(f_id), "FUSION_REQUEST_ID=%s", t->request_id);
+    snprintf(f_scn, sizeof(f_scn), "FUSION_SCENARIO=%s", t->scenario);
+    snprintf(f_ovl, sizeof(f_ovl), "FUSION_DECISION=%s",
+             t->overlaid ? t->overlay_name : "baseline");
+    snprintf(f_rsn, sizeof(f_rsn), "FUSION_REASON=%s", fh_reason_name(t->reason));
+    const char *fields[] = {f_id, f_scn, f_ovl, f_rsn, NULL};
+    fh_log_fields(FH_LOG_DEBUG, fields, "request routed");
+}
+
+/* After apply(): the overlaid body goes upstream, or the baseline. */
+static void after_apply(fh_txn *t)
+{
+    char *body = NULL;
+    if (t->hook_timed_out) {
+        t->reason = FH_REASON_HOOK_TIMEOUT;
+    } else if (t->hook_rc != 0 || !(body = fh_request_dump(t->req, 0))) {
+        fh_warn("overlay %s/%s: apply failed for request %s; serving the baseline", t->overlay_name,
+                t->overlay_version, t->request_id);
+        t->reason = FH_REASON_HOOK_ERROR;
+    } else {
+        t->overlaid = true;
+        log_routed(t);
+        submit_or_fail(t, body, strlen(body));
+        return;
+    }
+    log_routed(t);
+    send_baseline(t, false);
+}
+
+static hook_result do_apply(fh_txn *t)
+{
+    if (run_hook(t, FH_HOOK_APPLY, NULL, 0, false) == HOOK_LEFT)
+        return HOOK_LEFT;
+    after_apply(t);
+    return HOOK_OK;
+}
+
+static hook_result after_match(fh_txn *t)
+{
+    if (t->hook_timed_out) {
+        t->reason = FH_REASON_HOOK_TIMEOUT;
+    } else if (!(t->hook_score > 0.0)) {
+        t->reason = FH_REASON_NO_MATCH;
+    } else {
+        return do_apply(t);
+    }
+    log_routed(t);
+    send_baseline(t, true);
+    return HOOK_OK;
+}
+
+static int parse_request(fh_txn *t, char *err, size_t errlen, const char **code)
+{
+    t->req = fh_request_parse(t->in.data ? t->in.data : "", t->in.len, err, errlen);
+    if (!t->req) {
+        *code = "invalid_body";
+        return -1;
+    }
+    t->had_fusion = t->req->had_fusion;
+    if (apply_headers(t, err, errlen) != 0) {
+        *code = "invalid_fusion";
+        return -1;
+    }
     fh_request_set_id(t->req, t->request_id);
     snprintf(t->scenario, sizeof(t->scenario), "%s",
              t->req->scenario_type && *t->req->scenario_type ? t->req->scenario_type : "none");
-
     json_t *stream = json_object_get(t->req->body, "stream");
-    if (stream && !json_is_boolean(stream))
-        return fh_http_error(t->conn, 400, "invalid_request_error", "invalid_stream",
-                             "'stream' must be true or false");
+    if (stream && !json_is_boolean(stream)) {
+        snprintf(err, errlen, "'stream' must be true or false");
+        *code = "invalid_stream";
+        return -1;
+    }
     t->client_stream = json_is_true(stream);
     if (t->client_stream) {
         /* Token accounting needs usage; ask for it and hide it again. */
         json_t *so = json_object_get(t->req->body, "stream_options");
-        if (so && !json_is_object(so))
-            return fh_http_error(t->conn, 400, "invalid_request_error", "invalid_stream_options",
-                                 "'stream_options' must be an object");
+        if (so && !json_is_object(so)) {
+            snprintf(err, errlen, "'stream_options' must be an object");
+            *code = "invalid_stream_options";
+            return -1;
+        }
         if (!json_is_true(json_object_get(so, "include_usage"))) {
             if (!so) {
                 so = json_object();
@@ -535,64 +717,51 @@ static enum MHD_Result txn_start(fh_txn *t)
             t->added_usage = true;
         }
     }
-
-    route(t);
-    char *overlay_body = NULL;
-    if (t->gen) {
-        if (fh_generation_apply(t->gen, t->req) != 0 ||
-            !(overlay_body = fh_request_dump(t->req, 0))) {
-            fh_warn("overlay %s/%s: apply failed for request %s; serving the baseline",
-                    t->overlay_name, t->overlay_version, t->request_id);
-            t->reason = FH_REASON_HOOK_ERROR;
-        } else {
-            t->overlaid = true;
-        }
-    }
-    /* The baseline body is built only when it is sent: most overlaid
-     * requests never need it (see make_baseline). */
-    if (!t->overlaid && make_baseline(t, t->reason != FH_REASON_HOOK_ERROR) != 0)
-        return fh_http_error(t->conn, 500, "server_error", "out_of_memory", "out of memory");
-    if (fh_log_get_level() >= FH_LOG_DEBUG) {
-        char f_id[80], f_scn[90], f_ovl[100], f_rsn[64];
-        snprintf(f_id, sizeof(f_id), "FUSION_REQUEST_ID=%s", t->request_id);
-        snprintf(f_scn, sizeof(f_scn), "FUSION_SCENARIO=%s", t->scenario);
-        snprintf(f_ovl, sizeof(f_ovl), "FUSION_DECISION=%s",
-                 t->overlaid ? t->overlay_name : "baseline");
-        snprintf(f_rsn, sizeof(f_rsn), "FUSION_REASON=%s", fh_reason_name(t->reason));
-        const char *fields[] = {f_id, f_scn, f_ovl, f_rsn, NULL};
-        fh_log_fields(FH_LOG_DEBUG, fields, "request routed");
-    }
-
-    pthread_mutex_lock(&t->lock);
-    t->t_submit_ns = now_ns();
-    int rc = t->overlaid ? submit(t, overlay_body, strlen(overlay_body))
-                         : submit(t, t->baseline_body, t->baseline_len);
-    pthread_mutex_unlock(&t->lock);
-    free(overlay_body);
-    t->ph = PH_WAITING;
-    if (rc != 0)
-        return fh_http_error(t->conn, 503, "server_error", "shutting_down",
-                             "fusion-host is stopping or out of memory");
-    /* Suspends, or answers at once if the upstream was quicker than us:
-     * MHD would not call us again for a connection with nothing to do. */
-    return fh_txn_step(t);
+    return 0;
 }
 
-/* ---- upstream thread ----------------------------------------------------------- */
+static hook_result txn_start(fh_txn *t)
+{
+    char err[256];
+    const char *code = NULL;
+    t->snap = snap_take(t->pp);
+    if (!t->snap) {
+        prepare_error(t, 500, "server_error", "out_of_memory", "out of memory");
+        return HOOK_OK;
+    }
+    if (parse_request(t, err, sizeof(err), &code) != 0) {
+        prepare_error(t, 400, "invalid_request_error", code, err);
+        return HOOK_OK;
+    }
+    route(t);
+    if (!t->gen) {
+        log_routed(t);
+        send_baseline(t, true);
+        return HOOK_OK;
+    }
+    if (!fh_generation_descriptor(t->gen)->match) {
+        t->hook_score = 1.0;
+        return after_match(t);
+    }
+    if (run_hook(t, FH_HOOK_MATCH, NULL, 0, false) == HOOK_LEFT)
+        return HOOK_LEFT;
+    return after_match(t);
+}
+
+/* ---- upstream callbacks ------------------------------------------------------------------ */
 
 static void up_response(void *ud, long status, const char *content_type)
 {
     fh_txn *t = ud;
     TXN_CHECK(t);
-    pthread_mutex_lock(&t->lock);
     t->status = status;
+    t->t_headers_ns = fh_now_ns();
     snprintf(t->content_type, sizeof(t->content_type), "%s", content_type ? content_type : "");
     if (t->client_stream && status == 200 &&
         strncasecmp(t->content_type, "text/event-stream", 17) == 0) {
         t->streaming = true;
-        wake(t); /* the HTTP thread queues the streaming response */
+        wake(t); /* MHD's handler queues the streaming response */
     }
-    pthread_mutex_unlock(&t->lock);
 }
 
 /* Usage from a parsed chunk or answer. */
@@ -608,7 +777,7 @@ static void take_usage(fh_txn *t, json_t *usage)
 
 /* One complete SSE event (up to and including its blank line): collect the
  * text and usage, and relay it - without the usage the client did not ask
- * for. Under t->lock. */
+ * for. */
 static void relay_event(fh_txn *t, const char *ev, size_t len)
 {
     const char *data = NULL;
@@ -664,7 +833,7 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
     buf_add(&t->resp, ev, len);
 }
 
-/* Splits the upstream bytes into events at blank lines. Under t->lock. */
+/* Splits the upstream bytes into events at blank lines. */
 static int relay_bytes(fh_txn *t, const char *d, size_t n)
 {
     if (buf_add(&t->sse, d, n) != 0)
@@ -695,85 +864,349 @@ static int up_body(void *ud, const char *data, size_t len)
 {
     fh_txn *t = ud;
     TXN_CHECK(t);
-    int rc = 0;
-    pthread_mutex_lock(&t->lock);
-    if (t->done || !t->conn) {
-        rc = -1; /* aborted, or the client is gone: stop the transfer */
-    } else if (t->streaming) {
-        if (t->resp.len - t->resp_off > STREAM_HIGH) {
-            t->paused = true; /* curl keeps the data and gives it again */
-            rc = 1;
-        } else if (relay_bytes(t, data, len) != 0) {
-            fh_warn("request %s: the upstream stream has an event over 1 MiB or we are out "
-                    "of memory; ending the stream",
-                    t->request_id);
-            rc = -1;
-        } else {
-            wake(t);
+    if (!t->conn)
+        return -1; /* the client is gone: stop the transfer */
+    if (!t->streaming) {
+        if (t->resp.len + len > RESP_MAX || buf_add(&t->resp, data, len) != 0) {
+            t->overflow = true;
+            return -1;
         }
-    } else if (t->resp.len + len > RESP_MAX || buf_add(&t->resp, data, len) != 0) {
-        t->overflow = true;
-        rc = -1;
+        return 0;
     }
-    pthread_mutex_unlock(&t->lock);
-    return rc;
+    if (t->resp.len - t->resp_off > STREAM_HIGH) {
+        t->paused = true; /* curl keeps the data and gives it again */
+        return 1;
+    }
+    uint64_t t0 = fh_now_ns();
+    int rc = relay_bytes(t, data, len);
+    t->relay_ns += fh_now_ns() - t0;
+    if (rc != 0) {
+        fh_warn("request %s: the upstream stream has an event over 1 MiB or we are out of "
+                "memory; ending the stream",
+                t->request_id);
+        return -1;
+    }
+    wake(t);
+    return 0;
 }
 
 /* A 4xx the caller's own request would not have caused: the overlay made
  * the upstream refuse it. 408 and 429 are about timing, not content. */
-static bool overlay_rejected(const fh_txn *t, fh_upstream_result result)
+static bool overlay_rejected(const fh_txn *t, const fh_upstream_done *d)
 {
-    return t->overlaid && !t->retried && result == FH_UPSTREAM_OK && t->status >= 400 &&
-           t->status < 500 && t->status != 408 && t->status != 429;
+    return t->overlaid && !t->retried && d->result == FH_UPSTREAM_OK && d->status >= 400 &&
+           d->status < 500 && d->status != 408 && d->status != 429;
 }
 
-static void up_done(void *ud, fh_upstream_result result, long status, const char *error)
+static void upstream_failed(fh_txn *t);
+static unsigned answer_status(const fh_txn *t);
+static struct MHD_Response *relayed_response(fh_txn *t);
+
+static void up_done(void *ud, const fh_upstream_done *d)
 {
     fh_txn *t = ud;
     TXN_CHECK(t);
-    pthread_mutex_lock(&t->lock);
-    if (t->done) { /* aborted at shutdown: already answered */
-        pthread_mutex_unlock(&t->lock);
-        txn_unref(t);
-        return;
-    }
-    if (status)
-        t->status = status;
-    if (overlay_rejected(t, result) && t->conn) {
+    t->call = NULL;
+    t->upstream_ns += d->wait_ns;
+    if (d->status)
+        t->status = d->status;
+    if (t->completed || t->aborted)
+        return; /* nobody to answer */
+    if (overlay_rejected(t, d) && !t->streaming) {
         fh_warn("overlay %s/%s: the upstream refused the overlaid request %s with %ld; "
                 "retrying it as the baseline",
                 t->overlay_name, t->overlay_version, t->request_id, t->status);
         t->retried = true;
-        uint64_t now = now_ns();
-        if (make_baseline(t, false) == 0 && submit(t, t->baseline_body, t->baseline_len) == 0) {
-            t->overlaid = false;
-            t->reason = FH_REASON_OVERLAY_REJECTED_UPSTREAM;
-            t->upstream_ns += now - t->t_submit_ns;
-            t->t_submit_ns = now;
-            pthread_mutex_unlock(&t->lock);
-            txn_unref(t);
-            return;
+        t->reason = FH_REASON_OVERLAY_REJECTED_UPSTREAM;
+        send_baseline(t, false);
+        return;
+    }
+    t->done = true;
+    t->result = d->result;
+    snprintf(t->error, sizeof(t->error), "%s", d->error ? d->error : "");
+    if (t->streaming) {
+        if (t->sse.len) {
+            buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated tail */
+            t->sse.len = 0;
         }
+        wake(t); /* the reader ends the stream */
+    } else if (t->kind == FH_TXN_MODELS) {
+        if (t->result != FH_UPSTREAM_OK || t->overflow)
+            upstream_failed(t);
+        else
+            prepare(t, answer_status(t), relayed_response(t));
+    } else {
+        queue_job(t, JOB_ANSWER);
     }
-    if (t->streaming && t->sse.len) {
-        buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated tail */
-        t->sse.len = 0;
-    }
-    mark_done(t, result, error);
-    wake(t);
-    pthread_mutex_unlock(&t->lock);
-    txn_unref(t);
 }
 
-/* ---- HTTP thread: answers --------------------------------------------------- */
+static const fh_upstream_handler handler = {up_response, up_body, up_done};
+
+/* ---- answers ------------------------------------------------------------------------------ */
+
+static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
+{
+    char overlay[FUSION_NAME_MAX + FUSION_VERSION_MAX + 2];
+    if (t->overlaid)
+        snprintf(overlay, sizeof(overlay), "%s/%s", t->overlay_name, t->overlay_version);
+    else
+        snprintf(overlay, sizeof(overlay), "baseline");
+    MHD_add_response_header(r, "X-Fusion-Overlay", overlay);
+    MHD_add_response_header(r, "X-Fusion-Reason", fh_reason_name(t->reason));
+    MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
+    /* The host's own time: from the body's arrival to now, less the
+     * upstream's share (SPEC 4: X-Fusion-Overhead-Ms). */
+    uint64_t now = fh_now_ns();
+    uint64_t upstream = t->upstream_ns;
+    if (t->streaming) /* headers leave as the stream starts: up to its head */
+        upstream += t->t_headers_ns > t->t_submit_ns ? t->t_headers_ns - t->t_submit_ns : 0;
+    uint64_t total = now - (t->t_body_ns ? t->t_body_ns : t->t_start_ns);
+    t->overhead_ms = (double)(total > upstream ? total - upstream : 0) / 1e6;
+    char ms[32];
+    snprintf(ms, sizeof(ms), "%.3f", t->overhead_ms);
+    MHD_add_response_header(r, "X-Fusion-Overhead-Ms", ms);
+}
+
+/* The response's `fusion` object (SPEC 4). Every string in it is an
+ * identifier the host validated, so it needs no escaping. */
+static size_t fusion_object(fh_txn *t, char *text, size_t size)
+{
+    char quality[40] = "null", latency[40] = "0.0";
+    if (t->have_quality)
+        fh_json_real(quality, sizeof(quality), t->quality, 12);
+    double ms = (double)(fh_now_ns() - t->t_start_ns) / 1e6;
+    fh_json_real(latency, sizeof(latency), round(ms * 1000) / 1000, 12);
+    char name[FUSION_NAME_MAX + 3] = "null", version[FUSION_VERSION_MAX + 3] = "null";
+    if (t->overlaid) {
+        snprintf(name, sizeof(name), "\"%s\"", t->overlay_name);
+        snprintf(version, sizeof(version), "\"%s\"", t->overlay_version);
+    }
+    int n = snprintf(text, size,
+                     "{\"overlay\":%s,\"overlay_version\":%s,\"decision\":\"%s\",\"reason\":\"%s\","
+                     "\"quality_score\":%s,\"token_delta_pct\":null,\"latency_ms\":%s,"
+                     "\"request_id\":\"%s\"}",
+                     name, version, t->overlaid ? "overlay" : "baseline", fh_reason_name(t->reason),
+                     quality, latency, t->request_id);
+    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+/* The upstream's answer with our `fusion` object added. The upstream's
+ * bytes are kept as they are and the object spliced in before the closing
+ * brace: re-serialising the whole answer would cost more than the rest of
+ * the request. */
+static char *with_fusion_object(fh_txn *t, size_t *len)
+{
+    char obj[512];
+    size_t olen = fusion_object(t, obj, sizeof(obj));
+    if (!olen)
+        return NULL;
+    if (t->answer_has_fusion) {
+        /* An upstream that sends its own `fusion` key: ours replaces it
+         * (rare: the whole answer is rebuilt). */
+        json_t *answer = json_loadb(t->resp.data, t->resp.len, 0, NULL);
+        json_t *fusion = json_loadb(obj, olen, 0, NULL);
+        char *out = NULL;
+        if (answer && fusion && json_object_set(answer, "fusion", fusion) == 0)
+            out = fh_json_dump(answer, len);
+        json_decref(answer);
+        json_decref(fusion);
+        return out;
+    }
+    size_t end = t->resp.len;
+    while (end > 0 && t->resp.data[end - 1] != '}')
+        end--;
+    if (end == 0)
+        return NULL;
+    const char *sep = t->answer_empty ? "" : ",";
+    *len = (end - 1) + strlen(sep) + 9 + olen + 1;
+    char *out = malloc(*len + 1);
+    if (!out)
+        return NULL;
+    char *p = out;
+    memcpy(p, t->resp.data, end - 1);
+    p += end - 1;
+    p += sprintf(p, "%s\"fusion\":", sep);
+    memcpy(p, obj, olen);
+    p += olen;
+    *p++ = '}';
+    *p = '\0';
+    return out;
+}
+
+/* The error the host answers for a failed upstream exchange. */
+static void upstream_failed(fh_txn *t)
+{
+    char msg[400];
+    if (t->result == FH_UPSTREAM_TIMEOUT) {
+        snprintf(msg, sizeof(msg), "the upstream did not answer in time (%s)", t->error);
+        prepare_error(t, 504, "upstream_error", "upstream_timeout", msg);
+    } else if (t->result == FH_UPSTREAM_CANCELLED) {
+        prepare_error(t, 503, "server_error", "shutting_down", "fusion-host is stopping");
+    } else if (t->result == FH_UPSTREAM_INTERNAL) {
+        prepare_error(t, 500, "server_error", "internal_error",
+                      "fusion-host could not make the upstream call (out of memory?)");
+    } else if (t->overflow) {
+        prepare_error(t, 502, "upstream_error", "upstream_invalid",
+                      "the upstream answer is larger than 64 MiB");
+    } else {
+        snprintf(msg, sizeof(msg), "the upstream is unreachable or broke the connection (%s)",
+                 t->error);
+        prepare_error(t, 502, "upstream_error", "upstream_unreachable", msg);
+    }
+}
+
+static unsigned answer_status(const fh_txn *t)
+{
+    return t->status >= 100 && t->status < 600 ? (unsigned)t->status : 502;
+}
+
+static struct MHD_Response *relayed_response(fh_txn *t)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(t->resp.len, t->resp.data, MHD_RESPMEM_MUST_COPY);
+    if (r)
+        MHD_add_response_header(r, "Content-Type",
+                                t->content_type[0] ? t->content_type : "application/json");
+    return r;
+}
+
+/* Builds the response from a complete upstream answer in t->resp, with the
+ * evaluation (if any) done. `object`: the answer is a JSON object. */
+static void respond(fh_txn *t, bool object)
+{
+    unsigned status = answer_status(t);
+    char *body = NULL;
+    size_t len = 0;
+    if (object && status < 300)
+        body = with_fusion_object(t, &len);
+    struct MHD_Response *r = body
+                                 ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                 : relayed_response(t); /* upstream errors: as received */
+    if (!r) {
+        free(body);
+        prepare(t, 500, NULL);
+        return;
+    }
+    if (body)
+        MHD_add_response_header(r, "Content-Type", "application/json");
+    add_fusion_headers(t, r);
+    prepare(t, status, r);
+}
+
+static void take_evaluation(fh_txn *t)
+{
+    if (t->hook_timed_out)
+        return;
+    if (t->hook_rc != 0) {
+        fh_warn("overlay %s/%s: evaluate failed for request %s", t->overlay_name,
+                t->overlay_version, t->request_id);
+        return;
+    }
+    double q = t->hook_quality;
+    if (!isfinite(q)) {
+        fh_warn("overlay %s/%s: evaluate returned a quality that is not a number for request "
+                "%s; ignoring it",
+                t->overlay_name, t->overlay_version, t->request_id);
+        return;
+    }
+    t->quality = q < 0 ? 0 : (q > 1 ? 1 : q);
+    t->have_quality = true;
+}
+
+/* After evaluate() of a complete answer: the response, or (the hook hung)
+ * the baseline instead. */
+static void after_evaluate(fh_txn *t)
+{
+    if (t->hook_timed_out) {
+        t->reason = FH_REASON_HOOK_TIMEOUT;
+        t->retried = true;
+        send_baseline(t, false);
+        return;
+    }
+    take_evaluation(t);
+    respond(t, true);
+}
+
+/* Usage from an answer's `usage` object. */
+static void take_usage_j(fh_txn *t, const fh_jval *usage)
+{
+    fh_jval v;
+    t->usage_prompt = t->usage_completion = t->usage_total = 0;
+    if (fh_jobj_get(usage, "prompt_tokens", &v))
+        fh_jnum_long(&v, &t->usage_prompt);
+    if (fh_jobj_get(usage, "completion_tokens", &v))
+        fh_jnum_long(&v, &t->usage_completion);
+    if (fh_jobj_get(usage, "total_tokens", &v))
+        fh_jnum_long(&v, &t->usage_total);
+    t->have_usage = true;
+}
+
+/* What the host reads of a complete answer, in one validating pass and
+ * without building it: usage, whether it has a `fusion` member, and the
+ * first choice's text (in *content). false when it is not a JSON object. */
+static bool read_answer(fh_txn *t, fh_jval *content)
+{
+    fh_jval top, k, v;
+    content->type = FH_J_NONE;
+    if (!t->resp.len || !fh_json_scan(t->resp.data, t->resp.len, &top, NULL) ||
+        top.type != FH_J_OBJECT)
+        return false;
+    size_t pos = 0;
+    t->answer_empty = true;
+    while (fh_jobj_next(&top, &pos, &k, &v)) {
+        t->answer_empty = false;
+        if (fh_jstr_eq(&k, "fusion")) {
+            t->answer_has_fusion = true;
+        } else if (fh_jstr_eq(&k, "usage") && v.type == FH_J_OBJECT) {
+            take_usage_j(t, &v);
+        } else if (fh_jstr_eq(&k, "choices")) {
+            fh_jval c0, msg;
+            content->type = FH_J_NONE;
+            if (fh_jarr_get(&v, 0, &c0) && fh_jobj_get(&c0, "message", &msg) &&
+                fh_jobj_get(&msg, "content", content) && content->type != FH_J_STRING)
+                content->type = FH_J_NONE;
+        }
+    }
+    return true;
+}
+
+static hook_result txn_answer(fh_txn *t)
+{
+    if (t->result != FH_UPSTREAM_OK || t->overflow) {
+        upstream_failed(t);
+        return HOOK_OK;
+    }
+    unsigned status = answer_status(t);
+    fh_jval content;
+    bool object = read_answer(t, &content);
+    if (status >= 200 && status < 300 && !object) {
+        prepare_error(t, 502, "upstream_error", "upstream_invalid",
+                      "the upstream answered 2xx with a body that is not a JSON object");
+        return HOOK_OK;
+    }
+    if (t->overlaid && t->gen && status < 300 && content.type == FH_J_STRING) {
+        size_t len = 0;
+        char *text = fh_jstr_unescape(&content, &len); /* the call's: it may outlive t->resp */
+        if (!text) {
+            after_evaluate(t);
+            return HOOK_OK;
+        }
+        if (run_hook(t, FH_HOOK_EVALUATE, text, len, true) == HOOK_LEFT)
+            return HOOK_LEFT;
+        after_evaluate(t);
+        return HOOK_OK;
+    }
+    respond(t, object);
+    return HOOK_OK;
+}
+
+/* ---- MHD: queueing, streams --------------------------------------------------------------- */
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
 {
     fh_txn *t = cls;
     TXN_CHECK(t);
     (void)pos;
-    ssize_t rc;
-    pthread_mutex_lock(&t->lock);
     size_t avail = t->resp.len - t->resp_off;
     if (avail > 0) {
         size_t n = avail < max ? avail : max;
@@ -781,20 +1214,17 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         t->resp_off += n;
         if (t->resp_off == t->resp.len)
             t->resp.len = t->resp_off = 0;
-        if (t->paused && t->resp.len - t->resp_off < STREAM_LOW) {
+        if (t->paused && t->call && t->resp.len - t->resp_off < STREAM_LOW) {
             t->paused = false;
-            fh_upstream_resume(t->p->up, t->call);
+            fh_upstream_resume(t->pp->up, t->call);
         }
-        rc = (ssize_t)n;
-    } else if (t->done) {
-        rc = t->result == FH_UPSTREAM_OK ? MHD_CONTENT_READER_END_OF_STREAM
-                                         : MHD_CONTENT_READER_END_WITH_ERROR;
-    } else {
-        suspend(t); /* nothing yet: park instead of being polled in a loop */
-        rc = 0;
+        return (ssize_t)n;
     }
-    pthread_mutex_unlock(&t->lock);
-    return rc;
+    if (t->done)
+        return t->result == FH_UPSTREAM_OK ? MHD_CONTENT_READER_END_OF_STREAM
+                                           : MHD_CONTENT_READER_END_WITH_ERROR;
+    suspend(t); /* nothing yet: park instead of being polled in a loop */
+    return 0;
 }
 
 static void stream_free(void *cls)
@@ -808,209 +1238,275 @@ static enum MHD_Result start_stream(fh_txn *t)
                                                                stream_reader, t, stream_free);
     if (!r)
         return MHD_NO;
-    atomic_fetch_add(&t->refs, 1); /* the response's, dropped in stream_free */
+    t->refs++; /* the response's, dropped in stream_free */
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-cache");
     add_fusion_headers(t, r);
     t->ph = PH_STREAMING;
-    return queue(t->conn, 200, r);
+    enum MHD_Result rc = MHD_queue_response(t->conn, 200, r);
+    MHD_destroy_response(r);
+    return rc;
 }
 
-static void evaluate(fh_txn *t, const char *answer, size_t len)
+enum MHD_Result fh_txn_reject_too_large(fh_txn *t)
 {
-    if (!t->overlaid || !t->gen || !answer)
-        return;
-    fusion_evaluation ev;
-    memset(&ev, 0, sizeof(ev));
-    if (fh_generation_evaluate(t->gen, t->req, answer, len, &ev) != 0) {
-        fh_warn("overlay %s/%s: evaluate failed for request %s", t->overlay_name,
-                t->overlay_version, t->request_id);
-        return;
-    }
-    if (!isfinite(ev.quality)) {
-        fh_warn("overlay %s/%s: evaluate returned a quality that is not a number for request "
-                "%s; ignoring it",
-                t->overlay_name, t->overlay_version, t->request_id);
-        return;
-    }
-    t->quality = ev.quality < 0 ? 0 : (ev.quality > 1 ? 1 : ev.quality);
-    t->have_quality = true;
-}
-
-static json_t *fusion_object(fh_txn *t)
-{
-    double latency = (double)(now_ns() - t->t_start_ns) / 1e6;
-    json_t *o = json_object();
-    json_object_set_new(o, "overlay", t->overlaid ? json_string(t->overlay_name) : json_null());
-    json_object_set_new(o, "overlay_version",
-                        t->overlaid ? json_string(t->overlay_version) : json_null());
-    json_object_set_new(o, "decision", json_string(t->overlaid ? "overlay" : "baseline"));
-    json_object_set_new(o, "reason", json_string(fh_reason_name(t->reason)));
-    json_object_set_new(o, "quality_score", t->have_quality ? json_real(t->quality) : json_null());
-    json_object_set_new(o, "token_delta_pct", json_null());
-    json_object_set_new(o, "latency_ms", json_real(round(latency * 1000) / 1000));
-    json_object_set_new(o, "request_id", json_string(t->request_id));
-    return o;
-}
-
-/* The upstream's answer with our `fusion` object added. The upstream's
- * bytes are kept as they are and the object spliced in before the closing
- * brace: re-serialising the whole answer would cost more than the rest of
- * the request. */
-static char *with_fusion_object(fh_txn *t, json_t *answer, size_t *len)
-{
-    json_t *fusion = fusion_object(t);
-    char *obj = fusion ? json_dumps(fusion, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
-    char *out = NULL;
-    size_t end = t->resp.len;
-    while (end > 0 && t->resp.data[end - 1] != '}')
-        end--;
-    if (obj && end > 0 && !json_object_get(answer, "fusion")) {
-        const char *sep = json_object_size(answer) ? "," : "";
-        size_t olen = strlen(obj);
-        *len = (end - 1) + strlen(sep) + 9 + olen + 1;
-        out = malloc(*len + 1);
-        if (out) {
-            char *p = out;
-            memcpy(p, t->resp.data, end - 1);
-            p += end - 1;
-            p += sprintf(p, "%s\"fusion\":", sep);
-            memcpy(p, obj, olen);
-            p += olen;
-            *p++ = '}';
-            *p = '\0';
-        }
-    } else if (fusion) {
-        /* An upstream that sends its own `fusion` key: ours replaces it. */
-        json_object_set(answer, "fusion", fusion);
-        out = json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(12));
-        *len = out ? strlen(out) : 0;
-    }
-    json_decref(fusion);
-    free(obj);
-    return out;
-}
-
-static enum MHD_Result upstream_failed(fh_txn *t)
-{
-    char msg[400];
-    if (t->result == FH_UPSTREAM_TIMEOUT) {
-        snprintf(msg, sizeof(msg), "the upstream did not answer in time (%s)", t->error);
-        return fh_http_error(t->conn, 504, "upstream_error", "upstream_timeout", msg);
-    }
-    if (t->result == FH_UPSTREAM_CANCELLED)
-        return fh_http_error(t->conn, 503, "server_error", "shutting_down",
-                             "fusion-host is stopping");
-    if (t->result == FH_UPSTREAM_INTERNAL)
-        return fh_http_error(t->conn, 500, "server_error", "internal_error",
-                             "fusion-host could not make the upstream call (out of memory?)");
-    snprintf(msg, sizeof(msg), "the upstream is unreachable or broke the connection (%s)",
-             t->error);
-    return fh_http_error(t->conn, 502, "upstream_error", "upstream_unreachable", msg);
-}
-
-static enum MHD_Result txn_respond(fh_txn *t)
-{
+    if (t->ph != PH_RECEIVING)
+        return MHD_YES; /* answered already */
     t->ph = PH_ANSWERED;
-    if (t->result != FH_UPSTREAM_OK)
-        return upstream_failed(t);
-    if (t->overflow)
-        return fh_http_error(t->conn, 502, "upstream_error", "upstream_invalid",
-                             "the upstream answer is larger than 64 MiB");
-    unsigned status = t->status >= 100 && t->status < 600 ? (unsigned)t->status : 502;
-    json_t *answer = t->resp.len ? json_loadb(t->resp.data, t->resp.len, 0, NULL) : NULL;
-    if (status >= 200 && status < 300 && !json_is_object(answer)) {
-        json_decref(answer);
-        return fh_http_error(t->conn, 502, "upstream_error", "upstream_invalid",
-                             "the upstream answered 2xx with a body that is not a JSON object");
+    return fh_http_error(t->conn, 413, "invalid_request_error", "request_too_large",
+                         "request body is larger than limits.max_body_bytes");
+}
+
+/* The body is complete: the first call of the handler without upload. */
+static enum MHD_Result body_complete(fh_txn *t)
+{
+    t->t_body_ns = fh_now_ns();
+    if (atomic_load(&t->pp->p->closing)) {
+        t->ph = PH_ANSWERED;
+        return fh_http_error(t->conn, 503, "server_error", "draining", "fusion-host is stopping");
     }
-    char *body = NULL;
-    size_t len = 0;
-    if (t->kind == FH_TXN_CHAT && json_is_object(answer) && status < 300) {
-        const char *content = json_string_value(json_object_get(
-            json_object_get(json_array_get(json_object_get(answer, "choices"), 0), "message"),
-            "content"));
-        evaluate(t, content, content ? strlen(content) : 0);
-        take_usage(t, json_object_get(answer, "usage"));
-        body = with_fusion_object(t, answer, &len);
-    }
-    json_decref(answer);
-    struct MHD_Response *r;
-    if (body) {
-        r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (t->in_too_large)
+        return fh_txn_reject_too_large(t);
+    t->ph = PH_WAITING;
+    if (t->kind == FH_TXN_MODELS) {
+        if (submit(t, NULL, 0) != 0) {
+            t->ph = PH_ANSWERED;
+            return fh_http_error(t->conn, 503, "server_error", "shutting_down",
+                                 "fusion-host is stopping");
+        }
     } else {
-        /* Relayed as received: models, upstream errors. */
-        r = MHD_create_response_from_buffer(t->resp.len, t->resp.data, MHD_RESPMEM_MUST_COPY);
+        queue_job(t, JOB_START);
     }
-    if (!r) {
-        free(body);
-        return MHD_NO;
-    }
-    MHD_add_response_header(r, "Content-Type",
-                            body || !t->content_type[0] ? "application/json" : t->content_type);
-    if (t->kind == FH_TXN_CHAT)
-        add_fusion_headers(t, r);
-    return queue(t->conn, status, r);
+    suspend(t);
+    return MHD_YES;
 }
 
 enum MHD_Result fh_txn_step(fh_txn *t)
 {
     TXN_CHECK(t);
-    if (t->ph == PH_RECEIVING && atomic_load(&t->p->closing)) {
-        t->ph = PH_ANSWERED;
-        return fh_http_error(t->conn, 503, "server_error", "draining", "fusion-host is stopping");
-    }
     if (t->ph == PH_RECEIVING)
-        return txn_start(t);
+        return body_complete(t);
     if (t->ph != PH_WAITING)
         return MHD_YES;
-    pthread_mutex_lock(&t->lock);
-    bool streaming = t->streaming, done = t->done;
-    if (!streaming && !done)
-        suspend(t); /* nothing yet (or a retry started): wait for news */
-    pthread_mutex_unlock(&t->lock);
-    if (streaming)
+    if (t->response || t->response_status) {
+        struct MHD_Response *r = t->response;
+        t->response = NULL;
+        t->ph = PH_ANSWERED;
+        if (!r)
+            return MHD_NO; /* out of memory building it: close */
+        enum MHD_Result rc = MHD_queue_response(t->conn, t->response_status, r);
+        MHD_destroy_response(r);
+        return rc;
+    }
+    if (t->streaming)
         return start_stream(t);
-    if (done)
-        return txn_respond(t);
+    suspend(t); /* woken early: wait for the answer */
     return MHD_YES;
 }
 
 void fh_txn_completed(fh_txn *t, enum MHD_RequestTerminationCode toe)
 {
     TXN_CHECK(t);
-    fh_pipeline *p = t->p;
-    pthread_mutex_lock(&t->lock);
     t->conn = NULL;
-    bool cancel = t->call && !t->done;
-    if (cancel)
-        fh_upstream_cancel(p->up, t->call); /* client gone: stop the transfer */
-    bool streamed_ok = t->streaming && t->done && t->result == FH_UPSTREAM_OK;
-    pthread_mutex_unlock(&t->lock);
-
-    if (t->kind == FH_TXN_CHAT && t->req) {
-        if (streamed_ok)
-            evaluate(t, t->text.data, t->text.len);
-        double latency = (double)(now_ns() - t->t_start_ns) / 1e6;
-        const char *overlay = t->overlaid ? t->overlay_name : "baseline";
-        fh_metrics_request(p->metrics, overlay, t->scenario, fh_reason_name(t->reason), latency);
-        if (t->have_quality)
-            fh_metrics_quality(p->metrics, overlay, t->scenario, t->quality);
-        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-            fh_debug("request %s ended early (client gone or error %d)", t->request_id, (int)toe);
+    t->suspended = false;
+    t->completed = true;
+    t->toe = toe;
+    if (t->call && !t->done) {
+        fh_upstream_cancel(t->pp->up, t->call); /* client gone: stop the transfer */
+        t->call = NULL;
     }
+    queue_job(t, JOB_NONE);
+}
+
+/* ---- finish ------------------------------------------------------------------------------ */
+
+static void record(fh_txn *t)
+{
+    fh_pipeline *p = t->pp->p;
+    if (t->kind != FH_TXN_CHAT || !t->snap)
+        return;
+    double latency = (double)(fh_now_ns() - t->t_start_ns) / 1e6;
+    const char *overlay = t->overlaid ? t->overlay_name : "baseline";
+    fh_metrics_request(p->metrics, overlay, t->scenario, fh_reason_name(t->reason), latency);
+    if (t->have_quality)
+        fh_metrics_quality(p->metrics, overlay, t->scenario, t->quality);
+    fh_metrics_overhead(p->metrics, overlay, t->overhead_ms + (double)t->relay_ns / 1e6);
+    if (t->toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        fh_debug("request %s ended early (client gone or error %d)", t->request_id, (int)t->toe);
+}
+
+static void finish(fh_txn *t)
+{
+    fh_pipe *pp = t->pp;
+    record(t);
     if (t->gen) {
         fh_generation_release(t->gen);
         t->gen = NULL;
     }
-    pthread_mutex_lock(&p->live_lock);
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        p->live = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
-    p->live_count--;
-    pthread_mutex_unlock(&p->live_lock);
+    snap_release(t->snap);
+    t->snap = NULL;
+    TAILQ_REMOVE(&pp->live, t, llink);
+    pp->nlive--;
+    atomic_fetch_sub(&pp->p->in_flight, 1);
     txn_unref(t);
+}
+
+/* A stream that ended well is evaluated once the client has it. */
+static hook_result txn_finish(fh_txn *t)
+{
+    bool streamed_ok = t->streaming && t->done && t->result == FH_UPSTREAM_OK;
+    if (streamed_ok && t->overlaid && t->gen && !t->text_truncated && !t->evaluated) {
+        t->evaluated = true;
+        char *text = t->text.data ? t->text.data : strdup("");
+        size_t len = t->text.len;
+        t->text.data = NULL; /* the call's */
+        t->text.len = t->text.cap = 0;
+        if (text) {
+            if (run_hook(t, FH_HOOK_EVALUATE, text, len, true) == HOOK_LEFT)
+                return HOOK_LEFT;
+            take_evaluation(t);
+        }
+    }
+    finish(t);
+    return HOOK_OK;
+}
+
+/* A detached hook came back (or was abandoned): continue where it was. */
+static hook_result txn_resumed(fh_txn *t)
+{
+    if (t->completed || t->aborted) {
+        /* Answered already (a stream's evaluation, or shutdown): keep the
+         * score, the finish comes with MHD's completion. */
+        if (t->hook_kind == FH_HOOK_EVALUATE)
+            take_evaluation(t);
+        return HOOK_OK;
+    }
+    switch (t->hook_kind) {
+    case FH_HOOK_MATCH:
+        return after_match(t);
+    case FH_HOOK_APPLY:
+        after_apply(t);
+        return HOOK_OK;
+    case FH_HOOK_EVALUATE:
+        after_evaluate(t);
+        return HOOK_OK;
+    default:
+        return HOOK_OK;
+    }
+}
+
+static hook_result run_job(fh_txn *t)
+{
+    job_kind j = t->job;
+    t->job = JOB_NONE;
+    hook_result r = HOOK_OK;
+    switch (j) {
+    case JOB_START:
+        if (!t->completed)
+            r = txn_start(t);
+        break;
+    case JOB_ANSWER:
+        if (!t->completed)
+            r = txn_answer(t);
+        break;
+    case JOB_RESUMED:
+        r = txn_resumed(t);
+        break;
+    case JOB_NONE:
+        break;
+    }
+    if (r == HOOK_LEFT)
+        return r;
+    if (t->completed && !t->in_hook && t->job == JOB_NONE)
+        return txn_finish(t);
+    return HOOK_OK;
+}
+
+static int jobs_turn(fh_worker *w, void *ud)
+{
+    (void)w;
+    fh_pipe *pp = ud;
+    fh_txn *t;
+    while ((t = TAILQ_FIRST(&pp->ready)) != NULL) {
+        TAILQ_REMOVE(&pp->ready, t, qlink);
+        t->queued = false;
+        TXN_CHECK(t);
+        if (t->in_hook)
+            continue; /* parked: its call's return requeues it */
+        if (run_job(t) == HOOK_LEFT)
+            return FH_TURN_LEFT;
+    }
+    return -1;
+}
+
+/* ---- workers, shutdown ------------------------------------------------------------------- */
+
+fh_pipe *fh_pipe_new(fh_pipeline *p, fh_worker *w, fh_upstream *up)
+{
+    fh_pipe *pp = calloc(1, sizeof(*pp));
+    if (!pp)
+        return NULL;
+    pp->p = p;
+    pp->w = w;
+    pp->up = up;
+    TAILQ_INIT(&pp->ready);
+    TAILQ_INIT(&pp->live);
+    if (fh_worker_add_turn(w, jobs_turn, pp) != 0) {
+        free(pp);
+        return NULL;
+    }
+    fh_worker_set_frames(w, p->hook_deadline_ns, frame_resumed);
+    return pp;
+}
+
+void fh_pipe_abort_all(fh_pipe *pp)
+{
+    atomic_store(&pp->p->closing, true);
+    fh_txn *t;
+    TAILQ_FOREACH(t, &pp->live, llink)
+    {
+        if (t->completed || t->ph == PH_RECEIVING || t->ph == PH_ANSWERED)
+            continue;
+        t->aborted = true;
+        if (t->call) {
+            fh_upstream_cancel(pp->up, t->call);
+            t->call = NULL;
+        }
+        if (t->ph == PH_STREAMING) {
+            t->done = true;
+            t->result = FH_UPSTREAM_CANCELLED;
+            wake(t); /* the reader ends the stream */
+        } else if (!t->response) {
+            prepare_error(t, 503, "server_error", "shutting_down", "fusion-host is stopping");
+        }
+    }
+}
+
+size_t fh_pipe_suspended(const fh_pipe *pp)
+{
+    size_t n = 0;
+    const fh_txn *t;
+    TAILQ_FOREACH(t, &pp->live, llink)
+    n += t->suspended;
+    return n;
+}
+
+void fh_pipe_free(fh_pipe *pp)
+{
+    if (!pp)
+        return;
+    /* What MHD's stop completed but no turn finished: finish here. A txn
+     * parked in a hook keeps its memory (its call may still come back). */
+    fh_txn *t, *next;
+    for (t = TAILQ_FIRST(&pp->live); t; t = next) {
+        next = TAILQ_NEXT(t, llink);
+        if (t->queued) {
+            TAILQ_REMOVE(&pp->ready, t, qlink);
+            t->queued = false;
+        }
+        if (!t->in_hook)
+            finish(t);
+    }
+    snap_release(pp->snap);
+    free(pp);
 }

@@ -2,11 +2,18 @@
  * pipeline.h - the data path of one chat-completion (or models) request:
  * parse, route, gate, apply, call upstream, evaluate, respond, record.
  *
- * Owns: every fh_txn (one per HTTP request on the public API) and the list
- * of live ones, used to drain on shutdown. A txn is shared by the HTTP
- * thread (which runs the MHD callbacks and all plugin hooks) and the
- * upstream thread (which runs the curl callbacks); the fields they share
- * are guarded by the txn's mutex, and each side holds a reference.
+ * Owns: fh_pipeline, what the workers share (registry, snapshots, metrics,
+ * counters), and per worker an fh_pipe: that worker's live requests (fh_txn)
+ * and its job queue.
+ *
+ * Threads: a request belongs to the worker whose HTTP daemon accepted its
+ * connection, and only that worker's runner touches it - the MHD callbacks,
+ * the curl callbacks and the jobs all run there, so a txn has no lock.
+ * Plugin hooks run in jobs (never inside an MHD or curl callback), through
+ * the door (door.h); a hook that holds the runner past the hand-off point
+ * leaves its request parked until the call returns or its deadline passes.
+ * The fh_pipeline's counters are atomics; other threads reach a worker's
+ * requests only through fh_worker_post().
  */
 #ifndef FH_PIPELINE_H
 #define FH_PIPELINE_H
@@ -15,63 +22,63 @@
 #include "registry.h"
 #include "snapshot.h"
 #include "upstream.h"
+#include "worker.h"
 
 #include <microhttpd.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
 typedef struct fh_txn fh_txn;
+typedef struct fh_pipe fh_pipe;
 
 typedef struct fh_pipeline {
     fh_registry *reg;
-    fh_upstream *up;
     fh_snapshot_holder *snaps;
     fh_metrics *metrics;
     atomic_ulong next_id;
     atomic_bool closing; /* shutting down: no new upstream calls */
+    atomic_size_t in_flight;
     unsigned long id_salt;
-    pthread_mutex_t live_lock;
-    fh_txn *live; /* doubly linked through the txns */
-    size_t live_count;
+    uint64_t hook_deadline_ns;
 } fh_pipeline;
 
 typedef enum fh_txn_kind { FH_TXN_CHAT, FH_TXN_MODELS } fh_txn_kind;
 
-void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_upstream *up, fh_snapshot_holder *snaps,
-                      fh_metrics *metrics);
-void fh_pipeline_destroy(fh_pipeline *p);
+void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snaps,
+                      fh_metrics *metrics, int hook_deadline_ms);
 
-/* HTTP thread: a new request. */
-fh_txn *fh_txn_new(fh_pipeline *p, struct MHD_Connection *conn, fh_txn_kind kind);
-/* HTTP thread: request body bytes. Returns 0, or -1 once over
- * max_body_bytes (the rest is dropped and the request answered 413 when
- * the body ends), or -2 when the client went on sending past twice the
- * limit (answer 413 now: fh_txn_reject_too_large). */
+/* A worker's share: registers its job turn and the worker's frame handler.
+ * Before the worker starts, or on its runner. */
+fh_pipe *fh_pipe_new(fh_pipeline *p, fh_worker *w, fh_upstream *up);
+/* Runner: ends what is left (after fh_pipe_abort_all and MHD's stop). */
+void fh_pipe_free(fh_pipe *pp);
+/* Runner: jobs queued (the HTTP turn runs again at once when there are). */
+bool fh_pipe_busy(const fh_pipe *pp);
+/* Runner: after a resume, MHD must run (set by the pipeline, read and
+ * cleared by the HTTP turn). */
+bool fh_pipe_take_kick(fh_pipe *pp);
+
+/* Runner, from MHD's access handler. */
+fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind);
+/* Request body bytes. Returns 0, or -1 once over max_body_bytes (the rest
+ * is dropped and the request answered 413 when the body ends), or -2 when
+ * the client went on sending past twice the limit (answer 413 now:
+ * fh_txn_reject_too_large). */
 int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body);
-/* HTTP thread: the access handler's call once the body is complete, and
- * again after every resume. Queues a response or suspends. */
+/* The access handler's call once the body is complete, and again after
+ * every resume. Queues a response or suspends. */
 enum MHD_Result fh_txn_step(fh_txn *t);
-/* HTTP thread: MHD is done with the request (answered or client gone). */
+/* The body grew over the limit: answers 413 at once. */
+enum MHD_Result fh_txn_reject_too_large(fh_txn *t);
+/* MHD is done with the request (answered or client gone). */
 void fh_txn_completed(fh_txn *t, enum MHD_RequestTerminationCode toe);
 
-/* Requests not yet completed. */
-size_t fh_pipeline_in_flight(fh_pipeline *p);
-/* Shutdown past the drain: refuses new upstream calls, and ends every
- * request still waiting - answered 503, or its stream ended - resuming its
- * connection from this side without waiting on the upstream thread.
- * Returns how many connections are still suspended (call again until 0;
- * MHD must not be stopped before). Any thread. */
-size_t fh_pipeline_abort_all(fh_pipeline *p);
-
-/* HTTP thread: the body grew over the limit; answers 413 at once. */
-enum MHD_Result fh_txn_reject_too_large(fh_txn *t);
-
-/* Queues an OpenAI-shaped error {"error":{"message","type","code"}}. */
-enum MHD_Result fh_http_error(struct MHD_Connection *conn, unsigned status, const char *type,
-                              const char *code, const char *message);
-/* The same with an Allow header (405). */
-enum MHD_Result fh_http_error_allow(struct MHD_Connection *conn, unsigned status, const char *type,
-                                    const char *code, const char *message, const char *allow);
+/* Requests not yet completed, on every worker. Any thread. */
+size_t fh_pipeline_in_flight(const fh_pipeline *p);
+/* Runner: shutdown past the drain. Refuses new upstream calls and ends
+ * every request still waiting - answered 503, or its stream ended. */
+void fh_pipe_abort_all(fh_pipe *pp);
+/* Runner: connections this worker still has suspended. */
+size_t fh_pipe_suspended(const fh_pipe *pp);
 
 #endif

@@ -14,6 +14,7 @@ static const char *const names[FH_REASON_COUNT] = {
     [FH_REASON_BUDGET_RATE] = "budget_rate",
     [FH_REASON_BUDGET_LATENCY] = "budget_latency",
     [FH_REASON_HOOK_ERROR] = "hook_error",
+    [FH_REASON_HOOK_TIMEOUT] = "hook_timeout",
     [FH_REASON_OVERLAY_REJECTED_UPSTREAM] = "overlay_rejected_upstream",
 };
 

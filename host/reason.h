@@ -19,6 +19,8 @@ typedef enum fh_reason {
     FH_REASON_BUDGET_RATE,
     FH_REASON_BUDGET_LATENCY,
     FH_REASON_HOOK_ERROR,
+    FH_REASON_HOOK_TIMEOUT, /* a hook call passed hooks.deadline_ms (or the
+                               overlay has calls hung past the hand-off) */
     FH_REASON_OVERLAY_REJECTED_UPSTREAM,
     FH_REASON_COUNT
 } fh_reason;

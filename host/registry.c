@@ -44,14 +44,17 @@
  * Plugin code (init, fini, match, apply, evaluate, and the loader's entry
  * call) never runs with a registry lock held: init() runs before the
  * generation is published, fini() after it is unreachable and drained, the
- * hooks between acquire and release. Each call sets the thread's log
- * attribution to the overlay's name and restores it afterwards.
+ * hooks between acquire and release. Every call goes through the door
+ * (door.h), which attributes, times and bounds it: init() and fini() past
+ * hooks.deadline_ms leave the generation mapped for good (a timed-out init
+ * refuses the load; a timed-out fini counts as pinned).
  *
  * Threads: any. Routing threads acquire/call/release; the control thread
  * (admin API, folder watcher, reload) loads, swaps, unloads and reaps.
  */
 #include "registry.h"
 
+#include "door.h"
 #include "log.h"
 
 #include <assert.h>
@@ -76,8 +79,9 @@ struct fh_generation {
     fh_plugin plugin;
     void *state; /* from init() */
     atomic_ulong refs;
-    bool retired;   /* under lock */
-    unsigned holds; /* unload waiters sleeping on it; under lock */
+    atomic_int hung; /* detached hook calls not yet returned (door.h) */
+    bool retired;    /* under lock */
+    unsigned holds;  /* unload waiters sleeping on it; under lock */
     fh_generation *next_retired;
 };
 
@@ -180,6 +184,7 @@ fh_registry *fh_registry_new(const fh_registry_opts *opts)
         }
     }
     r->opts.loader.cache_dir = r->cache_dir;
+    r->opts.loader.deadline_ms = opts->hook_deadline_ms;
 
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
@@ -307,18 +312,27 @@ static void record_failed(fh_registry *r, const char *path, const char *name, fh
 
 /* ---- finalising ------------------------------------------------------- */
 
+/* fini() through the door. No lock held. */
+static fh_door_result call_fini(fh_generation *g)
+{
+    fh_hook_call c = {.kind = FH_HOOK_FINI, .desc = &g->plugin.desc, .state = g->state};
+    copy_str(c.who, sizeof(c.who), g->name);
+    return fh_door_call(&c, g->reg->opts.hook_deadline_ms);
+}
+
 /* Runs fini() and dlclose() on a drained, unreachable generation and frees
  * it. Returns true when the library was really unmapped. No lock held. */
 static bool finalise(fh_generation *g)
 {
     assert(g->magic == FH_GEN_MAGIC);
     assert(atomic_load(&g->refs) == 0);
-    const char *prev = fh_log_set_overlay(g->name);
-    g->plugin.desc.fini(g->state);
-    fh_log_set_overlay(prev);
     char copy[4096];
     copy_str(copy, sizeof(copy), g->plugin.copy_path);
-    bool unmapped = fh_loader_close(&g->plugin);
+    bool unmapped = false;
+    if (call_fini(g) == FH_DOOR_OK)
+        unmapped = fh_loader_close(&g->plugin);
+    else
+        g->plugin.handle = NULL; /* fini() still runs: its code stays mapped */
     if (unmapped)
         fh_debug("overlay %s %s (generation %lu) finalised and unmapped", g->name, g->version,
                  g->seq);
@@ -578,10 +592,17 @@ static fh_load_err run_init(fh_registry *r, fh_generation *g, char *msg, size_t 
         .error_size = sizeof(error),
     };
     args.config_len = strlen(args.config_json);
-    void *state = NULL;
-    const char *prev = fh_log_set_overlay(g->name);
-    int rc = g->plugin.desc.init(&args, &state);
-    fh_log_set_overlay(prev);
+    fh_hook_call c = {.kind = FH_HOOK_INIT, .desc = &g->plugin.desc, .init_args = &args};
+    copy_str(c.who, sizeof(c.who), g->name);
+    if (fh_door_call(&c, r->opts.hook_deadline_ms) != FH_DOOR_OK) {
+        snprintf(msg, msglen,
+                 "%s: overlay '%s' %s init() did not return within %d ms (hooks.deadline_ms); "
+                 "it stays mapped until a restart: fix its init() and load it again",
+                 g->plugin.source_path, g->name, g->version, r->opts.hook_deadline_ms);
+        return FH_LOAD_TIMEOUT;
+    }
+    int rc = c.rc;
+    void *state = c.state_out;
     error[sizeof(error) - 1] = '\0'; /* the plugin may have filled it all */
     if (rc != 0) {
         snprintf(msg, msglen,
@@ -611,10 +632,10 @@ static fh_load_err discard(fh_registry *r, fh_generation *g, bool initialised, c
 {
     char name[FUSION_NAME_MAX + 1];
     copy_str(name, sizeof(name), g->name);
-    if (initialised) {
-        const char *prev = fh_log_set_overlay(g->name);
-        g->plugin.desc.fini(g->state);
-        fh_log_set_overlay(prev);
+    if (err == FH_LOAD_TIMEOUT || (initialised && call_fini(g) != FH_DOOR_OK)) {
+        /* Its code may still run on an abandoned thread: never unmap it. */
+        g->magic = FH_GEN_DEAD;
+        return refuse(r, path, name, err, msg);
     }
     fh_loader_close(&g->plugin);
     free(g);
@@ -812,34 +833,62 @@ void *fh_generation_state(const fh_generation *g)
     return g->state;
 }
 
-double fh_generation_match(fh_generation *g, const fusion_request *req)
+void fh_generation_prepare(fh_generation *g, fh_hook_kind kind, fh_hook_call *c)
 {
     assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
-    if (!g->plugin.desc.match)
-        return 1.0;
-    const char *prev = fh_log_set_overlay(g->name);
-    double s = g->plugin.desc.match(g->state, req, g->reg->opts.host_api);
-    fh_log_set_overlay(prev);
-    return s;
+    c->kind = kind;
+    memcpy(c->who, g->name, sizeof(c->who));
+    c->desc = &g->plugin.desc;
+    c->state = g->state;
+    c->host = g->reg->opts.host_api;
+    c->gen = g;
+    c->hung = &g->hung;
+}
+
+int fh_generation_hung(const fh_generation *g)
+{
+    return atomic_load(&((fh_generation *)g)->hung);
+}
+
+/* The offline path (plugin-test, tests): a control call under the deadline.
+ * A call abandoned at the deadline keeps the request: the caller must then
+ * not free it, so the result says "failed" and the caller exits. */
+static fh_door_result offline_call(fh_generation *g, fh_hook_call *c)
+{
+    fh_door_result r = fh_door_call(c, g->reg->opts.hook_deadline_ms);
+    if (r == FH_DOOR_TIMEOUT)
+        atomic_fetch_add(&g->refs, 1); /* the abandoned call's: keep the code mapped */
+    return r;
+}
+
+double fh_generation_match(fh_generation *g, const fusion_request *req)
+{
+    fh_hook_call c = {0};
+    fh_generation_prepare(g, FH_HOOK_MATCH, &c);
+    c.req = (fusion_request *)req;
+    return offline_call(g, &c) == FH_DOOR_OK ? c.score : -1.0;
 }
 
 int fh_generation_apply(fh_generation *g, fusion_request *req)
 {
-    assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
-    const char *prev = fh_log_set_overlay(g->name);
-    int rc = g->plugin.desc.apply(g->state, req, g->reg->opts.host_api);
-    fh_log_set_overlay(prev);
-    return rc;
+    fh_hook_call c = {0};
+    fh_generation_prepare(g, FH_HOOK_APPLY, &c);
+    c.req = req;
+    return offline_call(g, &c) == FH_DOOR_OK ? c.rc : FH_GENERATION_TIMEOUT;
 }
 
 int fh_generation_evaluate(fh_generation *g, const fusion_request *req, const char *answer,
                            size_t len, fusion_evaluation *out)
 {
-    assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
-    const char *prev = fh_log_set_overlay(g->name);
-    int rc = g->plugin.desc.evaluate(g->state, req, answer, len, out, g->reg->opts.host_api);
-    fh_log_set_overlay(prev);
-    return rc;
+    fh_hook_call c = {0};
+    fh_generation_prepare(g, FH_HOOK_EVALUATE, &c);
+    c.req = (fusion_request *)req;
+    c.answer = (char *)answer;
+    c.answer_len = len;
+    if (offline_call(g, &c) != FH_DOOR_OK)
+        return FH_GENERATION_TIMEOUT;
+    *out = c.eval;
+    return c.rc;
 }
 
 /* ---- listing ---------------------------------------------------------- */

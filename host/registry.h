@@ -21,6 +21,7 @@
 #ifndef FH_REGISTRY_H
 #define FH_REGISTRY_H
 
+#include "door.h"
 #include "loader.h"
 
 #include <stdbool.h>
@@ -52,6 +53,7 @@ typedef struct fh_registry_opts {
      * (empty config, no directives). Called without registry locks held. */
     int (*inputs_for)(void *ud, const char *name, fh_overlay_inputs *in);
     void *inputs_ud;
+    int hook_deadline_ms; /* init()/fini() and offline hooks (door.h); 0: none */
 } fh_registry_opts;
 
 typedef struct fh_registry fh_registry;
@@ -101,8 +103,19 @@ void fh_generation_release(fh_generation *g);
 const fusion_overlay_descriptor *fh_generation_descriptor(const fh_generation *g);
 void *fh_generation_state(const fh_generation *g);
 
-/* Calls into plugin code with the log attribution set; the caller holds a
- * reference. match() returns 1.0 when the plugin has no match hook. */
+/* Fills the plugin part of a door call (who, desc, state, host, gen, hung)
+ * for the request path, which runs it with fh_door_run(). The caller holds
+ * a reference on g. */
+void fh_generation_prepare(fh_generation *g, fh_hook_kind kind, fh_hook_call *c);
+/* Hook calls of g detached from their worker and not yet returned. */
+int fh_generation_hung(const fh_generation *g);
+
+/* Offline calls into plugin code (plugin-test, tests): through the door as
+ * control calls under hook_deadline_ms; the caller holds a reference.
+ * match() returns 1.0 when the plugin has no match hook, -1 past the
+ * deadline; apply and evaluate return FH_GENERATION_TIMEOUT past it (the
+ * request then belongs to the abandoned call: do not free it). */
+#define FH_GENERATION_TIMEOUT (-1000)
 double fh_generation_match(fh_generation *g, const fusion_request *req);
 int fh_generation_apply(fh_generation *g, fusion_request *req);
 int fh_generation_evaluate(fh_generation *g, const fusion_request *req, const char *answer,

@@ -16,6 +16,8 @@
  */
 #include "request.h"
 
+#include "jfast.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -318,6 +320,7 @@ char *fh_request_dump(const fusion_request *req, int pretty)
      * table wrote exactly (0.4, not 0.40000000000000002), at the cost of the
      * last bit of a 17-digit caller value. jansson keeps insertion order, so
      * the caller's field order survives. */
-    size_t flags = JSON_REAL_PRECISION(15) | (pretty ? JSON_INDENT(2) : JSON_COMPACT);
-    return json_dumps(req->body, flags);
+    if (!pretty)
+        return fh_json_dump(req->body, NULL); /* the same text, on the request path */
+    return json_dumps(req->body, JSON_REAL_PRECISION(15) | JSON_INDENT(2));
 }

@@ -54,6 +54,7 @@ void fh_snapshot_holder_init(fh_snapshot_holder *h)
     pthread_mutex_init(&h->lock, NULL);
     h->current = NULL;
     h->next_generation = 1;
+    atomic_init(&h->installed, 0);
 }
 
 void fh_snapshot_holder_destroy(fh_snapshot_holder *h)
@@ -77,6 +78,12 @@ void fh_snapshot_install(fh_snapshot_holder *h, fh_snapshot *s)
     fh_snapshot *old = h->current;
     s->generation = h->next_generation++;
     h->current = s;
+    atomic_store(&h->installed, s->generation);
     pthread_mutex_unlock(&h->lock);
     fh_snapshot_unref(old);
+}
+
+uint64_t fh_snapshot_installed(fh_snapshot_holder *h)
+{
+    return atomic_load(&h->installed);
 }

@@ -37,12 +37,16 @@ typedef struct fh_snapshot_holder {
     pthread_mutex_t lock;
     fh_snapshot *current;
     uint64_t next_generation;
+    atomic_uint_fast64_t installed; /* current->generation, readable without the lock */
 } fh_snapshot_holder;
 
 void fh_snapshot_holder_init(fh_snapshot_holder *h);
 void fh_snapshot_holder_destroy(fh_snapshot_holder *h);
 /* The current snapshot with a reference taken (NULL before the first). */
 fh_snapshot *fh_snapshot_get(fh_snapshot_holder *h);
+/* The generation of the current snapshot, without a lock: a reader that
+ * caches a snapshot compares it to its copy's generation. */
+uint64_t fh_snapshot_installed(fh_snapshot_holder *h);
 /* Installs `s` (the holder takes the caller's reference) and drops the
  * holder's reference to the previous one. */
 void fh_snapshot_install(fh_snapshot_holder *h, fh_snapshot *s);

@@ -1,81 +1,63 @@
 /*
  * upstream.c - see upstream.h.
  *
- * Threads: fh_upstream_submit/resume/cancel/call_release run on any thread
- * and only touch the command queue (under u->lock) and reference counts.
- * Everything else - the multi handle, easy handles, call->easy, call->state,
- * the handler callbacks - belongs to the upstream thread.
+ * curl's socket interface: CURLMOPT_SOCKETFUNCTION registers each of curl's
+ * sockets with the worker's epoll (an fh_watch per socket, kept with
+ * curl_multi_assign), CURLMOPT_TIMERFUNCTION sets `deadline_ns`, which the
+ * worker's turn honours. Completed transfers are collected after curl
+ * returns, so on_done never runs inside curl.
  *
- * Invariant: a call's on_done() runs exactly once, on the upstream thread,
- * after which the thread drops its reference and never touches it again.
+ * Invariant: a call's on_done runs at most once, and never after
+ * fh_upstream_cancel(); after either, the call is freed and its easy handle
+ * goes back to the idle pool (or is cleaned up).
  */
 #include "upstream.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/epoll.h>
 
-typedef enum { CALL_QUEUED, CALL_RUNNING, CALL_DONE } call_state;
-/* Pending commands, a bit each, so queueing one never allocates. */
-enum { CMD_SUBMIT = 1, CMD_RESUME = 2, CMD_CANCEL = 4 };
+#define IDLE_EASY_MAX 64 /* easy handles kept for reuse */
 
 struct fh_upstream_call {
-    atomic_int refs;
     fh_upstream_handler h;
     void *ud;
-    char *url;
-    char *method;
-    char *body;
-    size_t body_len;
-    int streaming;
-    /* Upstream thread only. */
-    call_state state;
     CURL *easy;
-    struct curl_slist *headers;
     long status;
     bool got_response;
     char content_type[128];
     char error[CURL_ERROR_SIZE];
     struct fh_upstream_call *prev, *next; /* the running list */
-    /* Under u->lock: commands not yet run, and the queue link (the queue
-     * holds a reference while the call is on it). */
-    unsigned pending;
-    bool queued;
-    struct fh_upstream_call *qnext;
 };
+
+typedef struct sock_watch {
+    fh_watch watch;
+    fh_upstream *u;
+    struct sock_watch *prev, *next; /* u->socks */
+} sock_watch;
 
 struct fh_upstream {
+    fh_worker *w;
     CURLM *multi;
-    pthread_t thread;
     char *base_url;
-    char *auth_header;
+    struct curl_slist *headers; /* shared by every call; curl only reads it */
     long timeout_ms;
     long connect_timeout_ms;
-
-    pthread_mutex_t lock;            /* guards the queue, `stopping` and `stopped` */
-    fh_upstream_call *qhead, *qtail; /* calls with pending commands */
-    bool stopping;
-    bool stopped; /* the thread has exited: nothing may be queued */
-
-    fh_upstream_call *running; /* upstream thread only */
-
-    atomic_uint_fast64_t heartbeat_ms;
-    atomic_size_t in_flight;
+    uint64_t deadline_ns; /* curl's timer; 0: none */
+    bool in_turn;         /* inside our own turn or fd event: it reads the timer */
+    fh_upstream_call *running;
+    size_t in_flight;
+    CURL *idle[IDLE_EASY_MAX];
+    size_t nidle;
+    sock_watch *socks; /* every socket curl asked us to watch */
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 const char *fh_upstream_result_name(fh_upstream_result r)
 {
@@ -96,70 +78,138 @@ const char *fh_upstream_result_name(fh_upstream_result r)
     return "unknown";
 }
 
-static void call_free(fh_upstream_call *c)
+/* ---- curl's sockets and timer ------------------------------------------------- */
+
+static void drain_done(fh_upstream *u);
+
+static void on_socket_event(fh_watch *watch, uint32_t events)
 {
-    free(c->url);
-    free(c->method);
-    free(c->body);
-    free(c);
+    sock_watch *sw = (sock_watch *)watch;
+    fh_upstream *u = sw->u;
+    int flags = 0;
+    if (events & EPOLLIN)
+        flags |= CURL_CSELECT_IN;
+    if (events & EPOLLOUT)
+        flags |= CURL_CSELECT_OUT;
+    if (events & (EPOLLERR | EPOLLHUP))
+        flags |= CURL_CSELECT_ERR;
+    int running = 0;
+    /* sw may be freed inside (CURL_POLL_REMOVE): do not touch it after. */
+    u->in_turn = true;
+    curl_multi_socket_action(u->multi, watch->fd, flags, &running);
+    u->in_turn = false;
+    drain_done(u);
 }
 
-void fh_upstream_call_release(fh_upstream_call *c)
+static void sock_forget(fh_upstream *u, sock_watch *sw)
 {
-    if (c && atomic_fetch_sub(&c->refs, 1) == 1)
-        call_free(c);
+    if (sw->prev)
+        sw->prev->next = sw->next;
+    else
+        u->socks = sw->next;
+    if (sw->next)
+        sw->next->prev = sw->prev;
+    free(sw);
 }
 
-static int push_cmd(fh_upstream *u, unsigned kind, fh_upstream_call *c)
+static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
-    pthread_mutex_lock(&u->lock);
-    if (u->stopped || (u->stopping && kind == CMD_SUBMIT)) {
-        pthread_mutex_unlock(&u->lock);
-        return -1;
+    (void)e;
+    fh_upstream *u = userp;
+    sock_watch *sw = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (sw) {
+            fh_worker_unwatch(u->w, &sw->watch);
+            curl_multi_assign(u->multi, s, NULL);
+            sock_forget(u, sw);
+        }
+        return 0;
     }
-    c->pending |= kind;
-    if (!c->queued) {
-        c->queued = true;
-        c->qnext = NULL;
-        atomic_fetch_add(&c->refs, 1);
-        if (u->qtail)
-            u->qtail->qnext = c;
-        else
-            u->qhead = c;
-        u->qtail = c;
+    uint32_t events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (!sw) {
+        sw = calloc(1, sizeof(*sw));
+        if (!sw)
+            return -1;
+        sw->u = u;
+        sw->watch.fd = s;
+        sw->watch.events = events;
+        sw->watch.fn = on_socket_event;
+        if (fh_worker_watch(u->w, &sw->watch) != 0) {
+            free(sw);
+            return -1;
+        }
+        sw->next = u->socks;
+        if (u->socks)
+            u->socks->prev = sw;
+        u->socks = sw;
+        curl_multi_assign(u->multi, s, sw);
+    } else if (events != sw->watch.events) {
+        fh_worker_rewatch(u->w, &sw->watch, events);
     }
-    pthread_mutex_unlock(&u->lock);
-    curl_multi_wakeup(u->multi);
     return 0;
 }
 
-/* ---- upstream thread ----------------------------------------------------- */
-
-static void finish(fh_upstream *u, fh_upstream_call *c, fh_upstream_result r, const char *error)
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
 {
-    if (c->state == CALL_DONE)
+    (void)m;
+    fh_upstream *u = userp;
+    u->deadline_ns = timeout_ms < 0 ? 0 : fh_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    if (!u->in_turn)
+        fh_worker_nudge(u->w); /* set from another turn: ours already ran */
+    return 0;
+}
+
+/* The worker's turn: curl's timer, then what completed. */
+static int upstream_turn(fh_worker *w, void *ud)
+{
+    (void)w;
+    fh_upstream *u = ud;
+    if (u->deadline_ns && fh_now_ns() >= u->deadline_ns) {
+        u->deadline_ns = 0;
+        int running = 0;
+        u->in_turn = true;
+        curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        u->in_turn = false;
+        drain_done(u);
+    }
+    if (!u->deadline_ns)
+        return -1;
+    uint64_t now = fh_now_ns();
+    return u->deadline_ns <= now ? 0 : (int)((u->deadline_ns - now + 999999u) / 1000000u);
+}
+
+/* ---- calls -------------------------------------------------------------------- */
+
+static void unlink_call(fh_upstream *u, fh_upstream_call *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        u->running = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void release_easy(fh_upstream *u, CURL *e)
+{
+    if (!e)
         return;
-    if (c->state == CALL_RUNNING) {
-        if (c->prev)
-            c->prev->next = c->next;
-        else
-            u->running = c->next;
-        if (c->next)
-            c->next->prev = c->prev;
-        c->prev = c->next = NULL;
+    curl_multi_remove_handle(u->multi, e);
+    if (u->nidle < IDLE_EASY_MAX) {
+        curl_easy_reset(e);
+        u->idle[u->nidle++] = e;
+    } else {
+        curl_easy_cleanup(e);
     }
-    if (c->easy) {
-        curl_multi_remove_handle(u->multi, c->easy);
-        curl_easy_cleanup(c->easy);
-        c->easy = NULL;
-    }
-    curl_slist_free_all(c->headers);
-    c->headers = NULL;
-    c->state = CALL_DONE;
-    atomic_fetch_sub(&u->in_flight, 1);
-    if (c->h.on_done)
-        c->h.on_done(c->ud, r, c->status, error);
-    fh_upstream_call_release(c); /* the thread's own reference */
+}
+
+static void free_call(fh_upstream *u, fh_upstream_call *c)
+{
+    unlink_call(u, c);
+    release_easy(u, c->easy);
+    u->in_flight--;
+    free(c);
 }
 
 static void deliver_response(fh_upstream_call *c)
@@ -167,12 +217,10 @@ static void deliver_response(fh_upstream_call *c)
     if (c->got_response)
         return;
     c->got_response = true;
-    if (c->easy) {
-        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
-        char *ct = NULL;
-        if (curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
-            snprintf(c->content_type, sizeof(c->content_type), "%s", ct);
-    }
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
+    char *ct = NULL;
+    if (curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
+        snprintf(c->content_type, sizeof(c->content_type), "%s", ct);
     if (c->h.on_response)
         c->h.on_response(c->ud, c->status, c->content_type);
 }
@@ -204,96 +252,6 @@ static size_t on_write(char *data, size_t size, size_t n, void *p)
     return len;
 }
 
-static void start_call(fh_upstream *u, fh_upstream_call *c)
-{
-    if (c->state != CALL_QUEUED)
-        return;
-    c->state = CALL_RUNNING;
-    c->next = u->running;
-    if (u->running)
-        u->running->prev = c;
-    u->running = c;
-    CURL *e = curl_easy_init();
-    struct curl_slist *hd = NULL, *tmp;
-    /* "Expect:" off: 100-continue costs a round trip on bodies over 1 KiB. */
-    const char *fixed[] = {"Content-Type: application/json", "Expect:", u->auth_header};
-    for (size_t i = 0; e && i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-        if (!fixed[i])
-            continue;
-        tmp = curl_slist_append(hd, fixed[i]);
-        if (!tmp) {
-            curl_easy_cleanup(e);
-            e = NULL;
-            break;
-        }
-        hd = tmp;
-    }
-    if (!e) {
-        curl_slist_free_all(hd);
-        finish(u, c, FH_UPSTREAM_INTERNAL, "out of memory");
-        return;
-    }
-    c->easy = e;
-    c->headers = hd;
-    curl_easy_setopt(e, CURLOPT_URL, c->url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hd);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    /* Thousands of calls wait at once: keep each one's buffer small. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (c->streaming) {
-        /* A stream may last long; what must not last is silence. */
-        long idle_s = (u->timeout_ms + 999) / 1000;
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
-    } else {
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, u->timeout_ms);
-    }
-    if (strcmp(c->method, "GET") != 0) {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body ? c->body : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
-    }
-    if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
-        finish(u, c, FH_UPSTREAM_INTERNAL, "curl refused the transfer");
-}
-
-static void run_commands(fh_upstream *u, bool stopping)
-{
-    pthread_mutex_lock(&u->lock);
-    fh_upstream_call *c = u->qhead;
-    u->qhead = u->qtail = NULL;
-    pthread_mutex_unlock(&u->lock);
-    while (c) {
-        pthread_mutex_lock(&u->lock);
-        fh_upstream_call *next = c->qnext;
-        unsigned pending = c->pending;
-        c->pending = 0;
-        c->queued = false;
-        pthread_mutex_unlock(&u->lock);
-        if (pending & CMD_SUBMIT) {
-            if (stopping)
-                finish(u, c, FH_UPSTREAM_CANCELLED, "fusion-host is stopping");
-            else
-                start_call(u, c);
-        }
-        if (pending & CMD_CANCEL)
-            finish(u, c, FH_UPSTREAM_CANCELLED, "cancelled");
-        else if ((pending & CMD_RESUME) && c->state == CALL_RUNNING && c->easy)
-            curl_easy_pause(c->easy, CURLPAUSE_CONT);
-        fh_upstream_call_release(c); /* the queue's reference */
-        c = next;
-    }
-}
-
 static fh_upstream_result classify(CURLcode rc)
 {
     switch (rc) {
@@ -312,117 +270,52 @@ static fh_upstream_result classify(CURLcode rc)
     }
 }
 
-static void reap_done(fh_upstream *u)
+/* The upstream's share of the call: from the request leaving (curl's
+ * pre-transfer mark) to the end. Connecting counts as the host's. */
+static uint64_t upstream_wait_ns(CURL *e)
 {
-    CURLMsg *msg;
+    curl_off_t pre = 0, total = 0;
+    curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pre);
+    curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total);
+    return total > pre ? (uint64_t)(total - pre) * 1000u : 0;
+}
+
+static void drain_done(fh_upstream *u)
+{
+    CURLMsg *m;
     int left;
-    while ((msg = curl_multi_info_read(u->multi, &left)) != NULL) {
-        if (msg->msg != CURLMSG_DONE)
+    while ((m = curl_multi_info_read(u->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
             continue;
         fh_upstream_call *c = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
-        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+        CURLcode rc = m->data.result;
         if (rc == CURLE_OK)
             deliver_response(c); /* an empty body calls no write callback */
-        const char *err = c->error[0] ? c->error : curl_easy_strerror(rc);
-        finish(u, c, classify(rc), rc == CURLE_OK ? NULL : err);
+        fh_upstream_done d = {.result = classify(rc),
+                              .status = c->status,
+                              .error = rc == CURLE_OK ? NULL
+                                       : c->error[0]  ? c->error
+                                                      : curl_easy_strerror(rc),
+                              .wait_ns = upstream_wait_ns(c->easy)};
+        fh_upstream_handler h = c->h;
+        void *ud = c->ud;
+        /* Freed before on_done, which may submit again (a retry) and reuse
+         * the easy handle; `d.error` points into `c`, so copy it first. */
+        char error[CURL_ERROR_SIZE];
+        if (d.error) {
+            snprintf(error, sizeof(error), "%s", d.error);
+            d.error = error;
+        }
+        free_call(u, c);
+        if (h.on_done)
+            h.on_done(ud, &d);
     }
 }
 
-static void *upstream_main(void *p)
+static CURL *take_easy(fh_upstream *u)
 {
-    fh_upstream *u = p;
-    for (;;) {
-        atomic_store(&u->heartbeat_ms, now_ms());
-        run_commands(u, false);
-        int running = 0;
-        curl_multi_perform(u->multi, &running);
-        reap_done(u);
-        pthread_mutex_lock(&u->lock);
-        bool stop = u->stopping;
-        pthread_mutex_unlock(&u->lock);
-        if (stop)
-            break;
-        /* Wakes on socket activity, curl's own timers, or wakeup(). */
-        curl_multi_poll(u->multi, NULL, 0, 250, NULL);
-    }
-    /* Shutdown: everything still running is cancelled, exactly once. */
-    run_commands(u, true);
-    while (u->running)
-        finish(u, u->running, FH_UPSTREAM_CANCELLED, "fusion-host is stopping");
-    pthread_mutex_lock(&u->lock);
-    u->stopped = true;
-    pthread_mutex_unlock(&u->lock);
-    run_commands(u, true); /* anything queued meanwhile: refs only */
-    return NULL;
-}
-
-/* ---- any thread ------------------------------------------------------------ */
-
-static void global_init(void)
-{
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-fh_upstream *fh_upstream_start(const fh_upstream_opts *opts, char *err, size_t errlen)
-{
-    /* curl_global_init is not thread-safe on older libcurl: once, here. */
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, global_init);
-
-    fh_upstream *u = calloc(1, sizeof(*u));
-    if (!u) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    size_t n = strlen(opts->base_url);
-    while (n > 0 && opts->base_url[n - 1] == '/')
-        n--;
-    u->base_url = strndup(opts->base_url, n);
-    if (opts->api_key && *opts->api_key &&
-        asprintf(&u->auth_header, "Authorization: Bearer %s", opts->api_key) < 0)
-        u->auth_header = NULL;
-    u->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
-    u->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 2000;
-    pthread_mutex_init(&u->lock, NULL);
-    u->multi = curl_multi_init();
-    if (!u->base_url || !u->multi) {
-        snprintf(err, errlen, "out of memory creating the upstream client");
-        goto fail;
-    }
-    /* Keep plenty of idle keep-alive connections for reuse. */
-    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 1024L);
-    atomic_store(&u->heartbeat_ms, now_ms());
-    int rc = pthread_create(&u->thread, NULL, upstream_main, u);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot start the upstream thread: %s", strerror(rc));
-        goto fail;
-    }
-    return u;
-fail:
-    if (u->multi)
-        curl_multi_cleanup(u->multi);
-    pthread_mutex_destroy(&u->lock);
-    free(u->base_url);
-    free(u->auth_header);
-    free(u);
-    return NULL;
-}
-
-void fh_upstream_stop(fh_upstream *u)
-{
-    if (!u)
-        return;
-    pthread_mutex_lock(&u->lock);
-    u->stopping = true;
-    pthread_mutex_unlock(&u->lock);
-    curl_multi_wakeup(u->multi);
-    pthread_join(u->thread, NULL);
-    curl_multi_cleanup(u->multi);
-    pthread_mutex_destroy(&u->lock);
-    free(u->base_url);
-    free(u->auth_header);
-    free(u);
+    return u->nidle ? u->idle[--u->nidle] : curl_easy_init();
 }
 
 fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const char *path,
@@ -430,32 +323,51 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const c
                                      const fh_upstream_handler *h, void *ud)
 {
     fh_upstream_call *c = calloc(1, sizeof(*c));
-    if (!c)
+    CURL *e = c ? take_easy(u) : NULL;
+    char url[2048];
+    if (!e || snprintf(url, sizeof(url), "%s%s", u->base_url, path) >= (int)sizeof(url)) {
+        if (e)
+            release_easy(u, e);
+        free(c);
         return NULL;
-    atomic_init(&c->refs, 2); /* the caller's and the upstream thread's */
+    }
     c->h = *h;
     c->ud = ud;
-    c->streaming = streaming;
-    c->state = CALL_QUEUED;
-    c->method = strdup(method);
-    if (asprintf(&c->url, "%s%s", u->base_url, path) < 0)
-        c->url = NULL;
-    if (body) {
-        c->body = malloc(len + 1);
-        if (c->body) {
-            memcpy(c->body, body, len);
-            c->body[len] = '\0';
-            c->body_len = len;
-        }
+    c->easy = e;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* Thousands of calls wait at once: keep each one's buffer small. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (streaming) {
+        /* A stream may last long; what must not last is silence. */
+        long idle_s = (u->timeout_ms + 999) / 1000;
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, u->timeout_ms);
     }
-    if (!c->method || !c->url || (body && !c->body)) {
-        call_free(c);
-        return NULL;
+    if (strcmp(method, "GET") != 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
     }
-    atomic_fetch_add(&u->in_flight, 1);
-    if (push_cmd(u, CMD_SUBMIT, c) != 0) {
-        atomic_fetch_sub(&u->in_flight, 1);
-        call_free(c);
+    c->next = u->running;
+    if (u->running)
+        u->running->prev = c;
+    u->running = c;
+    u->in_flight++;
+    if (curl_multi_add_handle(u->multi, e) != CURLM_OK) {
+        free_call(u, c);
         return NULL;
     }
     return c;
@@ -463,20 +375,94 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const c
 
 void fh_upstream_resume(fh_upstream *u, fh_upstream_call *c)
 {
-    push_cmd(u, CMD_RESUME, c); /* refused only once the thread is gone */
+    (void)u;
+    curl_easy_pause(c->easy, CURLPAUSE_CONT);
 }
 
 void fh_upstream_cancel(fh_upstream *u, fh_upstream_call *c)
 {
-    push_cmd(u, CMD_CANCEL, c);
-}
-
-uint64_t fh_upstream_heartbeat(const fh_upstream *u)
-{
-    return atomic_load(&((fh_upstream *)u)->heartbeat_ms);
+    free_call(u, c);
 }
 
 size_t fh_upstream_in_flight(const fh_upstream *u)
 {
-    return atomic_load(&((fh_upstream *)u)->in_flight);
+    return u->in_flight;
+}
+
+/* ---- life --------------------------------------------------------------------- */
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+
+static void global_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+fh_upstream *fh_upstream_new(fh_worker *w, const fh_upstream_opts *opts, char *err, size_t errlen)
+{
+    /* curl_global_init is not thread-safe on older libcurl: once, here. */
+    pthread_once(&global_once, global_init);
+    fh_upstream *u = calloc(1, sizeof(*u));
+    if (!u) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    u->w = w;
+    size_t n = strlen(opts->base_url);
+    while (n > 0 && opts->base_url[n - 1] == '/')
+        n--;
+    u->base_url = strndup(opts->base_url, n);
+    u->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
+    u->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 2000;
+    /* "Expect:" off: 100-continue costs a round trip on bodies over 1 KiB. */
+    u->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *t = u->headers ? curl_slist_append(u->headers, "Expect:") : NULL;
+    if (t && opts->api_key && *opts->api_key) {
+        char *auth = NULL;
+        if (asprintf(&auth, "Authorization: Bearer %s", opts->api_key) >= 0) {
+            t = curl_slist_append(u->headers, auth);
+            /* curl copied it; the key must not linger in our heap */
+            memset(auth, 0, strlen(auth));
+            free(auth);
+        } else {
+            t = NULL;
+        }
+    }
+    u->multi = curl_multi_init();
+    if (!u->base_url || !t || !u->multi) {
+        snprintf(err, errlen, "out of memory creating the upstream client");
+        fh_upstream_free(u);
+        return NULL;
+    }
+    curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
+    curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
+    /* Keep plenty of idle keep-alive connections for reuse. */
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    if (fh_worker_add_turn(w, upstream_turn, u) != 0) {
+        snprintf(err, errlen, "worker has no room for the upstream client");
+        fh_upstream_free(u);
+        return NULL;
+    }
+    return u;
+}
+
+void fh_upstream_free(fh_upstream *u)
+{
+    if (!u)
+        return;
+    while (u->running)
+        free_call(u, u->running);
+    for (size_t i = 0; i < u->nidle; i++)
+        curl_easy_cleanup(u->idle[i]);
+    if (u->multi)
+        curl_multi_cleanup(u->multi);
+    while (u->socks) { /* the ones cleanup closed without telling us */
+        fh_worker_unwatch(u->w, &u->socks->watch);
+        sock_forget(u, u->socks);
+    }
+    curl_slist_free_all(u->headers);
+    free(u->base_url);
+    free(u);
 }

@@ -502,22 +502,73 @@ int okit_has(const char *text, size_t len, const char *pattern)
     return 0;
 }
 
-size_t okit_count_distinct(const char *text, size_t len, const char *const *patterns)
+/* The word starts of a text, chained by their lowercased first byte, so
+ * that a list of patterns is matched by visiting each pattern's candidate
+ * positions only, rather than scanning the whole text once per pattern. */
+#define WORD_INDEX_MAX 2048 /* longer texts fall back to one scan per pattern */
+
+typedef struct word_index {
+    uint16_t head[256];            /* 1 + first entry for a byte; 0: none */
+    uint16_t next[WORD_INDEX_MAX]; /* 1 + next entry with the same byte */
+    uint32_t pos[WORD_INDEX_MAX];
+} word_index;
+
+static int index_build(word_index *ix, const char *text, size_t len)
 {
+    if (len > UINT32_MAX)
+        return -1;
+    memset(ix->head, 0, sizeof(ix->head));
     size_t n = 0;
-    for (size_t i = 0; patterns && patterns[i]; i++)
-        n += okit_has(text, len, patterns[i]) ? 1 : 0;
-    return n;
+    for (size_t i = 0; i < len; i++) {
+        if (!word_start(text, i))
+            continue;
+        if (n == WORD_INDEX_MAX)
+            return -1;
+        unsigned char b = (unsigned char)lower(text[i]);
+        ix->pos[n] = (uint32_t)i;
+        ix->next[n] = ix->head[b];
+        ix->head[b] = (uint16_t)(n + 1);
+        n++;
+    }
+    return 0;
+}
+
+static int index_has(const word_index *ix, const char *text, size_t len, const char *pattern)
+{
+    if (!pattern || !*pattern)
+        return 0;
+    for (uint16_t k = ix->head[(unsigned char)lower(pattern[0])]; k; k = ix->next[k - 1])
+        if (match_at(text, len, ix->pos[k - 1], pattern) >= 0)
+            return 1;
+    return 0;
 }
 
 uint32_t okit_match_mask(const char *text, size_t len, const char *const *patterns)
 {
     uint32_t mask = 0;
-    for (size_t i = 0; patterns && patterns[i] && i < 32; i++) {
-        if (okit_has(text, len, patterns[i]))
+    if (!text || !patterns)
+        return 0;
+    word_index ix;
+    int indexed = index_build(&ix, text, len) == 0;
+    for (size_t i = 0; patterns[i] && i < 32; i++) {
+        if (indexed ? index_has(&ix, text, len, patterns[i]) : okit_has(text, len, patterns[i]))
             mask |= (uint32_t)1 << i;
     }
     return mask;
+}
+
+size_t okit_count_distinct(const char *text, size_t len, const char *const *patterns)
+{
+    size_t n = 0;
+    if (!text || !patterns)
+        return 0;
+    word_index ix;
+    int indexed = index_build(&ix, text, len) == 0;
+    for (size_t i = 0; patterns[i]; i++)
+        n += (indexed ? index_has(&ix, text, len, patterns[i]) : okit_has(text, len, patterns[i]))
+                 ? 1
+                 : 0;
+    return n;
 }
 
 static int same_ci(const char *a, const char *b, size_t n)

@@ -1,0 +1,791 @@
+/*
+ * jfast.c - see jfast.h.
+ *
+ * The scanner is a recursive descent over the bytes, bounded by
+ * FH_JSCAN_MAX_DEPTH; every function takes the end pointer and never reads
+ * past it (the input need not be NUL-terminated). Iteration over a
+ * validated object or array re-skips values with the same code, so an
+ * unvalidated input is never walked by the iterators' shortcuts.
+ */
+#include "jfast.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- eight bytes at a time ------------------------------------------------------- */
+
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+static uint64_t load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* Non-zero when some byte of w is zero / below n (n <= 128) / equal to c.
+ * The classic bit tricks: exact for "some byte", not for which one. */
+static uint64_t has_zero(uint64_t w)
+{
+    return (w - ONES) & ~w & HIGHS;
+}
+
+static uint64_t has_less(uint64_t w, unsigned n)
+{
+    return (w - ONES * n) & ~w & HIGHS;
+}
+
+static uint64_t has_byte(uint64_t w, unsigned char c)
+{
+    return has_zero(w ^ (ONES * c));
+}
+
+/* Eight bytes of plain string text: no '"', no '\\', no control, and (for
+ * the scanner, which must check UTF-8) no byte >= 0x80 unless allowed. */
+static bool plain8(uint64_t w, bool allow_high)
+{
+    return !(has_less(w, 0x20) | has_byte(w, '"') | has_byte(w, '\\') |
+             (allow_high ? 0 : (w & HIGHS)));
+}
+
+/* ---- UTF-8 ------------------------------------------------------------------------ */
+
+/* Length of the valid UTF-8 sequence at s (s < end, s[0] >= 0x80), or 0. */
+static size_t utf8_seq(const unsigned char *s, const unsigned char *end)
+{
+    unsigned c = s[0];
+    size_t n;
+    unsigned min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if ((size_t)(end - s) < n)
+        return 0;
+    unsigned cp = c & (0x7fu >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+bool fh_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str, *end = s + n;
+    while (s < end) {
+        /* Eight ASCII bytes at a time: the common case for English text. */
+        while ((size_t)(end - s) >= 8) {
+            uint64_t w;
+            memcpy(&w, s, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            s += 8;
+        }
+        if (s >= end)
+            break;
+        if (*s < 0x80) {
+            s++;
+            continue;
+        }
+        size_t k = utf8_seq(s, end);
+        if (!k)
+            return false;
+        s += k;
+    }
+    return true;
+}
+
+/* ---- serialiser -------------------------------------------------------------------- */
+
+typedef struct obuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} obuf;
+
+static bool reserve(obuf *o, size_t more)
+{
+    if (o->oom)
+        return false;
+    if (o->len + more + 1 <= o->cap)
+        return true;
+    size_t cap = o->cap ? o->cap : 256;
+    while (cap < o->len + more + 1)
+        cap *= 2;
+    char *np = realloc(o->p, cap);
+    if (!np) {
+        o->oom = true;
+        return false;
+    }
+    o->p = np;
+    o->cap = cap;
+    return true;
+}
+
+static void put(obuf *o, const char *s, size_t n)
+{
+    if (!reserve(o, n))
+        return;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static void putc1(obuf *o, char c)
+{
+    if (reserve(o, 1))
+        o->p[o->len++] = c;
+}
+
+/* Bytes that need an escape: '"', '\\' and the C0 controls. */
+static bool needs_escape(unsigned char c)
+{
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+static void put_string(obuf *o, const char *s, size_t n)
+{
+    putc1(o, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        while (n - i >= 8 && plain8(load8(s + i), true))
+            i += 8;
+        if (i >= n)
+            break;
+        unsigned char c = (unsigned char)s[i];
+        if (!needs_escape(c))
+            continue;
+        put(o, s + run, i - run);
+        run = i + 1;
+        char esc[8];
+        switch (c) {
+        case '"':
+            put(o, "\\\"", 2);
+            break;
+        case '\\':
+            put(o, "\\\\", 2);
+            break;
+        case '\b':
+            put(o, "\\b", 2);
+            break;
+        case '\f':
+            put(o, "\\f", 2);
+            break;
+        case '\n':
+            put(o, "\\n", 2);
+            break;
+        case '\r':
+            put(o, "\\r", 2);
+            break;
+        case '\t':
+            put(o, "\\t", 2);
+            break;
+        default:
+            snprintf(esc, sizeof(esc), "\\u%04X", (unsigned)c);
+            put(o, esc, 6);
+        }
+    }
+    put(o, s + run, n - run);
+    putc1(o, '"');
+}
+
+/* Reals with at most six decimals - every sampling parameter - without
+ * printf: exactly what %.<precision>g writes for them when their decimal
+ * form has no more significant digits than the precision (so the integral
+ * part is bounded by 10^(precision - 6), and by 10^8 at most) and %g would
+ * not use an exponent (not below 1e-4). */
+static size_t short_real(char *b, double v, int precision)
+{
+    static const double limits[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8};
+    int digits_left = (precision > 14 ? 14 : precision) - 6;
+    if (digits_left < 0)
+        return 0;
+    double limit = limits[digits_left] * 1e6;
+    double scaled = v * 1e6;
+    if (!(scaled > -limit && scaled < limit))
+        return 0;
+    if (v != 0 && fabs(v) < 1e-4)
+        return 0; /* %g writes those with an exponent */
+    long long k = (long long)scaled;
+    if ((double)k != scaled)
+        return 0;
+    size_t n = 0;
+    if (signbit(v))
+        b[n++] = '-';
+    unsigned long long a = k < 0 ? (unsigned long long)-k : (unsigned long long)k;
+    unsigned long long ip = a / 1000000u, fp = a % 1000000u;
+    char digits[24];
+    size_t d = 0;
+    do {
+        digits[d++] = (char)('0' + ip % 10);
+        ip /= 10;
+    } while (ip);
+    while (d)
+        b[n++] = digits[--d];
+    b[n++] = '.';
+    if (!fp) {
+        b[n++] = '0';
+    } else {
+        char frac[6];
+        for (int i = 5; i >= 0; i--, fp /= 10)
+            frac[i] = (char)('0' + fp % 10);
+        int last = 5;
+        while (frac[last] == '0')
+            last--;
+        for (int i = 0; i <= last; i++)
+            b[n++] = frac[i];
+    }
+    b[n] = '\0';
+    return n;
+}
+
+size_t fh_json_real(char *b, size_t size, double v, int precision)
+{
+    if (size < 32)
+        return 0;
+    size_t fast = short_real(b, v, precision);
+    if (fast)
+        return fast;
+    int n = snprintf(b, size, "%.*g", precision, v);
+    if (n <= 0 || (size_t)n >= size - 3)
+        return 0;
+    if (!strchr(b, '.') && !strchr(b, 'e')) {
+        memcpy(b + n, ".0", 3);
+        n += 2;
+    }
+    char *e = strchr(b, 'e');
+    if (e) {
+        char *start = e + 1, *digits = e + 1;
+        if (*digits == '+' || *digits == '-') {
+            if (*digits == '-')
+                start++;
+            digits++;
+        }
+        while (*digits == '0' && digits[1])
+            digits++;
+        memmove(start, digits, strlen(digits) + 1);
+        n = (int)strlen(b);
+    }
+    return (size_t)n;
+}
+
+static void put_real(obuf *o, double v)
+{
+    char b[64];
+    size_t n = fh_json_real(b, sizeof(b), v, 15);
+    if (!n)
+        o->oom = true;
+    else
+        put(o, b, n);
+}
+
+static void put_value(obuf *o, const json_t *v)
+{
+    char b[32];
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        putc1(o, '{');
+        const char *k;
+        json_t *m;
+        bool first = true;
+        json_object_foreach((json_t *)v, k, m)
+        {
+            if (!first)
+                putc1(o, ',');
+            first = false;
+            put_string(o, k, strlen(k));
+            putc1(o, ':');
+            put_value(o, m);
+        }
+        putc1(o, '}');
+        break;
+    }
+    case JSON_ARRAY: {
+        putc1(o, '[');
+        for (size_t i = 0, n = json_array_size(v); i < n; i++) {
+            if (i)
+                putc1(o, ',');
+            put_value(o, json_array_get(v, i));
+        }
+        putc1(o, ']');
+        break;
+    }
+    case JSON_STRING:
+        put_string(o, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER: {
+        int n = snprintf(b, sizeof(b), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        put(o, b, (size_t)n);
+        break;
+    }
+    case JSON_REAL:
+        put_real(o, json_real_value(v));
+        break;
+    case JSON_TRUE:
+        put(o, "true", 4);
+        break;
+    case JSON_FALSE:
+        put(o, "false", 5);
+        break;
+    case JSON_NULL:
+        put(o, "null", 4);
+        break;
+    }
+}
+
+char *fh_json_dump(const json_t *v, size_t *len)
+{
+    if (!v)
+        return NULL;
+    obuf o = {0};
+    put_value(&o, v);
+    if (o.oom || !reserve(&o, 0)) {
+        free(o.p);
+        return NULL;
+    }
+    o.p[o.len] = '\0';
+    if (len)
+        *len = o.len;
+    return o.p;
+}
+
+/* ---- scanner ------------------------------------------------------------------------- */
+
+typedef struct scan {
+    const char *p, *end, *err;
+} scan;
+
+static bool fail(scan *s)
+{
+    if (!s->err)
+        s->err = s->p;
+    return false;
+}
+
+static void skip_ws(scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+static int hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
+    }
+    return v;
+}
+
+/* At the opening quote; leaves s->p after the closing one. Rejects what
+ * jansson rejects: raw control characters, bad escapes, lone or reversed
+ * surrogates, \u0000, invalid UTF-8. */
+static bool scan_string(scan *s)
+{
+    s->p++;
+    while (s->p < s->end) {
+        while (s->end - s->p >= 8 && plain8(load8(s->p), false))
+            s->p += 8;
+        if (s->p >= s->end)
+            break;
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            s->p++;
+            return true;
+        }
+        if (c < 0x20)
+            return fail(s);
+        if (c == '\\') {
+            if (s->end - s->p < 2)
+                return fail(s);
+            char e = s->p[1];
+            if (e == 'u') {
+                if (s->end - s->p < 6)
+                    return fail(s);
+                int cp = hex4(s->p + 2);
+                if (cp <= 0) /* bad hex, or \u0000 */
+                    return fail(s);
+                s->p += 6;
+                if (cp >= 0xdc00 && cp <= 0xdfff)
+                    return fail(s); /* a low surrogate first */
+                if (cp >= 0xd800 && cp <= 0xdbff) {
+                    if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u')
+                        return fail(s);
+                    int lo = hex4(s->p + 2);
+                    if (lo < 0xdc00 || lo > 0xdfff)
+                        return fail(s);
+                    s->p += 6;
+                }
+                continue;
+            }
+            if (!strchr("\"\\/bfnrt", e) || e == '\0')
+                return fail(s);
+            s->p += 2;
+            continue;
+        }
+        if (c < 0x80) {
+            s->p++;
+            continue;
+        }
+        size_t k = utf8_seq((const unsigned char *)s->p, (const unsigned char *)s->end);
+        if (!k)
+            return fail(s);
+        s->p += k;
+    }
+    return fail(s);
+}
+
+static bool digits(scan *s)
+{
+    const char *start = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        s->p++;
+    return s->p > start;
+}
+
+static bool scan_number(scan *s)
+{
+    if (s->p < s->end && *s->p == '-')
+        s->p++;
+    if (s->p >= s->end)
+        return fail(s);
+    if (*s->p == '0')
+        s->p++;
+    else if (!digits(s))
+        return fail(s);
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        if (!digits(s))
+            return fail(s);
+    }
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+            s->p++;
+        if (!digits(s))
+            return fail(s);
+    }
+    return true;
+}
+
+static bool literal(scan *s, const char *word, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+        return fail(s);
+    s->p += n;
+    return true;
+}
+
+static bool scan_value(scan *s, int depth, fh_jtype *type);
+
+static bool scan_container(scan *s, int depth, bool object)
+{
+    if (depth >= FH_JSCAN_MAX_DEPTH)
+        return fail(s);
+    char close = object ? '}' : ']';
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return true;
+    }
+    for (;;) {
+        fh_jtype t;
+        if (object) {
+            if (s->p >= s->end || *s->p != '"' || !scan_string(s))
+                return fail(s);
+            skip_ws(s);
+            if (s->p >= s->end || *s->p != ':')
+                return fail(s);
+            s->p++;
+            skip_ws(s);
+        }
+        if (!scan_value(s, depth + 1, &t))
+            return false;
+        skip_ws(s);
+        if (s->p >= s->end)
+            return fail(s);
+        if (*s->p == close) {
+            s->p++;
+            return true;
+        }
+        if (*s->p != ',')
+            return fail(s);
+        s->p++;
+        skip_ws(s);
+    }
+}
+
+static bool scan_value(scan *s, int depth, fh_jtype *type)
+{
+    if (s->p >= s->end)
+        return fail(s);
+    switch (*s->p) {
+    case '{':
+        *type = FH_J_OBJECT;
+        return scan_container(s, depth, true);
+    case '[':
+        *type = FH_J_ARRAY;
+        return scan_container(s, depth, false);
+    case '"':
+        *type = FH_J_STRING;
+        return scan_string(s);
+    case 't':
+        *type = FH_J_TRUE;
+        return literal(s, "true", 4);
+    case 'f':
+        *type = FH_J_FALSE;
+        return literal(s, "false", 5);
+    case 'n':
+        *type = FH_J_NULL;
+        return literal(s, "null", 4);
+    default:
+        *type = FH_J_NUMBER;
+        return scan_number(s);
+    }
+}
+
+bool fh_json_scan(const char *str, size_t n, fh_jval *top, size_t *err_at)
+{
+    scan s = {.p = str, .end = str + n};
+    skip_ws(&s);
+    fh_jval v = {.start = s.p};
+    bool ok = scan_value(&s, 0, &v.type);
+    v.end = s.p;
+    if (ok) {
+        skip_ws(&s);
+        ok = s.p == s.end || fail(&s);
+    }
+    if (!ok) {
+        if (err_at)
+            *err_at = (size_t)((s.err ? s.err : s.p) - str);
+        return false;
+    }
+    if (top)
+        *top = v;
+    return true;
+}
+
+/* The value at *p within [.., end) of a validated container. */
+static void next_value(const char **p, const char *end, fh_jval *v)
+{
+    scan s = {.p = *p, .end = end};
+    skip_ws(&s);
+    v->start = s.p;
+    scan_value(&s, 0, &v->type);
+    v->end = s.p;
+    *p = s.p;
+}
+
+/* After a member or element: past the ',' (true) or at the close (false). */
+static bool after_item(const char **p, const char *end)
+{
+    scan s = {.p = *p, .end = end};
+    skip_ws(&s);
+    *p = s.p;
+    if (s.p < end && *s.p == ',') {
+        (*p)++;
+        return true;
+    }
+    return false;
+}
+
+bool fh_jobj_next(const fh_jval *obj, size_t *pos, fh_jval *key, fh_jval *val)
+{
+    if (obj->type != FH_J_OBJECT)
+        return false;
+    const char *end = obj->end - 1; /* the closing brace */
+    const char *p = obj->start + (*pos ? *pos : 1);
+    scan s = {.p = p, .end = end};
+    skip_ws(&s);
+    if (s.p >= end || *s.p != '"')
+        return false;
+    key->start = s.p;
+    scan_string(&s);
+    key->end = s.p;
+    key->type = FH_J_STRING;
+    skip_ws(&s);
+    s.p++; /* ':' */
+    p = s.p;
+    next_value(&p, end, val);
+    if (!after_item(&p, end))
+        p = end;
+    *pos = (size_t)(p - obj->start);
+    return true;
+}
+
+bool fh_jobj_get(const fh_jval *obj, const char *name, fh_jval *val)
+{
+    size_t pos = 0;
+    fh_jval k, v;
+    while (fh_jobj_next(obj, &pos, &k, &v)) {
+        if (fh_jstr_eq(&k, name)) {
+            *val = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool fh_jarr_get(const fh_jval *arr, size_t i, fh_jval *val)
+{
+    if (arr->type != FH_J_ARRAY)
+        return false;
+    const char *end = arr->end - 1, *p = arr->start + 1;
+    scan s = {.p = p, .end = end};
+    skip_ws(&s);
+    if (s.p >= end)
+        return false;
+    p = s.p;
+    for (size_t k = 0;; k++) {
+        next_value(&p, end, val);
+        if (k == i)
+            return true;
+        if (!after_item(&p, end))
+            return false;
+    }
+}
+
+/* Decodes the string token into out (at least its length), returns the
+ * decoded length. The token was validated. */
+static size_t unescape(const fh_jval *str, char *out)
+{
+    const char *p = str->start + 1, *end = str->end - 1;
+    size_t n = 0;
+    while (p < end) {
+        if (*p != '\\') {
+            const char *bs = memchr(p, '\\', (size_t)(end - p));
+            size_t run = (size_t)((bs ? bs : end) - p);
+            memcpy(out + n, p, run);
+            n += run;
+            p += run;
+            continue;
+        }
+        char e = p[1];
+        p += 2;
+        switch (e) {
+        case 'b':
+            out[n++] = '\b';
+            break;
+        case 'f':
+            out[n++] = '\f';
+            break;
+        case 'n':
+            out[n++] = '\n';
+            break;
+        case 'r':
+            out[n++] = '\r';
+            break;
+        case 't':
+            out[n++] = '\t';
+            break;
+        case 'u': {
+            unsigned cp = (unsigned)hex4(p);
+            p += 4;
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                unsigned lo = (unsigned)hex4(p + 2);
+                p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            }
+            if (cp < 0x80) {
+                out[n++] = (char)cp;
+            } else if (cp < 0x800) {
+                out[n++] = (char)(0xc0 | (cp >> 6));
+                out[n++] = (char)(0x80 | (cp & 0x3f));
+            } else if (cp < 0x10000) {
+                out[n++] = (char)(0xe0 | (cp >> 12));
+                out[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[n++] = (char)(0x80 | (cp & 0x3f));
+            } else {
+                out[n++] = (char)(0xf0 | (cp >> 18));
+                out[n++] = (char)(0x80 | ((cp >> 12) & 0x3f));
+                out[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[n++] = (char)(0x80 | (cp & 0x3f));
+            }
+            break;
+        }
+        default: /* '"', '\\', '/' */
+            out[n++] = e;
+        }
+    }
+    return n;
+}
+
+char *fh_jstr_unescape(const fh_jval *str, size_t *len)
+{
+    if (str->type != FH_J_STRING || str->end - str->start < 2)
+        return NULL;
+    /* Decoding never grows the text: each escape is longer than its bytes. */
+    char *out = malloc((size_t)(str->end - str->start));
+    if (!out)
+        return NULL;
+    size_t n = unescape(str, out);
+    out[n] = '\0';
+    if (len)
+        *len = n;
+    return out;
+}
+
+bool fh_jstr_eq(const fh_jval *str, const char *name)
+{
+    size_t raw = (size_t)(str->end - str->start) - 2, want = strlen(name);
+    const char *body = str->start + 1;
+    if (!memchr(body, '\\', raw))
+        return raw == want && memcmp(body, name, want) == 0;
+    if (raw < want)
+        return false; /* escapes only shorten */
+    char small[256];
+    char *buf = raw < sizeof(small) ? small : malloc(raw + 1);
+    if (!buf)
+        return false;
+    size_t n = unescape(str, buf);
+    bool eq = n == want && memcmp(buf, name, want) == 0;
+    if (buf != small)
+        free(buf);
+    return eq;
+}
+
+bool fh_jnum_long(const fh_jval *num, long *out)
+{
+    if (num->type != FH_J_NUMBER)
+        return false;
+    const char *p = num->start;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    long v = 0;
+    for (; p < num->end; p++) {
+        if (*p < '0' || *p > '9')
+            return false; /* a fraction or an exponent */
+        if (v > (LONG_MAX - (*p - '0')) / 10)
+            return false;
+        v = v * 10 + (*p - '0');
+    }
+    *out = neg ? -v : v;
+    return true;
+}
