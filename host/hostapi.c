@@ -288,12 +288,9 @@ static int api_prepend_system(fusion_request *req, const char *text)
     if (!msgs || !text)
         return -1;
     /* Valid UTF-8 only: a plugin cannot smuggle bytes that would make the
-     * upstream body invalid JSON. (Checked here with an ASCII fast path:
-     * json_string()'s own check costs more than the rest of apply().) */
-    size_t len = strlen(text);
-    if (!fh_utf8_valid(text, len))
-        return -1;
-    json_t *content = json_stringn_nocheck(text, len);
+     * upstream body invalid JSON. A directive is the same text on every
+     * request: checked, copied and escaped once per thread (jfast.h). */
+    json_t *content = fh_json_string_shared(text, strlen(text));
     if (!content)
         return -1;
     json_t *msg = json_object();

@@ -9,8 +9,10 @@
  */
 #include "jfast.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,13 +114,60 @@ bool fh_utf8_valid(const char *str, size_t n)
     return true;
 }
 
+/* ---- shared strings ------------------------------------------------------------------ */
+
+#define SHARED_MIN   256 /* shorter strings are cheaper to build than to look up */
+#define SHARED_SLOTS 8
+
+typedef struct shared_str {
+    json_t *node;  /* one reference held by the cache */
+    char *escaped; /* its JSON text, quotes included */
+    size_t escaped_len;
+} shared_str;
+
+typedef struct shared_cache {
+    shared_str slot[SHARED_SLOTS];
+    unsigned next; /* the slot replaced next */
+} shared_cache;
+
+typedef struct obuf obuf;
+
+static pthread_key_t shared_key;
+static pthread_once_t shared_once = PTHREAD_ONCE_INIT;
+
+static void shared_cache_free(void *p)
+{
+    shared_cache *c = p;
+    for (unsigned i = 0; i < SHARED_SLOTS; i++) {
+        json_decref(c->slot[i].node);
+        free(c->slot[i].escaped);
+    }
+    free(c);
+}
+
+static void shared_key_init(void)
+{
+    pthread_key_create(&shared_key, shared_cache_free);
+}
+
+static shared_cache *shared_get(bool create)
+{
+    pthread_once(&shared_once, shared_key_init);
+    shared_cache *c = pthread_getspecific(shared_key);
+    if (!c && create && (c = calloc(1, sizeof(*c))) != NULL)
+        pthread_setspecific(shared_key, c);
+    return c;
+}
+
+static void put_string(obuf *o, const char *s, size_t n);
+
 /* ---- serialiser -------------------------------------------------------------------- */
 
-typedef struct obuf {
+struct obuf {
     char *p;
     size_t len, cap;
     bool oom;
-} obuf;
+};
 
 static bool reserve(obuf *o, size_t more)
 {
@@ -295,6 +344,50 @@ static void put_real(obuf *o, double v)
         put(o, b, n);
 }
 
+static char *escape_alone(const char *s, size_t n, size_t *len);
+
+json_t *fh_json_string_shared(const char *text, size_t n)
+{
+    if (n >= SHARED_MIN) {
+        shared_cache *c = shared_get(true);
+        for (unsigned i = 0; c && i < SHARED_SLOTS; i++) {
+            json_t *node = c->slot[i].node;
+            if (node && json_string_length(node) == n &&
+                memcmp(json_string_value(node), text, n) == 0)
+                return json_incref(node);
+        }
+        if (c && fh_utf8_valid(text, n)) {
+            json_t *node = json_stringn_nocheck(text, n);
+            size_t elen = 0;
+            char *esc = node ? escape_alone(text, n, &elen) : NULL;
+            if (esc) {
+                shared_str *slot = &c->slot[c->next];
+                c->next = (c->next + 1) % SHARED_SLOTS;
+                json_decref(slot->node);
+                free(slot->escaped);
+                slot->node = json_incref(node);
+                slot->escaped = esc;
+                slot->escaped_len = elen;
+                return node;
+            }
+            return node; /* out of memory for the cache: uncached */
+        }
+    }
+    return fh_utf8_valid(text, n) ? json_stringn_nocheck(text, n) : NULL;
+}
+
+/* A cached string's escaped text, if v is one of this thread's. */
+static const shared_str *shared_find(const json_t *v)
+{
+    if (json_string_length(v) < SHARED_MIN)
+        return NULL;
+    shared_cache *c = shared_get(false);
+    for (unsigned i = 0; c && i < SHARED_SLOTS; i++)
+        if (c->slot[i].node == v)
+            return &c->slot[i];
+    return NULL;
+}
+
 static void put_value(obuf *o, const json_t *v)
 {
     char b[32];
@@ -326,9 +419,14 @@ static void put_value(obuf *o, const json_t *v)
         putc1(o, ']');
         break;
     }
-    case JSON_STRING:
-        put_string(o, json_string_value(v), json_string_length(v));
+    case JSON_STRING: {
+        const shared_str *sh = shared_find(v);
+        if (sh)
+            put(o, sh->escaped, sh->escaped_len);
+        else
+            put_string(o, json_string_value(v), json_string_length(v));
         break;
+    }
     case JSON_INTEGER: {
         int n = snprintf(b, sizeof(b), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         put(o, b, (size_t)n);
@@ -349,6 +447,20 @@ static void put_value(obuf *o, const json_t *v)
     }
 }
 
+/* The JSON text of one string, quotes included. */
+static char *escape_alone(const char *s, size_t n, size_t *len)
+{
+    obuf o = {0};
+    put_string(&o, s, n);
+    if (o.oom || !reserve(&o, 0)) {
+        free(o.p);
+        return NULL;
+    }
+    o.p[o.len] = '\0';
+    *len = o.len;
+    return o.p;
+}
+
 char *fh_json_dump(const json_t *v, size_t *len)
 {
     if (!v)
@@ -367,9 +479,29 @@ char *fh_json_dump(const json_t *v, size_t *len)
 
 /* ---- scanner ------------------------------------------------------------------------- */
 
+#define PATH_DEPTH 6 /* the deepest path fh_json_scan_paths looks for */
+
+/* A path to report, split: key names, or array indexes (name NULL). */
+typedef struct want {
+    const char *name[PATH_DEPTH];
+    size_t len[PATH_DEPTH];
+    long index[PATH_DEPTH];
+    int n;
+    fh_jval *out;
+} path_want;
+
 typedef struct scan {
     const char *p, *end, *err;
+    /* fh_json_scan_paths: what to report, and where the scan is. */
+    path_want *wants;
+    int nwants;
+    struct {
+        const char *key, *key_end; /* the raw key token, or NULL in an array */
+        long index;
+    } at[PATH_DEPTH];
 } scan;
+
+static size_t unescape(const fh_jval *str, char *out);
 
 static bool fail(scan *s)
 {
@@ -503,6 +635,44 @@ static bool literal(scan *s, const char *word, size_t n)
 
 static bool scan_value(scan *s, int depth, fh_jtype *type);
 
+/* The value [start, s->p) at `depth` ends: is it one of the paths wanted? */
+static void report(scan *s, int depth, const char *start, fh_jtype type)
+{
+    for (int w = 0; w < s->nwants; w++) {
+        path_want *x = &s->wants[w];
+        if (x->n != depth)
+            continue;
+        int i = 0;
+        for (; i < depth; i++) {
+            if (!x->name[i]) {
+                if (s->at[i].key || s->at[i].index != x->index[i])
+                    break;
+                continue;
+            }
+            if (!s->at[i].key)
+                break;
+            fh_jval k = {.start = s->at[i].key, .end = s->at[i].key_end, .type = FH_J_STRING};
+            size_t raw = (size_t)(k.end - k.start) - 2;
+            bool eq = raw == x->len[i] && memcmp(k.start + 1, x->name[i], raw) == 0;
+            if (!eq && memchr(k.start + 1, '\\', raw)) {
+                char name[64];
+                if (x->len[i] < sizeof(name)) {
+                    memcpy(name, x->name[i], x->len[i]);
+                    name[x->len[i]] = '\0';
+                    eq = fh_jstr_eq(&k, name);
+                }
+            }
+            if (!eq)
+                break;
+        }
+        if (i == depth) {
+            x->out->start = start;
+            x->out->end = s->p;
+            x->out->type = type; /* a repeated key: the last one, as jansson keeps */
+        }
+    }
+}
+
 static bool scan_container(scan *s, int depth, bool object)
 {
     if (depth >= FH_JSCAN_MAX_DEPTH)
@@ -514,19 +684,30 @@ static bool scan_container(scan *s, int depth, bool object)
         s->p++;
         return true;
     }
-    for (;;) {
+    for (long index = 0;; index++) {
         fh_jtype t;
+        const char *key = s->p;
         if (object) {
             if (s->p >= s->end || *s->p != '"' || !scan_string(s))
                 return fail(s);
+            if (s->wants && depth < PATH_DEPTH) {
+                s->at[depth].key = key;
+                s->at[depth].key_end = s->p;
+            }
             skip_ws(s);
             if (s->p >= s->end || *s->p != ':')
                 return fail(s);
             s->p++;
             skip_ws(s);
+        } else if (s->wants && depth < PATH_DEPTH) {
+            s->at[depth].key = NULL;
+            s->at[depth].index = index;
         }
+        const char *start = s->p;
         if (!scan_value(s, depth + 1, &t))
             return false;
+        if (s->wants && depth < PATH_DEPTH)
+            report(s, depth + 1, start, t);
         skip_ws(s);
         if (s->p >= s->end)
             return fail(s);
@@ -591,15 +772,287 @@ bool fh_json_scan(const char *str, size_t n, fh_jval *top, size_t *err_at)
     return true;
 }
 
-/* The value at *p within [.., end) of a validated container. */
+bool fh_json_scan_paths(const char *str, size_t n, fh_jval *top, const char *const *paths,
+                        fh_jval *found, size_t npaths)
+{
+    path_want wants[8];
+    if (npaths > 8)
+        return false;
+    for (size_t i = 0; i < npaths; i++) {
+        path_want *w = &wants[i];
+        memset(w, 0, sizeof(*w));
+        w->out = &found[i];
+        found[i].type = FH_J_NONE;
+        const char *p = paths[i];
+        while (*p && w->n < PATH_DEPTH) {
+            const char *dot = strchr(p, '.');
+            size_t len = dot ? (size_t)(dot - p) : strlen(p);
+            if (len && strspn(p, "0123456789") == len) {
+                w->name[w->n] = NULL;
+                w->index[w->n] = strtol(p, NULL, 10);
+            } else {
+                w->name[w->n] = p;
+                w->len[w->n] = len;
+            }
+            w->n++;
+            p += len + (dot ? 1 : 0);
+        }
+    }
+    scan s = {.p = str, .end = str + n, .wants = wants, .nwants = (int)npaths};
+    skip_ws(&s);
+    fh_jval v = {.start = s.p};
+    bool ok = scan_value(&s, 0, &v.type);
+    v.end = s.p;
+    if (ok) {
+        skip_ws(&s);
+        ok = s.p == s.end;
+    }
+    if (ok && top)
+        *top = v;
+    return ok;
+}
+
+/* Past the string token at p (its opening quote), in a validated document:
+ * the closing quote is the first '"' not escaped. */
+static const char *skip_string_fast(const char *p, const char *end)
+{
+    p++;
+    while (p < end) {
+        while (end - p >= 8 && !(has_byte(load8(p), '"') | has_byte(load8(p), '\\')))
+            p += 8;
+        if (p >= end)
+            break;
+        if (*p == '\\')
+            p += 2;
+        else if (*p++ == '"')
+            break;
+    }
+    return p;
+}
+
+/* ---- parser: the scanner, building a jansson tree as it goes -------------------------- */
+
+typedef struct build {
+    scan s;
+    const char *why;
+} build;
+
+static json_t *build_fail(build *b, const char *why)
+{
+    if (!b->why)
+        b->why = why;
+    fail(&b->s);
+    return NULL;
+}
+
+static json_t *build_value(build *b, int depth);
+
+/* A validated string token [start, end): its decoded bytes in `small` when
+ * they fit, else malloc'd (*heap set). */
+static char *decode(const char *start, const char *end, char *small, size_t small_len, size_t *len,
+                    char **heap)
+{
+    fh_jval v = {.start = start, .end = end, .type = FH_J_STRING};
+    size_t need = (size_t)(end - start);
+    char *out = small;
+    *heap = NULL;
+    if (need > small_len) {
+        out = *heap = malloc(need);
+        if (!out)
+            return NULL;
+    }
+    *len = unescape(&v, out);
+    out[*len] = '\0';
+    return out;
+}
+
+static json_t *build_string(build *b)
+{
+    const char *start = b->s.p;
+    if (!scan_string(&b->s))
+        return build_fail(b, "invalid string");
+    char small[256], *heap;
+    size_t len;
+    char *text = decode(start, b->s.p, small, sizeof(small), &len, &heap);
+    json_t *v = text ? json_stringn_nocheck(text, len) : NULL;
+    free(heap);
+    return v ? v : build_fail(b, "out of memory");
+}
+
+static json_t *build_number(build *b)
+{
+    const char *start = b->s.p;
+    if (!scan_number(&b->s))
+        return build_fail(b, "invalid number");
+    size_t n = (size_t)(b->s.p - start);
+    char text[64];
+    if (n >= sizeof(text))
+        return build_fail(b, "number too long");
+    memcpy(text, start, n);
+    text[n] = '\0';
+    errno = 0;
+    if (!memchr(text, '.', n) && !memchr(text, 'e', n) && !memchr(text, 'E', n)) {
+        json_int_t i = strtoll(text, NULL, 10);
+        if (errno == ERANGE)
+            return build_fail(b, "integer out of range");
+        json_t *v = json_integer(i);
+        return v ? v : build_fail(b, "out of memory");
+    }
+    double d = strtod(text, NULL);
+    if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+        return build_fail(b, "real number overflow");
+    json_t *v = json_real(d);
+    return v ? v : build_fail(b, "out of memory");
+}
+
+static json_t *build_container(build *b, int depth, bool object)
+{
+    if (depth >= FH_JSCAN_MAX_DEPTH)
+        return build_fail(b, "nested too deep");
+    json_t *c = object ? json_object() : json_array();
+    if (!c)
+        return build_fail(b, "out of memory");
+    char close = object ? '}' : ']';
+    scan *s = &b->s;
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return c;
+    }
+    for (;;) {
+        char small[128], *heap = NULL, *key = NULL;
+        if (object) {
+            const char *k = s->p;
+            size_t klen;
+            if (s->p >= s->end || *s->p != '"' || !scan_string(s))
+                goto bad;
+            key = decode(k, s->p, small, sizeof(small), &klen, &heap);
+            if (!key)
+                goto bad;
+            skip_ws(s);
+            if (s->p >= s->end || *s->p != ':') {
+                free(heap);
+                goto bad;
+            }
+            s->p++;
+            skip_ws(s);
+        }
+        json_t *v = build_value(b, depth + 1);
+        int rc = !v       ? -1
+                 : object ? json_object_set_new_nocheck(c, key, v)
+                          : json_array_append_new(c, v);
+        free(heap);
+        if (rc != 0)
+            goto bad;
+        skip_ws(s);
+        if (s->p >= s->end)
+            goto bad;
+        if (*s->p == close) {
+            s->p++;
+            return c;
+        }
+        if (*s->p != ',')
+            goto bad;
+        s->p++;
+        skip_ws(s);
+    }
+bad:
+    json_decref(c);
+    return build_fail(b, object ? "invalid object" : "invalid array");
+}
+
+static json_t *build_value(build *b, int depth)
+{
+    scan *s = &b->s;
+    if (s->p >= s->end)
+        return build_fail(b, "unexpected end of input");
+    fh_jtype t;
+    switch (*s->p) {
+    case '{':
+        return build_container(b, depth, true);
+    case '[':
+        return build_container(b, depth, false);
+    case '"':
+        return build_string(b);
+    case 't':
+    case 'f':
+    case 'n':
+        if (!scan_value(s, depth, &t))
+            return build_fail(b, "invalid literal");
+        return t == FH_J_TRUE ? json_true() : t == FH_J_FALSE ? json_false() : json_null();
+    default:
+        return build_number(b);
+    }
+}
+
+json_t *fh_json_parse(const char *str, size_t n, size_t *err_at, const char **why)
+{
+    build b = {.s = {.p = str, .end = str + n}};
+    skip_ws(&b.s);
+    json_t *v = NULL;
+    if (b.s.p < b.s.end && (*b.s.p == '{' || *b.s.p == '['))
+        v = build_value(&b, 0);
+    else
+        build_fail(&b, "'[' or '{' expected");
+    if (v) {
+        skip_ws(&b.s);
+        if (b.s.p != b.s.end) {
+            json_decref(v);
+            v = build_fail(&b, "end of file expected");
+        }
+    }
+    if (!v) {
+        if (err_at)
+            *err_at = (size_t)((b.s.err ? b.s.err : b.s.p) - str);
+        if (why)
+            *why = b.why ? b.why : "invalid JSON";
+    }
+    return v;
+}
+
+/* The value at *p within [.., end) of a validated container: no checks,
+ * only the structure (the document was validated by fh_json_scan). */
 static void next_value(const char **p, const char *end, fh_jval *v)
 {
     scan s = {.p = *p, .end = end};
     skip_ws(&s);
-    v->start = s.p;
-    scan_value(&s, 0, &v->type);
-    v->end = s.p;
-    *p = s.p;
+    const char *q = s.p;
+    v->start = q;
+    switch (*q) {
+    case '"':
+        v->type = FH_J_STRING;
+        q = skip_string_fast(q, end);
+        break;
+    case '{':
+    case '[': {
+        v->type = *q == '{' ? FH_J_OBJECT : FH_J_ARRAY;
+        int depth = 0;
+        while (q < end) {
+            char c = *q;
+            if (c == '"') {
+                q = skip_string_fast(q, end);
+                continue;
+            }
+            q++;
+            if (c == '{' || c == '[')
+                depth++;
+            else if ((c == '}' || c == ']') && --depth == 0)
+                break;
+        }
+        break;
+    }
+    default:
+        v->type = *q == 't'   ? FH_J_TRUE
+                  : *q == 'f' ? FH_J_FALSE
+                  : *q == 'n' ? FH_J_NULL
+                              : FH_J_NUMBER;
+        while (q < end && *q != ',' && *q != '}' && *q != ']' && *q != ' ' && *q != '\n' &&
+               *q != '\r' && *q != '\t')
+            q++;
+    }
+    v->end = q;
+    *p = q;
 }
 
 /* After a member or element: past the ',' (true) or at the close (false). */
@@ -626,7 +1079,7 @@ bool fh_jobj_next(const fh_jval *obj, size_t *pos, fh_jval *key, fh_jval *val)
     if (s.p >= end || *s.p != '"')
         return false;
     key->start = s.p;
-    scan_string(&s);
+    s.p = skip_string_fast(s.p, end);
     key->end = s.p;
     key->type = FH_J_STRING;
     skip_ws(&s);

@@ -28,6 +28,15 @@
 /* Valid UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
 bool fh_utf8_valid(const char *s, size_t n);
 
+/* ---- shared strings --------------------------------------------------------------- */
+
+/* A new reference to a string value holding `text` (valid UTF-8 only; NULL
+ * otherwise or out of memory). Long texts - the directives plugins prepend,
+ * the same bytes on every request - come from a small per-thread cache, so
+ * they are checked, copied and escaped once per thread instead of once per
+ * request; the serialiser writes a cached string's escaped form directly. */
+json_t *fh_json_string_shared(const char *text, size_t n);
+
 /* ---- serialiser --------------------------------------------------------------- */
 
 /* json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(15)), faster; malloc'd,
@@ -65,6 +74,21 @@ typedef struct fh_jval {
  * returns its top value; false on anything else (the offset of the first
  * bad byte in *err_at, when not NULL). */
 bool fh_json_scan(const char *s, size_t n, fh_jval *top, size_t *err_at);
+
+/* fh_json_scan, reporting on the way the values at the given paths
+ * ("usage", "choices.0.message.content": keys and array indexes, dotted;
+ * at most 8 paths of at most 6 steps) in found[] (type FH_J_NONE when
+ * absent; for a repeated key, the last). One pass over the document. */
+bool fh_json_scan_paths(const char *s, size_t n, fh_jval *top, const char *const *paths,
+                        fh_jval *found, size_t npaths);
+
+/* Parses a document into a jansson tree, accepting what json_loadb(s, n,
+ * 0) accepts (an object or array at the top; no \u0000; integers that fit
+ * json_int_t, reals that do not overflow) and building the same tree (a
+ * repeated key keeps its last value), at a fraction of the cost. NULL on
+ * error, with the offset of the problem in *err_at and a short reason in
+ * *why (static text). */
+json_t *fh_json_parse(const char *s, size_t n, size_t *err_at, const char **why);
 
 /* Iterates an object already validated by fh_json_scan: *pos starts at 0.
  * Each call gives the next member's key (raw, without the quotes, escapes

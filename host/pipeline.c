@@ -1146,27 +1146,21 @@ static void take_usage_j(fh_txn *t, const fh_jval *usage)
  * first choice's text (in *content). false when it is not a JSON object. */
 static bool read_answer(fh_txn *t, fh_jval *content)
 {
-    fh_jval top, k, v;
+    static const char *const paths[] = {"fusion", "usage", "choices.0.message.content"};
+    fh_jval top, found[3];
     content->type = FH_J_NONE;
-    if (!t->resp.len || !fh_json_scan(t->resp.data, t->resp.len, &top, NULL) ||
+    if (!t->resp.len || !fh_json_scan_paths(t->resp.data, t->resp.len, &top, paths, found, 3) ||
         top.type != FH_J_OBJECT)
         return false;
-    size_t pos = 0;
-    t->answer_empty = true;
-    while (fh_jobj_next(&top, &pos, &k, &v)) {
-        t->answer_empty = false;
-        if (fh_jstr_eq(&k, "fusion")) {
-            t->answer_has_fusion = true;
-        } else if (fh_jstr_eq(&k, "usage") && v.type == FH_J_OBJECT) {
-            take_usage_j(t, &v);
-        } else if (fh_jstr_eq(&k, "choices")) {
-            fh_jval c0, msg;
-            content->type = FH_J_NONE;
-            if (fh_jarr_get(&v, 0, &c0) && fh_jobj_get(&c0, "message", &msg) &&
-                fh_jobj_get(&msg, "content", content) && content->type != FH_J_STRING)
-                content->type = FH_J_NONE;
-        }
-    }
+    const char *p = top.start + 1;
+    while (p < top.end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    t->answer_empty = *p == '}';
+    t->answer_has_fusion = found[0].type != FH_J_NONE;
+    if (found[1].type == FH_J_OBJECT)
+        take_usage_j(t, &found[1]);
+    if (found[2].type == FH_J_STRING)
+        *content = found[2];
     return true;
 }
 

@@ -47,7 +47,8 @@ struct fh_upstream {
     fh_worker *w;
     CURLM *multi;
     char *base_url;
-    struct curl_slist *headers; /* shared by every call; curl only reads it */
+    struct curl_slist *headers;   /* shared by every call; curl only reads it */
+    CURLU *url_chat, *url_models; /* parsed once: curl reads them, never writes */
     long timeout_ms;
     long connect_timeout_ms;
     uint64_t deadline_ns; /* curl's timer; 0: none */
@@ -191,17 +192,17 @@ static void unlink_call(fh_upstream *u, fh_upstream_call *c)
     c->prev = c->next = NULL;
 }
 
+/* A finished handle keeps its options for the next call (submit sets all
+ * that differ), so reuse costs neither an init nor a reset. */
 static void release_easy(fh_upstream *u, CURL *e)
 {
     if (!e)
         return;
     curl_multi_remove_handle(u->multi, e);
-    if (u->nidle < IDLE_EASY_MAX) {
-        curl_easy_reset(e);
+    if (u->nidle < IDLE_EASY_MAX)
         u->idle[u->nidle++] = e;
-    } else {
+    else
         curl_easy_cleanup(e);
-    }
 }
 
 static void free_call(fh_upstream *u, fh_upstream_call *c)
@@ -313,51 +314,72 @@ static void drain_done(fh_upstream *u)
     }
 }
 
+static size_t on_header(char *data, size_t size, size_t n, void *p);
+static size_t on_write(char *data, size_t size, size_t n, void *p);
+
+/* A handle from the idle pool, or a new one with the options every call
+ * shares. */
 static CURL *take_easy(fh_upstream *u)
 {
-    return u->nidle ? u->idle[--u->nidle] : curl_easy_init();
+    if (u->nidle)
+        return u->idle[--u->nidle];
+    CURL *e = curl_easy_init();
+    if (!e)
+        return NULL;
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* Thousands of calls wait at once: keep each one's buffer small. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* The upstream is named in the config: no proxy from the environment
+     * (http_proxy would silently reroute every model call; curl would also
+     * read the variables on every call). */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    return e;
 }
 
 fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const char *path,
                                      const char *body, size_t len, int streaming,
                                      const fh_upstream_handler *h, void *ud)
 {
-    fh_upstream_call *c = calloc(1, sizeof(*c));
+    CURLU *url = strcmp(path, "/chat/completions") == 0 ? u->url_chat
+                 : strcmp(path, "/models") == 0         ? u->url_models
+                                                        : NULL;
+    fh_upstream_call *c = url ? calloc(1, sizeof(*c)) : NULL;
     CURL *e = c ? take_easy(u) : NULL;
-    char url[2048];
-    if (!e || snprintf(url, sizeof(url), "%s%s", u->base_url, path) >= (int)sizeof(url)) {
-        if (e)
-            release_easy(u, e);
+    if (!e) {
         free(c);
         return NULL;
     }
     c->h = *h;
     c->ud = ud;
     c->easy = e;
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    /* Everything a previous call on this handle may have set differently. */
+    curl_easy_setopt(e, CURLOPT_CURLU, url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    /* Thousands of calls wait at once: keep each one's buffer small. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (streaming) {
         /* A stream may last long; what must not last is silence. */
         long idle_s = (u->timeout_ms + 999) / 1000;
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
     } else {
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, u->timeout_ms);
     }
-    if (strcmp(method, "GET") != 0) {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+    } else {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, strcmp(method, "POST") ? method : NULL);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
     }
@@ -390,6 +412,26 @@ size_t fh_upstream_in_flight(const fh_upstream *u)
 }
 
 /* ---- life --------------------------------------------------------------------- */
+
+/* base + path, parsed once: curl would parse the URL text on every call. */
+static CURLU *parse_url(const char *base, const char *path, char *err, size_t errlen)
+{
+    char *text = NULL;
+    CURLU *h = curl_url();
+    if (!h || asprintf(&text, "%s%s", base, path) < 0) {
+        curl_url_cleanup(h);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    CURLUcode rc = curl_url_set(h, CURLUPART_URL, text, 0);
+    if (rc != CURLUE_OK) {
+        snprintf(err, errlen, "upstream.base_url %s: %s", base, curl_url_strerror(rc));
+        curl_url_cleanup(h);
+        h = NULL;
+    }
+    free(text);
+    return h;
+}
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 
@@ -434,6 +476,11 @@ fh_upstream *fh_upstream_new(fh_worker *w, const fh_upstream_opts *opts, char *e
         fh_upstream_free(u);
         return NULL;
     }
+    if (!(u->url_chat = parse_url(u->base_url, "/chat/completions", err, errlen)) ||
+        !(u->url_models = parse_url(u->base_url, "/models", err, errlen))) {
+        fh_upstream_free(u);
+        return NULL;
+    }
     curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
     curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -463,6 +510,8 @@ void fh_upstream_free(fh_upstream *u)
         sock_forget(u, u->socks);
     }
     curl_slist_free_all(u->headers);
+    curl_url_cleanup(u->url_chat);
+    curl_url_cleanup(u->url_models);
     free(u->base_url);
     free(u);
 }

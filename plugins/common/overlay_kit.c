@@ -507,11 +507,21 @@ int okit_has(const char *text, size_t len, const char *pattern)
  * positions only, rather than scanning the whole text once per pattern. */
 #define WORD_INDEX_MAX 2048 /* longer texts fall back to one scan per pattern */
 
+#define BUCKETS 28 /* a..z, digits, anything else */
+
 typedef struct word_index {
-    uint16_t head[256];            /* 1 + first entry for a byte; 0: none */
-    uint16_t next[WORD_INDEX_MAX]; /* 1 + next entry with the same byte */
+    uint16_t head[BUCKETS];        /* 1 + first entry of a bucket; 0: none */
+    uint16_t next[WORD_INDEX_MAX]; /* 1 + next entry in the same bucket */
     uint32_t pos[WORD_INDEX_MAX];
 } word_index;
+
+static unsigned bucket(char c)
+{
+    c = lower(c);
+    if (c >= 'a' && c <= 'z')
+        return (unsigned)(c - 'a');
+    return c >= '0' && c <= '9' ? 26 : 27;
+}
 
 static int index_build(word_index *ix, const char *text, size_t len)
 {
@@ -519,12 +529,15 @@ static int index_build(word_index *ix, const char *text, size_t len)
         return -1;
     memset(ix->head, 0, sizeof(ix->head));
     size_t n = 0;
+    int after_word = 0; /* word_start(): the previous byte is not a word byte */
     for (size_t i = 0; i < len; i++) {
-        if (!word_start(text, i))
+        int was = after_word;
+        after_word = word_char((unsigned char)text[i]);
+        if (was)
             continue;
         if (n == WORD_INDEX_MAX)
             return -1;
-        unsigned char b = (unsigned char)lower(text[i]);
+        unsigned b = bucket(text[i]);
         ix->pos[n] = (uint32_t)i;
         ix->next[n] = ix->head[b];
         ix->head[b] = (uint16_t)(n + 1);
@@ -533,42 +546,69 @@ static int index_build(word_index *ix, const char *text, size_t len)
     return 0;
 }
 
+/* okit_has() over the index: the same matches, visiting only the word starts
+ * whose first byte can begin the pattern (match_at() checks it exactly). */
 static int index_has(const word_index *ix, const char *text, size_t len, const char *pattern)
 {
     if (!pattern || !*pattern)
         return 0;
-    for (uint16_t k = ix->head[(unsigned char)lower(pattern[0])]; k; k = ix->next[k - 1])
-        if (match_at(text, len, ix->pos[k - 1], pattern) >= 0)
+    for (uint16_t k = ix->head[bucket(pattern[0])]; k; k = ix->next[k - 1]) {
+        uint32_t at = ix->pos[k - 1];
+        if (lower(text[at]) == lower(pattern[0]) && match_at(text, len, at, pattern) >= 0)
             return 1;
+    }
     return 0;
+}
+
+/* An index over one text, built once for several pattern lists. */
+typedef struct text_ix {
+    word_index ix;
+    int indexed; /* 0: too many words, scan per pattern instead */
+} text_ix;
+
+static void text_ix_build(text_ix *t, const char *text, size_t len)
+{
+    t->indexed = index_build(&t->ix, text, len) == 0;
+}
+
+static int ix_has(const text_ix *t, const char *text, size_t len, const char *pattern)
+{
+    return t->indexed ? index_has(&t->ix, text, len, pattern) : okit_has(text, len, pattern);
+}
+
+static uint32_t ix_mask(const text_ix *t, const char *text, size_t len, const char *const *patterns)
+{
+    uint32_t mask = 0;
+    for (size_t i = 0; patterns && patterns[i] && i < 32; i++)
+        if (ix_has(t, text, len, patterns[i]))
+            mask |= (uint32_t)1 << i;
+    return mask;
+}
+
+static size_t ix_count(const text_ix *t, const char *text, size_t len, const char *const *patterns)
+{
+    size_t n = 0;
+    for (size_t i = 0; patterns && patterns[i]; i++)
+        n += ix_has(t, text, len, patterns[i]) ? 1 : 0;
+    return n;
 }
 
 uint32_t okit_match_mask(const char *text, size_t len, const char *const *patterns)
 {
-    uint32_t mask = 0;
     if (!text || !patterns)
         return 0;
-    word_index ix;
-    int indexed = index_build(&ix, text, len) == 0;
-    for (size_t i = 0; patterns[i] && i < 32; i++) {
-        if (indexed ? index_has(&ix, text, len, patterns[i]) : okit_has(text, len, patterns[i]))
-            mask |= (uint32_t)1 << i;
-    }
-    return mask;
+    text_ix t;
+    text_ix_build(&t, text, len);
+    return ix_mask(&t, text, len, patterns);
 }
 
 size_t okit_count_distinct(const char *text, size_t len, const char *const *patterns)
 {
-    size_t n = 0;
     if (!text || !patterns)
         return 0;
-    word_index ix;
-    int indexed = index_build(&ix, text, len) == 0;
-    for (size_t i = 0; patterns[i]; i++)
-        n += (indexed ? index_has(&ix, text, len, patterns[i]) : okit_has(text, len, patterns[i]))
-                 ? 1
-                 : 0;
-    return n;
+    text_ix t;
+    text_ix_build(&t, text, len);
+    return ix_count(&t, text, len, patterns);
 }
 
 static int same_ci(const char *a, const char *b, size_t n)
@@ -705,8 +745,10 @@ size_t okit_substantive(const char *text, size_t len, const char *const *need,
     size_t pos = 0, s, e, n = 0;
     uint32_t m = 0;
     while (okit_next_sentence(text, len, &pos, &s, &e)) {
-        uint32_t hit = okit_match_mask(text + s, e - s, need);
-        if (!hit || (also && okit_count_distinct(text + s, e - s, also) == 0) ||
+        text_ix t; /* one index of the sentence for both lists */
+        text_ix_build(&t, text + s, e - s);
+        uint32_t hit = ix_mask(&t, text + s, e - s, need);
+        if (!hit || (also && ix_count(&t, text + s, e - s, also) == 0) ||
             okit_distinct_words(text + s, e - s, min_words) < min_words)
             continue;
         n++;

@@ -191,6 +191,63 @@ static void scan_like_jansson(void **state)
     free(d);
 }
 
+/* The parser builds what json_loadb builds, and refuses what it refuses. */
+static void parse_like_jansson(void **state)
+{
+    (void)state;
+    const char *inputs[] = {
+        "{}",
+        "[]",
+        "{\"a\":1,\"a\":2}",
+        "[1,-2,3.5,-0.0,1e3,1E-2,true,false,null,\"s\"]",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"caf\u00e9 \\n "
+        "\\\"q\\\"\"}],"
+        "\"temperature\":0.2,\"seed\":9223372036854775807,\"n\":-9223372036854775808}",
+        "{\"\\ud83d\\ude00\":{\"x\":[[],{}]}}",
+        /* refused */
+        "",
+        "1",
+        "\"s\"",
+        "{\"a\":1}x",
+        "{\"a\":18446744073709551615}",
+        "[1e999]",
+        "[-1e999]",
+        "{\"a\":\"\\u0000\"}",
+        "[\"\xff\"]",
+        "{\"a\" 1}",
+        "[1,]",
+        "{\"\\ud800\":1}",
+    };
+    for (size_t i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+        size_t n = strlen(inputs[i]), at = 0;
+        const char *why = NULL;
+        json_t *want = json_loadb(inputs[i], n, 0, NULL);
+        json_t *got = fh_json_parse(inputs[i], n, &at, &why);
+        if ((want == NULL) != (got == NULL))
+            print_error("input %zu '%s': jansson %s, jfast %s (%s)\n", i, inputs[i],
+                        want ? "accepts" : "refuses", got ? "accepts" : "refuses", why ? why : "");
+        assert_int_equal(want == NULL, got == NULL);
+        if (want) {
+            assert_true(json_equal(want, got));
+            char *a = json_dumps(want, JSON_COMPACT), *b = json_dumps(got, JSON_COMPACT);
+            assert_string_equal(a, b); /* the same key order too */
+            free(a);
+            free(b);
+        } else {
+            assert_non_null(why);
+            assert_true(at <= n);
+        }
+        json_decref(want);
+        json_decref(got);
+    }
+    size_t deep = 100000, at = 0;
+    char *d = malloc(2 * deep);
+    memset(d, '[', deep);
+    memset(d + deep, ']', deep);
+    assert_null(fh_json_parse(d, 2 * deep, &at, NULL));
+    free(d);
+}
+
 static void read_answer_fields(void **state)
 {
     (void)state;
@@ -222,6 +279,57 @@ static void read_answer_fields(void **state)
     assert_false(fh_jobj_get(&top, "missing", &v));
 }
 
+static void scan_paths(void **state)
+{
+    (void)state;
+    const char *doc =
+        "{\"usage\":{\"total_tokens\":1},\"choices\":[{\"message\":{\"content\":\"a\"}},"
+        "{\"message\":{\"content\":\"b\"}}],\"fus\\u0069on\":[],\"usage\":{\"total_tokens\":7}}";
+    const char *paths[] = {"usage", "choices.1.message.content", "fusion", "missing",
+                           "choices.2.message.content"};
+    fh_jval top, found[5];
+    assert_true(fh_json_scan_paths(doc, strlen(doc), &top, paths, found, 5));
+    assert_int_equal(top.type, FH_J_OBJECT);
+    fh_jval n;
+    long v = 0;
+    assert_int_equal(found[0].type, FH_J_OBJECT); /* the repeated key: the last, as jansson */
+    assert_true(fh_jobj_get(&found[0], "total_tokens", &n) && fh_jnum_long(&n, &v));
+    assert_int_equal(v, 7);
+    char *text = fh_jstr_unescape(&found[1], NULL);
+    assert_string_equal(text, "b");
+    free(text);
+    assert_int_equal(found[2].type, FH_J_ARRAY); /* escaped key */
+    assert_int_equal(found[3].type, FH_J_NONE);
+    assert_int_equal(found[4].type, FH_J_NONE);
+    assert_false(fh_json_scan_paths("{\"a\":", 5, &top, paths, found, 1));
+}
+
+/* Long strings built through the per-thread cache dump like any other,
+ * invalid UTF-8 is refused, and the cache hands out the same node. */
+static void shared_strings(void **state)
+{
+    (void)state;
+    char text[600];
+    for (size_t i = 0; i < sizeof(text) - 1; i++)
+        text[i] = "Roll back \"first\"\n\t"[i % 19];
+    text[sizeof(text) - 1] = '\0';
+    json_t *a = fh_json_string_shared(text, strlen(text));
+    json_t *b = fh_json_string_shared(text, strlen(text));
+    assert_non_null(a);
+    assert_ptr_equal(a, b);
+    json_t *doc =
+        json_pack("{s:[{s:s,s:O}],s:O}", "messages", "role", "system", "content", a, "again", b);
+    assert_dump_like_jansson(doc);
+    json_decref(doc);
+    json_decref(a);
+    json_decref(b);
+    char bad[300];
+    memset(bad, 'x', sizeof(bad));
+    bad[100] = (char)0xff;
+    assert_null(fh_json_string_shared(bad, sizeof(bad)));
+    assert_null(fh_json_string_shared("\xc0\xaf", 2));
+}
+
 static void utf8(void **state)
 {
     (void)state;
@@ -237,9 +345,15 @@ static void utf8(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(dump_reals),         cmocka_unit_test(dump_strings),
-        cmocka_unit_test(dump_documents),     cmocka_unit_test(scan_like_jansson),
-        cmocka_unit_test(read_answer_fields), cmocka_unit_test(utf8),
+        cmocka_unit_test(dump_reals),
+        cmocka_unit_test(dump_strings),
+        cmocka_unit_test(dump_documents),
+        cmocka_unit_test(scan_like_jansson),
+        cmocka_unit_test(parse_like_jansson),
+        cmocka_unit_test(read_answer_fields),
+        cmocka_unit_test(scan_paths),
+        cmocka_unit_test(shared_strings),
+        cmocka_unit_test(utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
