@@ -451,9 +451,8 @@ static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
         if (c->answer_owned)
             free(c->answer);
     }
-    c->req = NULL;
-    c->gen = NULL;
-    c->answer = NULL;
+    /* Timed out, the call's fields stay the call's (its thread frees them
+     * if the plugin ever returns): nothing of `c` is touched here. */
     queue_job(t, JOB_RESUMED);
 }
 

@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # The systemd notify protocol through a stand-in NOTIFY_SOCKET: READY and
 # STATUS, watchdog cadence, RELOADING/READY on SIGHUP, pings stopping while
-# the HTTP loop is wedged, STOPPING and exit 0 on SIGTERM.
+# a worker's loop is frozen (and only then), STOPPING and exit 0 on SIGTERM.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/daemon_lib.sh"
 
 start_stub
 dir=$FH_TMP/d
 cfg=$(make_config "$dir")
-cp "$FH_TEST_PLUGIN_DIR/wedge.so" "$dir/plugins/"
-# A feature routing scenario type "wedge" to the wedge test overlay.
-sed -i 's/^features:.*/features:\n  wedge:\n    description: "test overlay that blocks apply()"\n    enabled_overlays: []\n    rollout_percentage: 100\n    conditions:\n      scenario_types: ["wedge"]/' \
-    "$dir/overlay_feature_flags.yaml"
-printf 'overlays:\n  wedge:\n    config: { block_ms: 3000 }\n' >>"$cfg"
+printf 'workers: 2\n' >>"$cfg"
 
 notes=$FH_TMP/notify.log
 : >"$notes"
@@ -25,7 +21,7 @@ count() { grep -c "$1" "$notes"; }
 NOTIFY_SOCKET=$FH_TMP/notify.sock WATCHDOG_USEC=400000 start_daemon "$cfg"
 
 check "READY=1 once serving" wait_for 5 grep -q 'READY=1' "$notes"
-check "STATUS= with overlay counts" grep -Eq 'STATUS=.*3 overlays enabled' "$notes"
+check "STATUS= with overlay counts" grep -Eq 'STATUS=.*2 overlays enabled' "$notes"
 check "READY only after the listener is up (the ready file exists)" test -s "$FH_TMP/ready"
 check "watchdog pings keep coming" wait_for 5 bash -c "[ \$(grep -c WATCHDOG=1 '$notes') -ge 5 ]"
 first=$(grep WATCHDOG=1 "$notes" | head -1 | cut -d' ' -f1)
@@ -38,19 +34,18 @@ check "SIGHUP: RELOADING=1" wait_for 5 grep -q 'RELOADING=1' "$notes"
 reloading_line=$(grep -n 'RELOADING=1' "$notes" | head -1 | cut -d: -f1)
 check "then READY=1 again" wait_for 5 bash -c "tail -n +$reloading_line '$notes' | grep -q 'READY=1'"
 
-# Wedge the HTTP loop: pings must stop while it is stuck, then resume.
-curl -s -o /dev/null --max-time 10 -H 'Content-Type: application/json' \
-    --data-binary '{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"wedge"}}' \
-    "$FH/v1/chat/completions" &
-CURL=$!
-check "the wedge overlay is running" wait_for 5 grep -q 'wedging' "$FH_TMP/daemon.log"
-sleep 1.2 # past the 1 s staleness allowance: an observation window, not a wait
+# Freeze one worker's loop (as a bug would): the pings must stop while it is
+# stuck, whatever the other worker still does, then resume.
+"$FH_TOOLS_DIR/freeze-thread" "$FH_PID" fh-worker-1 2500 &
+FREEZE=$!
+sleep 1.2 # past the 1 s allowance: an observation window, not a wait
 before=$(count WATCHDOG=1)
-sleep 1.2
+sleep 1.0
 after=$(count WATCHDOG=1)
-check "no pings while the loop is wedged ($before -> $after)" [ "$before" = "$after" ]
-check "the daemon says why" grep -q 'watchdog: the HTTP or upstream loop is not responding' "$FH_TMP/daemon.log"
-wait $CURL
+wait $FREEZE
+check "the worker could be frozen (freeze-thread exit $?)" [ $? = 0 ]
+check "no pings while a worker loop is frozen ($before -> $after)" [ "$before" = "$after" ]
+check "the daemon says which" grep -q 'watchdog: worker 1 did not answer' "$FH_TMP/daemon.log"
 check "pings resume once the loop runs again" wait_for 5 bash -c "[ \$(grep -c WATCHDOG=1 '$notes') -gt $after ]"
 
 stop_daemon

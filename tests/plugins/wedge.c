@@ -1,8 +1,9 @@
 /*
- * wedge - a test overlay whose apply() blocks the calling thread for
- * `block_ms` (its config, default 3000) when the request's scenario type is
- * "wedge". The notify test uses it to wedge the HTTP loop and check that
- * the watchdog pings stop while the loop is stuck. Bounded, so tests end.
+ * wedge - a test overlay whose hook blocks the calling thread when the
+ * request's scenario type is "wedge": apply() or evaluate() (config "hook"),
+ * for `block_ms` milliseconds (config; -1: for ever). The hang tests use it
+ * to check that a hung hook costs only its own request. Other requests it
+ * serves at once.
  */
 #include <fusion/overlay.h>
 
@@ -12,6 +13,7 @@
 
 typedef struct wedge_state {
     long block_ms;
+    int on_evaluate;
 } wedge_state;
 
 static int wedge_init(const fusion_init_args *a, void **state)
@@ -23,6 +25,7 @@ static int wedge_init(const fusion_init_args *a, void **state)
     const char *k = a->config_json ? strstr(a->config_json, "\"block_ms\"") : NULL;
     if (k && (k = strchr(k, ':')) != NULL)
         s->block_ms = strtol(k + 1, NULL, 10);
+    s->on_evaluate = a->config_json && strstr(a->config_json, "\"evaluate\"") != NULL;
     *state = s;
     return 0;
 }
@@ -32,27 +35,45 @@ static void wedge_fini(void *state)
     free(state);
 }
 
+static void block(const wedge_state *s, const fusion_host_api *host, const char *hook)
+{
+    host->log(FUSION_LOG_WARN, "wedging %s for %ld ms", hook, s->block_ms);
+    struct timespec ts = {s->block_ms / 1000, (s->block_ms % 1000) * 1000000L};
+    if (s->block_ms < 0)
+        ts.tv_sec = 3600, ts.tv_nsec = 0;
+    do {
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+        ts.tv_sec = 3600;
+    } while (s->block_ms < 0);
+    host->log(FUSION_LOG_WARN, "unwedged");
+}
+
+static int triggered(const fusion_request *req, const fusion_host_api *host)
+{
+    return strcmp(host->req_scenario_type(req), "wedge") == 0;
+}
+
 static int wedge_apply(void *state, fusion_request *req, const fusion_host_api *host)
 {
     const wedge_state *s = state;
-    if (strcmp(host->req_scenario_type(req), "wedge") != 0)
-        return 0;
-    host->log(FUSION_LOG_WARN, "wedging the calling thread for %ld ms", s->block_ms);
-    struct timespec ts = {s->block_ms / 1000, (s->block_ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-    host->log(FUSION_LOG_WARN, "unwedged");
+    if (!s->on_evaluate && triggered(req, host))
+        block(s, host, "apply()");
     return 0;
 }
 
 static int wedge_evaluate(void *state, const fusion_request *req, const char *answer, size_t len,
                           fusion_evaluation *out, const fusion_host_api *host)
 {
-    (void)state, (void)req, (void)answer, (void)len, (void)host;
+    const wedge_state *s = state;
+    (void)answer, (void)len;
+    if (s->on_evaluate && triggered(req, host))
+        block(s, host, "evaluate()");
     out->quality = 1.0;
     return 0;
 }
 
-FUSION_OVERLAY_DEFINE(.name = "wedge", .version = "1.0.0", .description = "test: blocks apply()",
-                      .license = "MIT", .init = wedge_init, .fini = wedge_fini,
-                      .apply = wedge_apply, .evaluate = wedge_evaluate)
+FUSION_OVERLAY_DEFINE(.name = "wedge", .version = "1.0.0",
+                      .description = "test: blocks apply() or evaluate()", .license = "MIT",
+                      .init = wedge_init, .fini = wedge_fini, .apply = wedge_apply,
+                      .evaluate = wedge_evaluate)
