@@ -140,9 +140,11 @@ struct fh_door_frame {
     /* Set once by the frame's worker. */
     void (*post)(void *post_ud, fh_door_frame *f); /* RETURNED: hand it back */
     void *post_ud;
-    /* The worker's: deadline and list link while detached. */
+    /* The worker's: deadline and list link while detached (runner only),
+     * and the inbox link once returned (under the worker's inbox lock). */
     uint64_t deadline_ns;
     fh_door_frame *next;
+    fh_door_frame *posted_next;
 };
 
 fh_door_frame *fh_door_frame_new(void (*post)(void *, fh_door_frame *), void *post_ud);

@@ -48,7 +48,7 @@ struct fh_worker {
     pthread_mutex_t mu;
     pthread_cond_t exited_cv;
     msg *msgs, *msgs_tail;   /* mu */
-    fh_door_frame *returned; /* mu: frames posted back, linked by `next` */
+    fh_door_frame *returned; /* mu: frames posted back, linked by `posted_next` */
     pthread_t runner;        /* mu */
     bool started, exited;    /* mu */
     bool orphaned;           /* mu: handed off, but no thread could be started */
@@ -90,7 +90,7 @@ static void frame_post(void *ud, fh_door_frame *f)
 {
     fh_worker *w = ud;
     pthread_mutex_lock(&w->mu);
-    f->next = w->returned;
+    f->posted_next = w->returned;
     w->returned = f;
     pthread_mutex_unlock(&w->mu);
     wake(w);
@@ -256,7 +256,7 @@ static void take_returned(fh_worker *w)
     pthread_mutex_unlock(&w->mu);
     while (list) {
         fh_door_frame *f = list;
-        list = f->next;
+        list = f->posted_next;
         unlink_detached(w, f);
         if (w->frame_fn)
             w->frame_fn(w, f, false);
