@@ -74,7 +74,8 @@ static const char *const budget_keys[] = {"hook_latency_ms",
                                           "consecutive_breaches",
                                           "tokens_per_minute",
                                           NULL};
-static const char *const limits_keys[] = {"max_body_bytes", "max_connections", NULL};
+static const char *const limits_keys[] = {"max_body_bytes", "max_connections", "max_header_bytes",
+                                          NULL};
 static const char *const metrics_keys[] = {"max_series_per_metric", NULL};
 static const char *const hooks_keys[] = {"deadline_ms", NULL};
 
@@ -465,6 +466,7 @@ static int set_defaults(fh_config *c)
     c->environment = strdup(DEF_ENVIRONMENT);
     c->limits.max_body_bytes = 1048576;
     c->limits.max_connections = 10000;
+    c->limits.max_header_bytes = 8192;
     c->metrics.max_series_per_metric = 1000;
     c->drain_timeout_ms = 10000;
     c->workers = 0;
@@ -561,6 +563,7 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
     fh_yaml_get_long(y, li, "limits", "max_body_bytes", 1024, 1073741824L,
                      &c->limits.max_body_bytes);
     fh_yaml_get_long(y, li, "limits", "max_connections", 1, 1000000, &c->limits.max_connections);
+    fh_yaml_get_long(y, li, "limits", "max_header_bytes", 4096, 65536, &c->limits.max_header_bytes);
     yaml_node_t *me = section(&L, root, "metrics", metrics_keys);
     fh_yaml_get_long(y, me, "metrics", "max_series_per_metric", 1, 1000000,
                      &c->metrics.max_series_per_metric);

@@ -72,6 +72,7 @@ typedef struct fh_config {
     struct {
         long max_body_bytes;
         long max_connections;
+        long max_header_bytes; /* per connection: request line, headers, answer head */
     } limits;
     struct {
         long max_series_per_metric;

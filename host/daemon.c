@@ -258,6 +258,7 @@ int fh_serve(const fh_serve_opts *o)
     fh_http_opts ho = {.listen = cfg->listen,
                        .max_connections = (unsigned)cfg->limits.max_connections,
                        .max_body_bytes = (size_t)cfg->limits.max_body_bytes,
+                       .max_header_bytes = (size_t)cfg->limits.max_header_bytes,
                        .workers = nworkers};
     http = fh_http_listen(&ho, &pipeline, metrics, reg, err, sizeof(err));
     if (!http) {

@@ -34,6 +34,7 @@ typedef struct fh_http_opts {
     const char *listen;       /* "host:port"; port 0 picks a free one */
     unsigned max_connections; /* in all, shared out among the workers */
     size_t max_body_bytes;
+    size_t max_header_bytes; /* each connection's buffer for its head */
     unsigned idle_timeout_s; /* clients silent this long are dropped */
     unsigned workers;
 } fh_http_opts;

@@ -472,6 +472,13 @@ char *fh_json_dump(const json_t *v, size_t *len)
         return NULL;
     }
     o.p[o.len] = '\0';
+    /* Doubling leaves up to half unused, and the text may wait a long
+     * time for an upstream: give the rest back. */
+    if (o.cap > o.len + 1 + 64) {
+        char *fit = realloc(o.p, o.len + 1);
+        if (fit)
+            o.p = fit;
+    }
     if (len)
         *len = o.len;
     return o.p;

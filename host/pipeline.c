@@ -296,6 +296,19 @@ fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind)
     return t;
 }
 
+void fh_txn_expect(fh_txn *t, size_t len)
+{
+    /* The body's size is known: one allocation of that size (thousands of
+     * requests may wait at once; doubling from 1 KiB wastes the rest). Not
+     * for large bodies: a client announcing one and sending nothing must
+     * not make us hold the memory (they grow as their bytes arrive). */
+    if (!t->in.cap && len > 0 && len <= (64u << 10)) {
+        t->in.data = malloc(len + 1);
+        if (t->in.data)
+            t->in.cap = len + 1;
+    }
+}
+
 int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body)
 {
     if (!t->in_too_large && t->in.len + len <= max_body && buf_add(&t->in, data, len) == 0)

@@ -60,6 +60,8 @@ bool fh_pipe_take_kick(fh_pipe *pp);
 
 /* Runner, from MHD's access handler. */
 fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind);
+/* The body's announced length (Content-Length), before its bytes. */
+void fh_txn_expect(fh_txn *t, size_t len);
 /* Request body bytes. Returns 0, or -1 once over max_body_bytes (the rest
  * is dropped and the request answered 413 when the body ends), or -2 when
  * the client went on sending past twice the limit (answer 413 now:

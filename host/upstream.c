@@ -333,7 +333,7 @@ static CURL *take_easy(fh_upstream *u)
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     /* Thousands of calls wait at once: keep each one's buffer small. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     /* The upstream is named in the config: no proxy from the environment
      * (http_proxy would silently reroute every model call; curl would also

@@ -62,6 +62,11 @@ struct fh_worker {
 
     /* Runner only. */
     bool nudged; /* a turn has work again before the next wait */
+    /* Watches removed while a batch of events is dispatched: the batch may
+     * still name them (and their memory may be gone). */
+    bool dispatching;
+    fh_watch **dead;
+    size_t ndead, dead_cap;
     void (*stop_fn)(fh_worker *w, void *ud);
     void *stop_ud;
     fh_door_frame *detached; /* linked by `next` */
@@ -146,6 +151,7 @@ void fh_worker_free(fh_worker *w)
         free(m);
     }
     fh_door_frame_unref(atomic_load(&w->frame));
+    free(w->dead);
     close(w->wake.fd);
     close(w->epfd);
     pthread_cond_destroy(&w->exited_cv);
@@ -175,6 +181,29 @@ int fh_worker_rewatch(fh_worker *w, fh_watch *watch, uint32_t events)
 void fh_worker_unwatch(fh_worker *w, fh_watch *watch)
 {
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL); /* ENOENT/EBADF: gone already */
+    if (!w->dispatching)
+        return;
+    if (w->ndead == w->dead_cap) {
+        size_t cap = w->dead_cap ? 2 * w->dead_cap : 16;
+        fh_watch **grown = realloc(w->dead, cap * sizeof(*grown));
+        if (!grown) {
+            /* Cannot remember it: stop dispatching this batch (its events
+             * come again, level-triggered, or were for a dead socket). */
+            w->dispatching = false;
+            return;
+        }
+        w->dead = grown;
+        w->dead_cap = cap;
+    }
+    w->dead[w->ndead++] = watch;
+}
+
+static bool is_dead(const fh_worker *w, const fh_watch *watch)
+{
+    for (size_t i = 0; i < w->ndead; i++)
+        if (w->dead[i] == watch)
+            return true;
+    return false;
 }
 
 void fh_worker_set_stop(fh_worker *w, void (*fn)(fh_worker *w, void *ud), void *ud)
@@ -323,10 +352,14 @@ static bool loop(fh_worker *w, uint64_t epoch)
     int wait_ms = 0;
     while (!atomic_load(&w->stopping)) {
         int n = epoll_wait(w->epfd, ev, MAX_EVENTS, wait_ms);
-        for (int i = 0; i < n; i++) {
+        w->dispatching = true;
+        w->ndead = 0;
+        for (int i = 0; i < n && w->dispatching; i++) {
             fh_watch *watch = ev[i].data.ptr;
-            watch->fn(watch, ev[i].events);
+            if (!is_dead(w, watch))
+                watch->fn(watch, ev[i].events);
         }
+        w->dispatching = false;
         run_inbox(w);
         wait_ms = expire_detached(w, false);
         for (size_t i = 0; i < w->nturns; i++) {

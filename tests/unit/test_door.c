@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---- a plugin whose apply() blocks until released ------------------------------ */
 
@@ -245,6 +247,66 @@ static void worker_stops_with_a_hung_call(void **state)
     assert_true(wait_for(&abandoned, 1, 2000));
 }
 
+/* A watch removed (and freed) by an earlier callback of the same batch of
+ * events is not called: the batch names it, its memory is gone. */
+typedef struct two_watches {
+    fh_watch a;
+    fh_watch *b; /* heap, freed by a's callback */
+    atomic_int a_calls, b_calls;
+    fh_worker *w;
+} two_watches;
+
+static two_watches tw;
+
+static void on_b(fh_watch *watch, uint32_t events)
+{
+    (void)watch, (void)events;
+    atomic_fetch_add(&tw.b_calls, 1);
+}
+
+static void on_a(fh_watch *watch, uint32_t events)
+{
+    (void)events;
+    char c;
+    (void)!read(watch->fd, &c, 1);
+    if (tw.b) {
+        fh_worker_unwatch(tw.w, tw.b);
+        memset(tw.b, 0xdb, sizeof(*tw.b)); /* as reused memory would look */
+        free(tw.b);
+        tw.b = NULL;
+    }
+    atomic_fetch_add(&tw.a_calls, 1);
+}
+
+static void unwatch_within_a_batch(void **state)
+{
+    (void)state;
+    int pa[2], pb[2];
+    assert_int_equal(pipe(pa), 0);
+    assert_int_equal(pipe(pb), 0);
+    char err[128];
+    memset(&tw, 0, sizeof(tw));
+    tw.w = fh_worker_new(0, err, sizeof(err));
+    assert_non_null(tw.w);
+    tw.a = (fh_watch){.fd = pa[0], .events = EPOLLIN, .fn = on_a};
+    tw.b = calloc(1, sizeof(*tw.b));
+    *tw.b = (fh_watch){.fd = pb[0], .events = EPOLLIN, .fn = on_b};
+    /* Both ready before the loop starts, a first: one batch, in the order
+     * they became ready (epoll's ready list), so a's callback frees b
+     * while b's event is still to come. */
+    assert_int_equal(fh_worker_watch(tw.w, tw.b), 0);
+    assert_int_equal(fh_worker_watch(tw.w, &tw.a), 0);
+    assert_int_equal(write(pa[1], "a", 1), 1);
+    assert_int_equal(write(pb[1], "b", 1), 1);
+    assert_int_equal(fh_worker_start(tw.w, "t-watch"), 0);
+    assert_true(wait_for(&tw.a_calls, 1, 2000));
+    assert_true(fh_worker_stop(tw.w, 2000));
+    fh_worker_free(tw.w);
+    assert_int_equal(atomic_load(&tw.b_calls), 0);
+    free(tw.b);
+    close(pa[0]), close(pa[1]), close(pb[0]), close(pb[1]);
+}
+
 int main(void)
 {
     fh_log_set_level(FH_LOG_ERROR);
@@ -254,6 +316,7 @@ int main(void)
         cmocka_unit_test_setup(worker_call_detached_then_returns, reset),
         cmocka_unit_test_setup(worker_call_abandoned_at_deadline, reset),
         cmocka_unit_test_setup(worker_stops_with_a_hung_call, reset),
+        cmocka_unit_test(unwatch_within_a_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
