@@ -19,6 +19,16 @@
 #       bundled stub): prints completed, failed, the daemon's peak thread
 #       count and RSS.
 #
+#   bench/run.sh --overhead [--output FILE]
+#       The host's own time per request (X-Fusion-Overhead-Ms, the same
+#       figure as fusion_overhead_ms) at 5,000 requests/s, open loop, against
+#       the nginx upstream: p50, p99 and max for the baseline and an overlay.
+#
+#   bench/run.sh --stream [--output FILE]
+#       Time to the first streamed chunk, through fusion-host and directly
+#       from the stub (50 streams each): the difference is the host's.
+#       And the time from start to READY=1, with both overlays (20 starts).
+#
 #   bench/run.sh --instructions N [--output FILE]
 #       Instructions per request (valgrind callgrind, whole process): each
 #       proxy is run under callgrind twice, serving N and 2N requests at 8
@@ -38,6 +48,8 @@ while [ $# -gt 0 ]; do
     --output) OUT=$2; shift 2 ;;
     --inflight) MODE=inflight; N=$2; shift 2 ;;
     --instructions) MODE=instructions; N=$2; shift 2 ;;
+    --overhead) MODE=overhead; shift ;;
+    --stream) MODE=stream; shift ;;
     [0-9]*) SECS=$1; shift ;; # the old form: bench/run.sh SECONDS
     -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -321,8 +333,85 @@ instructions() {
     echo "# written to $OUT"
 }
 
+overhead() {
+    local load=$PWD/build/tests/tools/fh-load
+    start_nginx_pair
+    fh_config "http://127.0.0.1:$UP/v1"
+    start_fh
+    echo "$OVERLAY_BODY" >"$T/overlay.json"
+    echo "$BASELINE_BODY" >"$T/baseline.json"
+    echo "# host overhead (X-Fusion-Overhead-Ms) at 5,000 requests/s, 5 s, open loop, 32 connections"
+    : >"$T/oh"
+    for cfg in baseline overlay; do
+        local line
+        line=$(FH_LOAD_RATE=5000 FH_LOAD_STAT=X-Fusion-Overhead-Ms "$load" "http://$FH/v1/chat/completions" \
+            "$T/$cfg.json" 32 25000 5)
+        local p50 p99 max
+        p50=$(sed -n 's/.*stat_p50=\([0-9.]*\).*/\1/p' <<<"$line")
+        p99=$(sed -n 's/.*stat_p99=\([0-9.]*\).*/\1/p' <<<"$line")
+        max=$(sed -n 's/.*stat_max=\([0-9.]*\).*/\1/p' <<<"$line")
+        awk -v c="$cfg" -v a="$p50" -v b="$p99" -v m="$max" \
+            'BEGIN {printf "%-9s p50 %.0f us  p99 %.0f us  max %.0f us\n", c, a * 1000, b * 1000, m * 1000}'
+        echo "$cfg $p50 $p99 $max" >>"$T/oh"
+    done
+    echo "# targets: p50 <= 25 us (baseline), <= 60 us (overlay); p99 <= 250 us"
+    jq -R -s '[split("\n")[] | select(length > 0) | split(" ") |
+        {config: .[0], p50_ms: (.[1] | tonumber), p99_ms: (.[2] | tonumber), max_ms: (.[3] | tonumber)}]' \
+        "$T/oh" >"$OUT"
+    echo "# written to $OUT"
+}
+
+stream() {
+    local ttfc=$PWD/build/tests/tools/fh-ttfc stub_bin=$PWD/build/bin/fusion-stub-llm
+    "$stub_bin" --listen 127.0.0.1:0 --port-file "$T/stub.port" --quiet 2>"$T/stub.log" &
+    pids+=($!)
+    wait_file "$T/stub.port"
+    local sp
+    sp=$(cat "$T/stub.port")
+    fh_config "http://127.0.0.1:$sp/v1"
+    start_fh
+    echo '{"model":"m","stream":true,"messages":[{"role":"user","content":"refund twice"}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}' >"$T/s.json"
+    : >"$T/direct"
+    : >"$T/via"
+    # Directly, the stub gets what fusion-host sends it (directive included):
+    # the same work for the stub both ways.
+    "$ttfc" 127.0.0.1 "${FH##*:}" /v1/chat/completions "$T/s.json" >/dev/null
+    curl -s "http://127.0.0.1:$sp/stub/last" >"$T/sent.json"
+    for _ in $(seq 50); do
+        "$ttfc" 127.0.0.1 "$sp" /v1/chat/completions "$T/sent.json" | sed -n 's/.*first_chunk_us=//p' >>"$T/direct"
+        "$ttfc" 127.0.0.1 "${FH##*:}" /v1/chat/completions "$T/s.json" | sed -n 's/.*first_chunk_us=//p' >>"$T/via"
+    done
+    local d v
+    d=$(sort -n "$T/direct" | awk '{a[NR]=$1} END {print a[int(NR/2)+1]}')
+    v=$(sort -n "$T/via" | awk '{a[NR]=$1} END {print a[int(NR/2)+1]}')
+    echo "# time to the first streamed chunk, median of 50 (an overlaid stream)"
+    echo "direct from the stub: ${d} us; through fusion-host: ${v} us; the host's part: $((v - d)) us [target: < 1000 us]"
+    kill "$FH_PID"
+    wait "$FH_PID" 2>/dev/null || true
+    # Start-up: READY=1 (the "ready in" line) with both overlays loaded.
+    : >"$T/ready_ms"
+    for _ in $(seq 20); do
+        : >"$T/fh.log"
+        rm -f "$T/ready"
+        "$FH_BIN" --log-level info serve -c "$T/fh/fusion-host.yaml" --ready-file "$T/ready" 2>>"$T/fh.log" &
+        local p=$!
+        wait_file "$T/ready"
+        kill "$p"
+        wait "$p" 2>/dev/null || true
+        sed -n 's/.*ready in \([0-9.]*\) ms.*/\1/p' "$T/fh.log" >>"$T/ready_ms"
+    done
+    local r
+    r=$(sort -n "$T/ready_ms" | awk '{a[NR]=$1} END {printf "median %.1f ms, max %.1f ms", a[int(NR/2)+1], a[NR]}')
+    echo "# start to READY=1 with both overlays, 20 starts: $r [target: < 100 ms]"
+    jq -n --argjson d "$d" --argjson v "$v" --arg r "$r" \
+        '{first_chunk_direct_us: $d, first_chunk_via_host_us: $v, host_us: ($v - $d), ready: $r}' >"$OUT"
+    echo "# written to $OUT"
+}
+
 case $MODE in
 throughput) throughput ;;
+overhead) overhead ;;
+stream) stream ;;
 inflight) inflight ;;
 instructions) instructions ;;
 esac

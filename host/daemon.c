@@ -188,6 +188,7 @@ static void reload(fh_snapshot_holder *snaps, fh_registry *reg, const char *conf
 
 int fh_serve(const fh_serve_opts *o)
 {
+    uint64_t t_start = fh_now_ns();
     /* Signals go to this thread only: block them before threads start. */
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -282,8 +283,9 @@ int fh_serve(const fh_serve_opts *o)
     listen_host(cfg->listen, host, sizeof(host));
     fh_http_set_state(http, FH_HTTP_SERVING);
     status_line(reg, "serving; ", status, sizeof(status));
-    fh_info("listening on %s:%u with %u worker(s) (upstream %s); %s", host, fh_http_port(http),
-            nworkers, cfg->upstream.base_url, status);
+    fh_info("listening on %s:%u with %u worker(s) (upstream %s); %s; ready in %.1f ms", host,
+            fh_http_port(http), nworkers, cfg->upstream.base_url, status,
+            (double)(fh_now_ns() - t_start) / 1e6);
     if (o->ready_file && write_ready_file(o->ready_file, host, fh_http_port(http)) != 0)
         fh_warn("cannot write %s: %s", o->ready_file, strerror(errno));
     fh_notify_ready(status);

@@ -777,22 +777,33 @@ static void up_response(void *ud, long status, const char *content_type)
 }
 
 /* Usage from a parsed chunk or answer. */
-static void take_usage(fh_txn *t, json_t *usage)
+static void take_usage_j(fh_txn *t, const fh_jval *usage);
+
+/* A chunk with usage the client did not ask for, but with choices too:
+ * the same chunk without its `usage` member (rare: rebuilt with jansson). */
+static void relay_without_usage(fh_txn *t, const char *data, size_t len)
 {
-    if (!json_is_object(usage))
-        return;
-    t->usage_prompt = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
-    t->usage_completion = (long)json_integer_value(json_object_get(usage, "completion_tokens"));
-    t->usage_total = (long)json_integer_value(json_object_get(usage, "total_tokens"));
-    t->have_usage = true;
+    json_t *chunk = json_loadb(data, len, JSON_DISABLE_EOF_CHECK, NULL);
+    char *s = NULL;
+    if (chunk) {
+        json_object_del(chunk, "usage");
+        s = fh_json_dump(chunk, NULL);
+    }
+    if (s) {
+        buf_add(&t->resp, "data: ", 6);
+        buf_add(&t->resp, s, strlen(s));
+        buf_add(&t->resp, "\n\n", 2);
+    }
+    free(s);
+    json_decref(chunk);
 }
 
 /* One complete SSE event (up to and including its blank line): collect the
  * text and usage, and relay it - without the usage the client did not ask
- * for. */
+ * for. One scanning pass per event, no tree. */
 static void relay_event(fh_txn *t, const char *ev, size_t len)
 {
-    const char *data = NULL;
+    const char *data = NULL, *data_end = NULL;
     for (const char *line = ev; line < ev + len;) {
         const char *eol = memchr(line, '\n', (size_t)(ev + len - line));
         if (!eol)
@@ -801,47 +812,38 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
             data = line + 5;
             while (data < eol && *data == ' ')
                 data++;
+            data_end = eol > data && eol[-1] == '\r' ? eol - 1 : eol;
             break;
         }
         line = eol + 1;
     }
-    json_t *chunk = NULL;
-    if (data && *data == '{')
-        chunk = json_loadb(data, (size_t)(ev + len - data), JSON_DISABLE_EOF_CHECK, NULL);
-    if (!chunk) {
+    static const char *const paths[] = {"choices", "choices.0.delta.content", "usage"};
+    fh_jval top, found[3];
+    if (!data || *data != '{' ||
+        !fh_json_scan_paths(data, (size_t)(data_end - data), &top, paths, found, 3) ||
+        top.type != FH_J_OBJECT) {
         buf_add(&t->resp, ev, len); /* [DONE], comments, anything else: as is */
         return;
     }
-    json_t *choices = json_object_get(chunk, "choices");
-    const char *piece = json_string_value(
-        json_object_get(json_object_get(json_array_get(choices, 0), "delta"), "content"));
-    if (piece && !t->text_truncated) {
-        size_t n = strlen(piece);
-        if (t->text.len + n > TEXT_MAX || buf_add(&t->text, piece, n) != 0)
+    if (found[1].type == FH_J_STRING && !t->text_truncated) {
+        size_t n = 0;
+        char *piece = fh_jstr_unescape(&found[1], &n);
+        if (!piece || t->text.len + n > TEXT_MAX || buf_add(&t->text, piece, n) != 0)
             t->text_truncated = true; /* relayed, but too long to evaluate */
+        free(piece);
     }
-    json_t *usage = json_object_get(chunk, "usage");
-    if (json_is_object(usage))
-        take_usage(t, usage);
-    if (usage && t->added_usage) {
-        if (json_is_object(usage) && json_is_array(choices) && json_array_size(choices) == 0) {
-            json_decref(chunk); /* the usage-only chunk: drop it */
-            return;
-        }
+    if (found[2].type == FH_J_OBJECT)
+        take_usage_j(t, &found[2]);
+    if (found[2].type != FH_J_NONE && t->added_usage) {
+        fh_jval first;
+        bool no_choices = found[0].type == FH_J_ARRAY && !fh_jarr_get(&found[0], 0, &first);
+        if (found[2].type == FH_J_OBJECT && no_choices)
+            return; /* the usage-only chunk: drop it */
         /* "usage": null on every chunk, or usage riding on a chunk with
          * choices: remove just the field the client did not ask for. */
-        json_object_del(chunk, "usage");
-        char *s = json_dumps(chunk, JSON_COMPACT);
-        if (s) {
-            buf_add(&t->resp, "data: ", 6);
-            buf_add(&t->resp, s, strlen(s));
-            buf_add(&t->resp, "\n\n", 2);
-            free(s);
-            json_decref(chunk);
-            return;
-        }
+        relay_without_usage(t, data, (size_t)(data_end - data));
+        return;
     }
-    json_decref(chunk);
     buf_add(&t->resp, ev, len);
 }
 

@@ -5,19 +5,38 @@
  *   requests=N ok=N failed=N rps=R p50_ms=X p99_ms=Y max_ms=Z status_2xx=N ...
  * Exit 0 when every request got a 2xx answer, 1 otherwise.
  *   fh-load URL BODY_FILE CONCURRENCY REQUESTS [SECONDS] [HEADER]...
+ * Environment: FH_LOAD_RATE=R starts at most R requests a second (open
+ * loop, for "at 5,000 requests/s" figures); FH_LOAD_STAT=Header-Name also
+ * reports p50/p99/max of that numeric response header (stat_p50=...).
  * Only for loopback targets; its loops are bounded by count and time.
  */
 #include <curl/curl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <time.h>
 
 typedef struct slot {
     CURL *easy;
     double start;
+    double stat; /* FH_LOAD_STAT's value in this answer, or -1 */
 } slot;
+
+static const char *stat_header;
+static size_t stat_len;
+
+static size_t on_header(char *d, size_t s, size_t n, void *u)
+{
+    slot *sl = u;
+    size_t len = s * n;
+    if (stat_header && len > stat_len + 1 && strncasecmp(d, stat_header, stat_len) == 0 &&
+        d[stat_len] == ':')
+        sl->stat = atof(d + stat_len + 1);
+    return len;
+}
 
 static double now_s(void)
 {
@@ -70,9 +89,16 @@ int main(int argc, char **argv)
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, conc);
     slot *slots = calloc((size_t)conc, sizeof(*slots));
     double *lat = calloc((size_t)total, sizeof(*lat));
+    double *stats = calloc((size_t)total, sizeof(*stats));
+    size_t nstats = 0;
+    const char *rate_env = getenv("FH_LOAD_RATE");
+    double rate = rate_env ? atof(rate_env) : 0;
+    stat_header = getenv("FH_LOAD_STAT");
+    stat_len = stat_header ? strlen(stat_header) : 0;
     long started = 0, done = 0, ok = 0, status_counts[6] = {0}, transport_errors = 0;
-    double t0 = now_s();
-    for (long i = 0; i < conc && started < total; i++, started++) {
+    /* Idle slots, a stack; every slot's handle is set up once. */
+    long *idle = calloc((size_t)conc, sizeof(*idle)), nidle = 0;
+    for (long i = conc - 1; i >= 0; i--) {
         slots[i].easy = curl_easy_init();
         CURL *e = slots[i].easy;
         curl_easy_setopt(e, CURLOPT_URL, url);
@@ -81,13 +107,30 @@ int main(int argc, char **argv)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
         curl_easy_setopt(e, CURLOPT_PRIVATE, &slots[i]);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, &slots[i]);
         curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)limit + 5);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        slots[i].start = now_s();
-        curl_multi_add_handle(multi, e);
+        idle[nidle++] = i;
     }
-    int running = 1;
-    while (done < started && now_s() - t0 < limit + 10) {
+    double t0 = now_s();
+    for (;;) {
+        double now = now_s();
+        bool open = started < total && now - t0 < limit;
+        /* Start what the rate allows (all free slots without a rate). */
+        while (open && nidle > 0 && (rate <= 0 || started < (now - t0) * rate + 1)) {
+            slot *s = &slots[idle[--nidle]];
+            s->start = now_s();
+            s->stat = -1;
+            started++;
+            curl_multi_add_handle(multi, s->easy);
+            open = started < total;
+        }
+        if (!open && done == started)
+            break;
+        if (now - t0 > limit + 10)
+            break;
+        int running = 0;
         curl_multi_perform(multi, &running);
         CURLMsg *m;
         int left;
@@ -106,17 +149,28 @@ int main(int argc, char **argv)
                 ok++;
             if (done < total)
                 lat[done] = (now_s() - s->start) * 1000.0;
+            if (s->stat >= 0 && nstats < (size_t)total)
+                stats[nstats++] = s->stat;
             done++;
             curl_multi_remove_handle(multi, m->easy_handle);
-            if (started < total && now_s() - t0 < limit) {
-                started++;
-                s->start = now_s();
-                curl_multi_add_handle(multi, m->easy_handle);
-            }
+            idle[nidle++] = s - slots;
         }
-        curl_multi_poll(multi, NULL, 0, 100, NULL);
+        /* Until the next start is due (open loop), or news. */
+        int wait_ms = 100;
+        if (rate > 0 && started < total && nidle > 0) {
+            double next = t0 + (double)started / rate - now_s();
+            wait_ms = next <= 0 ? 0 : (int)(next * 1000) + 0;
+        }
+        if (wait_ms > 0)
+            curl_multi_poll(multi, NULL, 0, wait_ms, NULL);
     }
+    free(idle);
     double elapsed = now_s() - t0;
+    if (nstats) {
+        qsort(stats, nstats, sizeof(*stats), cmp_double);
+        printf("stat_n=%zu stat_p50=%.4f stat_p99=%.4f stat_max=%.4f ", nstats, stats[nstats / 2],
+               stats[(nstats * 99) / 100], stats[nstats - 1]);
+    }
     qsort(lat, (size_t)done, sizeof(*lat), cmp_double);
     double p50 = done ? lat[done / 2] : 0;
     double p99 = done ? lat[(done * 99) / 100] : 0;
@@ -127,7 +181,7 @@ int main(int argc, char **argv)
            done ? lat[done - 1] : 0, status_counts[2], status_counts[4], status_counts[5], elapsed);
     for (long i = 0; i < conc; i++) {
         if (slots[i].easy) {
-            curl_multi_remove_handle(multi, slots[i].easy);
+            curl_multi_remove_handle(multi, slots[i].easy); /* unfinished ones */
             curl_easy_cleanup(slots[i].easy);
         }
     }
@@ -135,6 +189,7 @@ int main(int argc, char **argv)
     curl_slist_free_all(hdr);
     free(slots);
     free(lat);
+    free(stats);
     curl_global_cleanup();
     return ok == done && done == total ? 0 : 1;
 }
