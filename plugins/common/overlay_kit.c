@@ -560,19 +560,111 @@ static int index_has(const word_index *ix, const char *text, size_t len, const c
     return 0;
 }
 
-/* An index over one text, built once for several pattern lists. */
+/* The answer being evaluated, indexed once (okit_eval_begin): a query on
+ * any span of it uses this index (a binary search per pattern) instead of
+ * building one for the span. Per thread, plain data, no destructor: one
+ * thread runs one evaluate() at a time. */
+typedef struct answer_index {
+    const char *text;
+    size_t len;
+    uint32_t *pos;               /* word starts, grouped by bucket, ascending */
+    uint32_t first[BUCKETS + 1]; /* bucket b: pos[first[b] .. first[b + 1]) */
+} answer_index;
+
+static _Thread_local answer_index *current_answer;
+
+void okit_eval_begin(const char *text, size_t len)
+{
+    okit_eval_end();
+    if (!text || len == 0 || len > UINT32_MAX)
+        return;
+    answer_index *a = calloc(1, sizeof(*a));
+    uint32_t count[BUCKETS] = {0};
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (word_start(text, i)) {
+            count[bucket(text[i])]++;
+            n++;
+        }
+    if (a)
+        a->pos = malloc((n ? n : 1) * sizeof(*a->pos));
+    if (!a || !a->pos) {
+        free(a);
+        return; /* each query indexes its own span instead */
+    }
+    for (unsigned b = 0; b < BUCKETS; b++)
+        a->first[b + 1] = a->first[b] + count[b];
+    uint32_t fill[BUCKETS];
+    memcpy(fill, a->first, sizeof(fill));
+    for (size_t i = 0; i < len; i++)
+        if (word_start(text, i))
+            a->pos[fill[bucket(text[i])]++] = (uint32_t)i;
+    a->text = text;
+    a->len = len;
+    current_answer = a;
+}
+
+void okit_eval_end(void)
+{
+    if (current_answer) {
+        free(current_answer->pos);
+        free(current_answer);
+        current_answer = NULL;
+    }
+}
+
+/* An index over one text, built once for several pattern lists: the
+ * answer's, when the text is a span of it, else one of its own. */
 typedef struct text_ix {
     word_index ix;
-    int indexed; /* 0: too many words, scan per pattern instead */
+    int indexed;                /* 0: too many words, scan per pattern instead */
+    const answer_index *answer; /* the span's answer, or NULL */
+    size_t off;                 /* where the span starts in it */
 } text_ix;
 
 static void text_ix_build(text_ix *t, const char *text, size_t len)
 {
+    const answer_index *a = current_answer;
+    if (a && text >= a->text && text + len <= a->text + a->len) {
+        t->answer = a;
+        t->off = (size_t)(text - a->text);
+        t->indexed = 1;
+        return;
+    }
+    t->answer = NULL;
     t->indexed = index_build(&t->ix, text, len) == 0;
+}
+
+/* okit_has() on a span of the indexed answer. */
+static int answer_has(const answer_index *a, size_t off, const char *text, size_t len,
+                      const char *pattern)
+{
+    unsigned b = bucket(pattern[0]);
+    uint32_t lo = a->first[b], hi = a->first[b + 1];
+    while (lo < hi) { /* the first word start at or after the span */
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (a->pos[mid] < off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (uint32_t k = lo; k < a->first[b + 1] && a->pos[k] < off + len; k++) {
+        size_t at = a->pos[k] - off;
+        if (lower(text[at]) == lower(pattern[0]) && match_at(text, len, at, pattern) >= 0)
+            return 1;
+    }
+    /* The span's first byte starts a word of the span even in the middle
+     * of one of the answer's. */
+    return off > 0 && len > 0 && !word_start(a->text, off) && lower(text[0]) == lower(pattern[0]) &&
+           match_at(text, len, 0, pattern) >= 0;
 }
 
 static int ix_has(const text_ix *t, const char *text, size_t len, const char *pattern)
 {
+    if (!pattern || !*pattern)
+        return 0;
+    if (t->answer)
+        return answer_has(t->answer, t->off, text, len, pattern);
     return t->indexed ? index_has(&t->ix, text, len, pattern) : okit_has(text, len, pattern);
 }
 

@@ -245,10 +245,12 @@ static int rls_evaluate(void *state, const fusion_request *req, const char *answ
 {
     if (!out || (!answer && len > 0))
         return -1;
+    okit_eval_begin(answer, len);
     rule_rollback(answer, len, out);
     rule_compensation(answer, len, out);
     rule_failures(answer, len, out);
     rule_idempotency(answer, len, out);
+    okit_eval_end();
     okit_weighted_quality(out, rls_weights);
     return 0;
 }

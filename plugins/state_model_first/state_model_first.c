@@ -237,11 +237,13 @@ static int smf_evaluate(void *state, const fusion_request *req, const char *answ
     okit_state_model *m = malloc(sizeof(*m));
     if (!m)
         return -1;
+    okit_eval_begin(answer, len);
     okit_state_model_parse(answer, len, m);
     rule_states(m, answer, len, out);
     rule_transitions(m, answer, len, out);
     rule_invariants(answer, len, out);
     rule_error_states(m, answer, len, out);
+    okit_eval_end();
     free(m);
     okit_weighted_quality(out, smf_weights);
     return 0;
