@@ -16,6 +16,7 @@
 #include "yamlutil.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,14 @@ static void test_defaults(void **state)
     assert_int_equal(c->limits.max_connections, 10000);
     assert_int_equal(c->metrics.max_series_per_metric, 1000);
     assert_int_equal(c->drain_timeout_ms, 10000);
+    assert_int_equal(c->limits.max_header_bytes, 8192);
+    assert_int_equal(c->workers, 0);
+    assert_int_equal(c->hooks.deadline_ms, 2000);
+    /* 0 workers: the CPUs this process may run on, at least one. */
+    cpu_set_t set;
+    assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+    int cpus = CPU_COUNT(&set);
+    assert_int_equal(fh_config_workers(c), cpus < 1 ? 1 : (cpus > 64 ? 64 : cpus));
 
     /* An overlay the file does not name gets the documented defaults. */
     const fh_overlay_cfg *o = fh_config_overlay(c, "refund_lot_switch");
@@ -438,6 +447,14 @@ static const bad_case bad_cases[] = {
      "must be an integer from 1 to 1000; got 5000"},
     {"negative", "drain_timeout_ms: -1\n", 0, 1, 19, "drain_timeout_ms",
      "must be an integer from 0 to 3600000; got -1"},
+    {"too many workers", "workers: 65\n", 0, 1, 10, "workers",
+     "must be an integer from 0 to 64; got 65"},
+    {"hook deadline too short", "hooks: { deadline_ms: 5 }\n", 0, 1, 23, "hooks.deadline_ms",
+     "must be an integer from 10 to 60000; got 5"},
+    {"unknown hooks key", "hooks: { deadline: 5 }\n", 0, 1, 10, "hooks.deadline",
+     "unknown key \"deadline\"; known keys: deadline_ms"},
+    {"header buffer too small", "limits: { max_header_bytes: 1024 }\n", 0, 1, 29,
+     "limits.max_header_bytes", "must be an integer from 4096 to 65536; got 1024"},
     {"huge integer", "limits: { max_body_bytes: 99999999999999999999999 }\n", 0, 1, 27,
      "limits.max_body_bytes", "must be an integer from 1024 to 1073741824"},
     {"quality out of range", "overlays:\n  state_model_first: { quality_threshold: 1.5 }\n", 0, 2,
