@@ -57,7 +57,8 @@ int main(int argc, char **argv)
     t0 = now_us();
     for (long i = 0; i < n; i++) {
         uint64_t v = (uint64_t)i + 1;
-        if (write(to_pool, &v, sizeof(v)) != sizeof(v) || read(to_worker, &v, sizeof(v)) != sizeof(v))
+        if (write(to_pool, &v, sizeof(v)) != sizeof(v) ||
+            read(to_worker, &v, sizeof(v)) != sizeof(v))
             return 1;
     }
     double pool_us = (now_us() - t0) / (double)n;
