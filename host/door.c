@@ -29,6 +29,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +123,7 @@ fh_door_frame *fh_door_frame_new(void (*post)(void *, fh_door_frame *), void *po
     atomic_init(&f->word, pack(0, FH_FRAME_IDLE));
     atomic_init(&f->start_ns, 0);
     atomic_init(&f->refs, 1);
+    atomic_init(&f->handed_over, false);
     f->post = post;
     f->post_ud = post_ud;
     return f;
@@ -144,6 +146,8 @@ fh_frame_state fh_door_frame_state(const fh_door_frame *f)
 static void returned_detached(fh_door_frame *f, uint64_t seq)
 {
     fh_hook_call *c = &f->call;
+    while (!atomic_load(&f->handed_over)) /* the monitor's last moments with us */
+        sched_yield();
     if (c->hung)
         atomic_fetch_sub(c->hung, 1);
     uint64_t want = pack(seq, FH_FRAME_DETACHED);
@@ -200,6 +204,11 @@ bool fh_door_frame_detach(fh_door_frame *f, uint64_t now_ns, uint64_t after_ns)
         atomic_fetch_add(f->call.hung, 1);
     atomic_fetch_add(&stuck_threads, 1);
     return true;
+}
+
+void fh_door_frame_handed_over(fh_door_frame *f)
+{
+    atomic_store(&f->handed_over, true);
 }
 
 bool fh_door_frame_abandon(fh_door_frame *f)

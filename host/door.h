@@ -133,6 +133,8 @@ struct fh_door_frame {
     _Atomic uint64_t word;     /* seq << 3 | fh_frame_state */
     _Atomic uint64_t start_ns; /* of the running call */
     atomic_int refs;
+    atomic_bool handed_over; /* the monitor is done with this frame and its old
+                                thread (fh_door_frame_handed_over) */
     fh_hook_call call;
     /* Set by the caller before each call, used once the call is detached. */
     void *ctx;                                                          /* the request */
@@ -160,6 +162,11 @@ fh_door_result fh_door_run(fh_door_frame *f);
  * before `now_ns`. On true the caller owns one extra reference (the
  * worker's) and must move the worker to a new thread. */
 bool fh_door_frame_detach(fh_door_frame *f, uint64_t now_ns, uint64_t after_ns);
+
+/* Monitor: done with a frame it detached (and with the thread that runs
+ * its call). Until then a call that returns waits, so the thread cannot
+ * exit while the monitor still names it. */
+void fh_door_frame_handed_over(fh_door_frame *f);
 
 /* Worker: gives up on a detached frame. true when it was still running (the
  * call now cleans up after itself if it ever returns); false when it had

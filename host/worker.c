@@ -477,7 +477,8 @@ bool fh_worker_handoff(fh_worker *w, uint64_t now_ns, uint64_t after_ns)
     }
     /* Nobody runs the loop now: the old runner is inside the plugin and
      * the new one does not exist yet. */
-    f->deadline_ns = atomic_load(&f->start_ns) + w->frame_deadline_ns;
+    uint64_t start = atomic_load(&f->start_ns);
+    f->deadline_ns = start + w->frame_deadline_ns;
     f->next = w->detached;
     w->detached = f;
     w->ndetached++;
@@ -485,17 +486,19 @@ bool fh_worker_handoff(fh_worker *w, uint64_t now_ns, uint64_t after_ns)
     atomic_fetch_add(&w->epoch, 1);
     pthread_mutex_lock(&w->mu);
     pthread_t old = w->runner;
-    char stuck[32]; /* the kernel keeps 15 characters */
-    snprintf(stuck, sizeof(stuck), "fh-hook-%u", w->index % 1000);
-    pthread_setname_np(old, stuck);
     w->handoffs++;
     int rc = spawn_runner(w);
     w->orphaned = rc != 0;
     pthread_mutex_unlock(&w->mu);
+    /* The old thread cannot exit before handed_over: naming it is safe. */
+    char stuck[32]; /* the kernel keeps 15 characters */
+    snprintf(stuck, sizeof(stuck), "fh-hook-%u", w->index % 1000);
+    pthread_setname_np(old, stuck);
     fh_warn("worker %u: overlay %s: %s has held its thread for %.0f ms; the worker goes on on a "
             "new thread (%s)",
-            w->index, f->call.who, fh_hook_kind_name(f->call.kind),
-            (double)(now_ns - atomic_load(&f->start_ns)) / 1e6, rc == 0 ? "started" : strerror(rc));
+            w->index, f->call.who, fh_hook_kind_name(f->call.kind), (double)(now_ns - start) / 1e6,
+            rc == 0 ? "started" : strerror(rc));
+    fh_door_frame_handed_over(f); /* f is the worker's and the call's from here on */
     if (rc != 0)
         fh_error("worker %u: cannot start a thread (%s); its requests stall until one can be "
                  "started (retried every few ms)",
