@@ -55,7 +55,7 @@
 #define SSE_EVENT_MAX (1u << 20)   /* one SSE event larger is a broken upstream */
 #define TEXT_MAX      (4u << 20)   /* streamed text kept for evaluation */
 #define TXN_MAGIC     0x54584e32u  /* "TXN2" */
-#define HUNG_MAX      2            /* an overlay with more calls hung gets no more */
+#define HUNG_MAX      4            /* an overlay with this many calls hung gets no more */
 
 /* A broken invariant here corrupts memory: checked in release builds too. */
 #define TXN_CHECK(t)                                                                               \
