@@ -47,12 +47,19 @@ static uint64_t has_byte(uint64_t w, unsigned char c)
     return has_zero(w ^ (ONES * c));
 }
 
-/* Eight bytes of plain string text: no '"', no '\\', no control, and (for
- * the scanner, which must check UTF-8) no byte >= 0x80 unless allowed. */
+/* The bytes of w that are not plain string text ('"', '\\', a control
+ * byte, and for the scanner, which checks UTF-8 itself, a byte >= 0x80): a
+ * high bit set in each; exact up to the first one (the bit tricks may also
+ * flag bytes after it). Zero when all eight are plain. */
+static uint64_t special8(uint64_t w, bool allow_high)
+{
+    return has_less(w, 0x20) | has_byte(w, '"') | has_byte(w, '\\') |
+           (allow_high ? 0 : (w & HIGHS));
+}
+
 static bool plain8(uint64_t w, bool allow_high)
 {
-    return !(has_less(w, 0x20) | has_byte(w, '"') | has_byte(w, '\\') |
-             (allow_high ? 0 : (w & HIGHS)));
+    return !special8(w, allow_high);
 }
 
 /* ---- UTF-8 ------------------------------------------------------------------------ */
@@ -548,8 +555,18 @@ static bool scan_string(scan *s)
 {
     s->p++;
     while (s->p < s->end) {
-        while (s->end - s->p >= 8 && plain8(load8(s->p), false))
+        /* Eight bytes at a time; the first special byte found by its bit
+         * (little-endian: the lowest set bit is the first byte). */
+        while (s->end - s->p >= 8) {
+            uint64_t m = special8(load8(s->p), false);
+            if (m) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                s->p += (size_t)__builtin_ctzll(m) / 8;
+#endif
+                break;
+            }
             s->p += 8;
+        }
         if (s->p >= s->end)
             break;
         unsigned char c = (unsigned char)*s->p;

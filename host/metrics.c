@@ -409,24 +409,36 @@ static void record_counter2(fh_metrics *m, fam_id id, const char *overlay, const
 void fh_metrics_request(fh_metrics *m, const char *overlay, const char *scenario,
                         const char *result, double latency_ms)
 {
+    fh_metrics_request_done(m, overlay, scenario, result, latency_ms, NAN, NAN);
+}
+
+void fh_metrics_request_done(fh_metrics *m, const char *overlay, const char *scenario,
+                             const char *result, double latency_ms, double quality,
+                             double overhead_ms)
+{
     if (!m)
         return;
+    /* Labels sanitised once, one lock for all of a request's samples. A
+     * fold rewrites the labels it is given, so each family gets a copy. */
     char lv[MAX_LABELS][LABEL_MAX + 1];
     fh_metrics_sanitize(overlay, lv[0]);
     fh_metrics_sanitize(scenario, lv[1]);
     fh_metrics_sanitize(result, lv[2]);
-    /* The latency series has no result; a fold of the counter rewrites lv. */
-    char hv[MAX_LABELS][LABEL_MAX + 1];
+    char hv[MAX_LABELS][LABEL_MAX + 1], qv[MAX_LABELS][LABEL_MAX + 1],
+        ov[MAX_LABELS][LABEL_MAX + 1];
     memcpy(hv, lv, sizeof(hv));
+    memcpy(qv, lv, sizeof(qv));
+    memcpy(ov, lv, sizeof(ov));
     LOCK(m);
     series *s = get_series(m, F_REQUESTS, lv);
     if (s)
         s->value += 1;
-    if (isfinite(latency_ms)) {
-        s = get_series(m, F_LATENCY, hv);
-        if (s)
-            observe(s, &defs[F_LATENCY], latency_ms);
-    }
+    if (isfinite(latency_ms) && (s = get_series(m, F_LATENCY, hv)) != NULL)
+        observe(s, &defs[F_LATENCY], latency_ms);
+    if (isfinite(quality) && (s = get_series(m, F_QUALITY, qv)) != NULL)
+        observe(s, &defs[F_QUALITY], quality);
+    if (isfinite(overhead_ms) && (s = get_series(m, F_OVERHEAD, ov)) != NULL)
+        observe(s, &defs[F_OVERHEAD], overhead_ms);
     UNLOCK(m);
 }
 

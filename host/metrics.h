@@ -25,6 +25,11 @@ void fh_metrics_free(fh_metrics *m);
  * is the overlay name or "baseline"; result is the routing reason. */
 void fh_metrics_request(fh_metrics *m, const char *overlay, const char *scenario,
                         const char *result, double latency_ms);
+/* All of one finished request's samples at once: the request counter and
+ * latency, the quality (NAN: none) and the host overhead (NAN: none). */
+void fh_metrics_request_done(fh_metrics *m, const char *overlay, const char *scenario,
+                             const char *result, double latency_ms, double quality,
+                             double overhead_ms);
 /* fusion_quality_score and fusion_tokens_delta_pct histograms. */
 void fh_metrics_quality(fh_metrics *m, const char *overlay, const char *scenario, double score);
 void fh_metrics_token_delta(fh_metrics *m, const char *overlay, const char *scenario, double pct);

@@ -166,6 +166,7 @@ struct fh_txn {
     uint64_t relay_ns;    /* host time spent relaying a stream */
     uint64_t hook_ns;
     double overhead_ms; /* as reported in X-Fusion-Overhead-Ms */
+    bool have_overhead; /* a response with the fusion headers was made */
 
     /* Outcome. */
     double quality;
@@ -243,6 +244,8 @@ void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snap
     p->snaps = snaps;
     p->metrics = metrics;
     p->id_salt = (unsigned long)fh_now_ns() ^ ((unsigned long)getpid() << 16);
+    p->id_prefix_len =
+        (size_t)snprintf(p->id_prefix, sizeof(p->id_prefix), "fh-%08lx-", p->id_salt & 0xffffffffu);
     p->hook_deadline_ns = (uint64_t)hook_deadline_ms * 1000000u;
     atomic_init(&p->in_flight, 0);
 }
@@ -288,8 +291,11 @@ fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind)
     t->kind = kind;
     t->t_start_ns = fh_now_ns();
     t->reason = FH_REASON_NO_MATCH;
-    snprintf(t->request_id, sizeof(t->request_id), "fh-%08lx-%lu", p->id_salt & 0xffffffffu,
-             atomic_fetch_add_explicit(&p->next_id, 1, memory_order_relaxed) + 1);
+    /* "fh-" + the process's salt in hex (fixed per process) + "-" + a
+     * counter: unique per process run, without printf on every request. */
+    memcpy(t->request_id, p->id_prefix, p->id_prefix_len);
+    fh_utoa(atomic_fetch_add_explicit(&p->next_id, 1, memory_order_relaxed) + 1,
+            t->request_id + p->id_prefix_len);
     TAILQ_INSERT_TAIL(&pp->live, t, llink);
     pp->nlive++;
     atomic_fetch_add(&p->in_flight, 1);
@@ -543,8 +549,8 @@ static void route(fh_txn *t)
         return;
     }
     const fusion_overlay_descriptor *d = fh_generation_descriptor(g);
-    snprintf(t->overlay_name, sizeof(t->overlay_name), "%s", d->name);
-    snprintf(t->overlay_version, sizeof(t->overlay_version), "%s", d->version);
+    fh_strlcpy(t->overlay_name, d->name, sizeof(t->overlay_name));
+    fh_strlcpy(t->overlay_version, d->version, sizeof(t->overlay_version));
     t->gen = g;
     t->reason = FH_REASON_APPLIED;
 }
@@ -703,8 +709,9 @@ static int parse_request(fh_txn *t, char *err, size_t errlen, const char **code)
         return -1;
     }
     fh_request_set_id(t->req, t->request_id);
-    snprintf(t->scenario, sizeof(t->scenario), "%s",
-             t->req->scenario_type && *t->req->scenario_type ? t->req->scenario_type : "none");
+    fh_strlcpy(t->scenario,
+               t->req->scenario_type && *t->req->scenario_type ? t->req->scenario_type : "none",
+               sizeof(t->scenario));
     json_t *stream = json_object_get(t->req->body, "stream");
     if (stream && !json_is_boolean(stream)) {
         snprintf(err, errlen, "'stream' must be true or false");
@@ -768,7 +775,7 @@ static void up_response(void *ud, long status, const char *content_type)
     TXN_CHECK(t);
     t->status = status;
     t->t_headers_ns = fh_now_ns();
-    snprintf(t->content_type, sizeof(t->content_type), "%s", content_type ? content_type : "");
+    fh_strlcpy(t->content_type, content_type, sizeof(t->content_type));
     if (t->client_stream && status == 200 &&
         strncasecmp(t->content_type, "text/event-stream", 17) == 0) {
         t->streaming = true;
@@ -937,7 +944,7 @@ static void up_done(void *ud, const fh_upstream_done *d)
     }
     t->done = true;
     t->result = d->result;
-    snprintf(t->error, sizeof(t->error), "%s", d->error ? d->error : "");
+    fh_strlcpy(t->error, d->error, sizeof(t->error));
     if (t->streaming) {
         if (t->sse.len) {
             buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated tail */
@@ -958,13 +965,27 @@ static const fh_upstream_handler handler = {up_response, up_body, up_done};
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
+/* "1.234" for 1234 us: milliseconds with three decimals, printf-free. */
+static size_t format_ms(uint64_t us, char *out)
+{
+    size_t n = fh_utoa(us / 1000, out);
+    out[n++] = '.';
+    unsigned f = (unsigned)(us % 1000);
+    out[n++] = (char)('0' + f / 100);
+    out[n++] = (char)('0' + f / 10 % 10);
+    out[n++] = (char)('0' + f % 10);
+    out[n] = '\0';
+    return n;
+}
+
 static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
 {
-    char overlay[FUSION_NAME_MAX + FUSION_VERSION_MAX + 2];
-    if (t->overlaid)
-        snprintf(overlay, sizeof(overlay), "%s/%s", t->overlay_name, t->overlay_version);
-    else
-        snprintf(overlay, sizeof(overlay), "baseline");
+    char overlay[FUSION_NAME_MAX + FUSION_VERSION_MAX + 2] = "baseline";
+    if (t->overlaid) {
+        size_t n = fh_strlcpy(overlay, t->overlay_name, sizeof(overlay));
+        overlay[n++] = '/';
+        fh_strlcpy(overlay + n, t->overlay_version, sizeof(overlay) - n);
+    }
     MHD_add_response_header(r, "X-Fusion-Overlay", overlay);
     MHD_add_response_header(r, "X-Fusion-Reason", fh_reason_name(t->reason));
     MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
@@ -975,14 +996,22 @@ static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
     if (t->streaming) /* headers leave as the stream starts: up to its head */
         upstream += t->t_headers_ns > t->t_submit_ns ? t->t_headers_ns - t->t_submit_ns : 0;
     uint64_t total = now - (t->t_body_ns ? t->t_body_ns : t->t_start_ns);
-    t->overhead_ms = (double)(total > upstream ? total - upstream : 0) / 1e6;
+    uint64_t own = total > upstream ? total - upstream : 0;
+    t->overhead_ms = (double)own / 1e6;
+    t->have_overhead = true;
     char ms[32];
-    snprintf(ms, sizeof(ms), "%.3f", t->overhead_ms);
+    format_ms((own + 500) / 1000, ms);
     MHD_add_response_header(r, "X-Fusion-Overhead-Ms", ms);
 }
 
 /* The response's `fusion` object (SPEC 4). Every string in it is an
  * identifier the host validated, so it needs no escaping. */
+/* Appends s to the text being built at *n (bounded by size). */
+static void put_text(char *text, size_t size, size_t *n, const char *s)
+{
+    *n += fh_strlcpy(text + *n, s, size - *n);
+}
+
 static size_t fusion_object(fh_txn *t, char *text, size_t size)
 {
     char quality[40] = "null", latency[40] = "0.0";
@@ -990,18 +1019,27 @@ static size_t fusion_object(fh_txn *t, char *text, size_t size)
         fh_json_real(quality, sizeof(quality), t->quality, 12);
     double ms = (double)(fh_now_ns() - t->t_start_ns) / 1e6;
     fh_json_real(latency, sizeof(latency), round(ms * 1000) / 1000, 12);
-    char name[FUSION_NAME_MAX + 3] = "null", version[FUSION_VERSION_MAX + 3] = "null";
+    size_t n = 0;
+    put_text(text, size, &n, "{\"overlay\":");
     if (t->overlaid) {
-        snprintf(name, sizeof(name), "\"%s\"", t->overlay_name);
-        snprintf(version, sizeof(version), "\"%s\"", t->overlay_version);
+        put_text(text, size, &n, "\"");
+        put_text(text, size, &n, t->overlay_name);
+        put_text(text, size, &n, "\",\"overlay_version\":\"");
+        put_text(text, size, &n, t->overlay_version);
+        put_text(text, size, &n, "\",\"decision\":\"overlay");
+    } else {
+        put_text(text, size, &n, "null,\"overlay_version\":null,\"decision\":\"baseline");
     }
-    int n = snprintf(text, size,
-                     "{\"overlay\":%s,\"overlay_version\":%s,\"decision\":\"%s\",\"reason\":\"%s\","
-                     "\"quality_score\":%s,\"token_delta_pct\":null,\"latency_ms\":%s,"
-                     "\"request_id\":\"%s\"}",
-                     name, version, t->overlaid ? "overlay" : "baseline", fh_reason_name(t->reason),
-                     quality, latency, t->request_id);
-    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+    put_text(text, size, &n, "\",\"reason\":\"");
+    put_text(text, size, &n, fh_reason_name(t->reason));
+    put_text(text, size, &n, "\",\"quality_score\":");
+    put_text(text, size, &n, quality);
+    put_text(text, size, &n, ",\"token_delta_pct\":null,\"latency_ms\":");
+    put_text(text, size, &n, latency);
+    put_text(text, size, &n, ",\"request_id\":\"");
+    put_text(text, size, &n, t->request_id);
+    put_text(text, size, &n, "\"}");
+    return n + 1 < size ? n : 0; /* 0: cut short */
 }
 
 /* The upstream's answer with our `fusion` object added. The upstream's
@@ -1335,10 +1373,10 @@ static void record(fh_txn *t)
         return;
     double latency = (double)(fh_now_ns() - t->t_start_ns) / 1e6;
     const char *overlay = t->overlaid ? t->overlay_name : "baseline";
-    fh_metrics_request(p->metrics, overlay, t->scenario, fh_reason_name(t->reason), latency);
-    if (t->have_quality)
-        fh_metrics_quality(p->metrics, overlay, t->scenario, t->quality);
-    fh_metrics_overhead(p->metrics, overlay, t->overhead_ms + (double)t->relay_ns / 1e6);
+    /* Errors the host answered itself have no overhead figure. */
+    fh_metrics_request_done(p->metrics, overlay, t->scenario, fh_reason_name(t->reason), latency,
+                            t->have_quality ? t->quality : NAN,
+                            t->have_overhead ? t->overhead_ms + (double)t->relay_ns / 1e6 : NAN);
     if (t->toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         fh_debug("request %s ended early (client gone or error %d)", t->request_id, (int)t->toe);
 }

@@ -39,6 +39,8 @@ typedef struct fh_pipeline {
     atomic_bool closing; /* shutting down: no new upstream calls */
     atomic_size_t in_flight;
     unsigned long id_salt;
+    char id_prefix[24]; /* "fh-<salt>-" */
+    size_t id_prefix_len;
     uint64_t hook_deadline_ns;
 } fh_pipeline;
 

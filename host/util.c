@@ -38,3 +38,27 @@ int fh_mkdir_p(const char *path, mode_t parents, mode_t last)
     free(p);
     return rc;
 }
+
+size_t fh_strlcpy(char *dst, const char *src, size_t size)
+{
+    if (size == 0)
+        return 0;
+    size_t n = src ? strnlen(src, size - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return n;
+}
+
+size_t fh_utoa(unsigned long long v, char *out)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return n;
+}

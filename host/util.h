@@ -5,12 +5,20 @@
 #ifndef FH_UTIL_H
 #define FH_UTIL_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 /* CLOCK_MONOTONIC in nanoseconds / milliseconds (vDSO: no system call). */
 uint64_t fh_now_ns(void);
 uint64_t fh_now_ms(void);
+
+/* Copies src into dst (size bytes), cut to fit, NUL-terminated; returns
+ * the length written. src NULL copies "". printf-free: the request path
+ * calls these per request. */
+size_t fh_strlcpy(char *dst, const char *src, size_t size);
+/* v in decimal into out (at least 21 bytes); returns the length. */
+size_t fh_utoa(unsigned long long v, char *out);
 
 /* mkdir -p: missing parents are created with mode `parents`, the last
  * level with `last`. Returns 0 (also when it exists), or -1 with errno. */

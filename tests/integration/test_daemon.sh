@@ -36,6 +36,18 @@ check "upstream: seed, user and tools passed through" jq -e '.seed == 7 and .use
 curl -s "$STUB/stub/requests" >"$FH_TMP/reqs.json"
 check "upstream got the API key as a bearer token" jq -e '.[-1].headers.Authorization == "Bearer sk-test-secret-42" or .[-1].authorization == "Bearer sk-test-secret-42"' "$FH_TMP/reqs.json"
 
+# --- X-Fusion-Overhead-Ms is the host's own time ------------------------------
+# Neither a slow client's upload (about 2 s here) nor a slow upstream (0.5 s)
+# is counted as the host's.
+pad=$(head -c 8000 /dev/zero | tr '\0' 'x')
+post /v1/chat/completions "{\"model\":\"m\",\"stub\":{\"delay_ms\":500},\"messages\":[{\"role\":\"user\",\"content\":\"refund $pad\"}],\"fusion\":{\"scenario_type\":\"refund_processing\",\"confidence\":0.9}}" \
+    --limit-rate 4k -w '%{time_total}' -o "$FH_TMP/body" >/dev/null
+oh=$(header X-Fusion-Overhead-Ms)
+check "a slow upload and a slow upstream are not host overhead (${oh:-none} ms)" \
+    awk -v v="${oh:-999}" 'BEGIN{exit !(v < 100)}'
+check "...while the answer took them both (latency $(jq -r .fusion.latency_ms "$FH_TMP/body") ms)" \
+    jq -e '.fusion.latency_ms > 1500' "$FH_TMP/body"
+
 # --- the baseline ----------------------------------------------------------
 req='{"model":"m","messages":[{"role":"user","content":"Our webhooks fail."}],"temperature":0.9}'
 post /v1/chat/completions "$req" -H 'X-Fusion-Scenario-Type: webhook_endpoint_failure_cascade'
@@ -163,6 +175,7 @@ check "models relayed" bash -c "[ $STATUS = 200 ] && jq -e '.data[0].id' '$FH_TM
 curl -s "$FH/metrics" >"$FH_TMP/metrics"
 check "metrics count the overlaid requests" grep -Eq '^fusion_requests_total\{overlay="refund_lot_switch",scenario="refund_processing_duplicate",result="applied"\} [1-9]' "$FH_TMP/metrics"
 check "metrics have the latency histogram" grep -q '^fusion_execution_latency_ms_bucket' "$FH_TMP/metrics"
+check "metrics have the host overhead histogram" grep -Eq '^fusion_overhead_ms_count\{overlay="refund_lot_switch"\} [1-9]' "$FH_TMP/metrics"
 
 # --- a client that goes away mid-stream cancels the upstream transfer -------------
 req='{"model":"m","stream":true,"stub":{"chunk_delay_ms":100},"messages":[{"role":"user","content":"hi"}]}'

@@ -231,6 +231,30 @@ static void test_histograms_exact(void **state)
     fh_metrics_free(m);
 }
 
+/* One finished request's samples at once: the quality and overhead when
+ * given, nothing for NAN; the same series the single calls would make. */
+static void test_request_done(void **state)
+{
+    (void)state;
+    fh_metrics *m = fh_metrics_new(100);
+    fh_metrics_request_done(m, "o", "s", "applied", 12, 0.85, 0.03);
+    fh_metrics_request_done(m, "o", "s", "applied", 40, NAN, NAN);
+    fh_metrics_request_done(m, "baseline", "s", "no_match", 7, NAN, 0.3);
+    char *t = render(m);
+    expect_line(t, "fusion_requests_total{overlay=\"o\",scenario=\"s\",result=\"applied\"} 2");
+    expect_line(t, "fusion_execution_latency_ms_count{overlay=\"o\",scenario=\"s\"} 2");
+    expect_line(t, "fusion_quality_score_count{overlay=\"o\",scenario=\"s\"} 1");
+    expect_line(t, "fusion_quality_score_bucket{overlay=\"o\",scenario=\"s\",le=\"0.8\"} 0");
+    expect_line(t, "fusion_quality_score_bucket{overlay=\"o\",scenario=\"s\",le=\"0.9\"} 1");
+    expect_line(t, "fusion_overhead_ms_count{overlay=\"o\"} 1");
+    expect_line(t, "fusion_overhead_ms_bucket{overlay=\"o\",le=\"0.025\"} 0");
+    expect_line(t, "fusion_overhead_ms_bucket{overlay=\"o\",le=\"0.05\"} 1");
+    expect_line(t, "fusion_overhead_ms_count{overlay=\"baseline\"} 1");
+    assert_null(strstr(t, "fusion_quality_score_count{overlay=\"baseline\""));
+    free(t);
+    fh_metrics_free(m);
+}
+
 static void test_sanitize(void **state)
 {
     (void)state;
@@ -586,6 +610,7 @@ int main(void)
         cmocka_unit_test(test_empty_render),
         cmocka_unit_test(test_counters_exact),
         cmocka_unit_test(test_histograms_exact),
+        cmocka_unit_test(test_request_done),
         cmocka_unit_test(test_sanitize),
         cmocka_unit_test(test_cap_folds_scenario),
         cmocka_unit_test(test_cap_folds_overlay_and_bounds_memory),
