@@ -326,7 +326,11 @@ int fh_serve(const fh_serve_opts *o)
     }
     rc = 0;
 out:
-    fh_workers_stop(workers);
+    if (!fh_workers_stop(workers)) {
+        /* A worker still runs: what it uses stays allocated until exit. */
+        fh_error("a worker did not stop; exiting without tearing down");
+        return rc;
+    }
     fh_http_close(http);
     fh_registry_free(reg, 1000);
     fh_inputs_provider_clear(&inputs);

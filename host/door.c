@@ -354,13 +354,14 @@ fh_door_result fh_door_call(fh_hook_call *c, int deadline_ms)
         int rc = pthread_cond_timedwait(&b->cv, &b->mu, &deadline);
         if (rc == ETIMEDOUT && !b->done) {
             b->abandoned = true;
+            /* Counted under the lock: the helper uncounts under it too. */
+            atomic_fetch_add(&stuck_threads, 1);
             break;
         }
     }
     bool abandoned = b->abandoned;
     pthread_mutex_unlock(&b->mu);
     if (abandoned) {
-        atomic_fetch_add(&stuck_threads, 1);
         pthread_detach(th);
         fh_error("overlay %s: %s did not return within %d ms (hooks.deadline_ms); abandoned its "
                  "thread, the plugin stays mapped",

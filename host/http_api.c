@@ -15,8 +15,11 @@
  * measured, 8 wrk connections split 8/0 in one run of three, at 70% of the
  * throughput of an even split.
  *
- * Connection counts (`conns`) are atomics: any worker reads them to choose,
- * each daemon's own close notification decrements its count.
+ * Connection counts are atomics any worker reads to choose: `pending` counts
+ * connections accepted for a daemon and not yet added to it (down again
+ * once MHD_add_connection returns, whatever it returned), `live` those MHD
+ * announced (its start and close notifications), so a connection MHD
+ * refuses half-way is never uncounted twice.
  */
 #include "http_api.h"
 
@@ -53,8 +56,8 @@ struct fh_http {
     unsigned max_connections;
     unsigned idle_timeout_s;
     atomic_int state;
-    atomic_uint conns; /* in all */
-    atomic_uint rotor; /* spreads ties */
+    atomic_uint pending, live; /* in all */
+    atomic_uint rotor;         /* spreads ties */
     fh_http_worker *workers[FH_WORKERS_MAX];
     atomic_uint nworkers;
 };
@@ -64,13 +67,14 @@ struct fh_http_worker {
     fh_worker *w;
     fh_pipe *pipe;
     struct MHD_Daemon *d;
-    fh_watch watch;       /* MHD's epoll descriptor */
-    fh_watch listen;      /* the shared listening socket */
-    bool listening;       /* `listen` is registered */
-    bool quiesced;        /* never again */
-    bool due;             /* MHD has work: its descriptor is ready or a connection came */
-    uint64_t deadline_ns; /* MHD's timer; 0: none */
-    atomic_uint conns;    /* connections of this daemon */
+    fh_watch watch;            /* MHD's epoll descriptor */
+    fh_watch listen;           /* the shared listening socket */
+    bool listening;            /* `listen` is registered */
+    bool quiesced;             /* never again */
+    bool due;                  /* MHD has work: its descriptor is ready or a connection came */
+    uint64_t deadline_ns;      /* MHD's timer; 0: none */
+    atomic_uint pending, live; /* connections of this daemon (see the top) */
+    atomic_bool stopped;       /* others no longer hand it connections */
 };
 
 /* A connection accepted by one worker for another. */
@@ -223,16 +227,25 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
 
 /* ---- accepting ------------------------------------------------------------------ */
 
-/* Runner of hw's worker: the connection joins hw's daemon. */
+static unsigned load_of(fh_http_worker *hw)
+{
+    return atomic_load_explicit(&hw->pending, memory_order_relaxed) +
+           atomic_load_explicit(&hw->live, memory_order_relaxed);
+}
+
+static unsigned total_conns(fh_http *h)
+{
+    return atomic_load(&h->pending) + atomic_load(&h->live);
+}
+
+/* Runner of hw's worker: the connection joins hw's daemon (MHD closes it
+ * when it refuses it). */
 static void add_connection(fh_http_worker *hw, int fd, const struct sockaddr *addr, socklen_t len)
 {
-    if (MHD_add_connection(hw->d, fd, addr, len) != MHD_YES) {
-        /* MHD closed it (out of memory, or its own limit). */
-        atomic_fetch_sub(&hw->conns, 1);
-        atomic_fetch_sub(&hw->h->conns, 1);
-        return;
-    }
-    hw->due = true;
+    if (MHD_add_connection(hw->d, fd, addr, len) == MHD_YES)
+        hw->due = true;
+    atomic_fetch_sub(&hw->pending, 1);
+    atomic_fetch_sub(&hw->h->pending, 1);
 }
 
 /* Runner of the target worker: a connection another worker accepted. */
@@ -250,13 +263,15 @@ static fh_http_worker *least_loaded(fh_http *h)
     unsigned n = atomic_load(&h->nworkers);
     unsigned start = atomic_fetch_add_explicit(&h->rotor, 1, memory_order_relaxed);
     fh_http_worker *best = NULL;
-    unsigned best_conns = 0;
+    unsigned best_load = 0;
     for (unsigned i = 0; i < n; i++) {
         fh_http_worker *hw = h->workers[(start + i) % n];
-        unsigned c = atomic_load_explicit(&hw->conns, memory_order_relaxed);
-        if (!best || c < best_conns) {
+        if (atomic_load(&hw->stopped))
+            continue;
+        unsigned c = load_of(hw);
+        if (!best || c < best_load) {
             best = hw;
-            best_conns = c;
+            best_load = c;
         }
     }
     return best;
@@ -284,7 +299,7 @@ static void on_listen_ready(fh_watch *watch, uint32_t events)
     fh_http_worker *hw = watch->ud;
     fh_http *h = hw->h;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (atomic_load(&h->conns) >= h->max_connections) {
+        if (total_conns(h) >= h->max_connections) {
             /* Full: leave new clients in the backlog until one leaves
              * (http_turn listens again). */
             listen_on(hw, false);
@@ -302,23 +317,23 @@ static void on_listen_ready(fh_watch *watch, uint32_t events)
             return; /* EAGAIN: another worker took it, or none left */
         }
         fh_http_worker *to = least_loaded(h);
-        atomic_fetch_add(&to->conns, 1);
-        atomic_fetch_add(&h->conns, 1);
-        if (to == hw) {
-            add_connection(hw, ho.fd, (struct sockaddr *)&ho.addr, ho.addrlen);
-            continue;
+        if (!to)
+            to = hw;
+        atomic_fetch_add(&h->pending, 1);
+        if (to != hw) {
+            handover *copy = malloc(sizeof(*copy));
+            if (copy) {
+                *copy = ho;
+                copy->to = to;
+                atomic_fetch_add(&to->pending, 1);
+                if (fh_worker_post(to->w, take_handover, copy) == 0)
+                    continue;
+                atomic_fetch_sub(&to->pending, 1);
+                free(copy);
+            }
         }
-        handover *copy = malloc(sizeof(*copy));
-        if (copy) {
-            *copy = ho;
-            copy->to = to;
-        }
-        if (!copy || fh_worker_post(to->w, take_handover, copy) != 0) {
-            free(copy);
-            atomic_fetch_sub(&to->conns, 1);
-            atomic_fetch_add(&hw->conns, 1);
-            add_connection(hw, ho.fd, (struct sockaddr *)&ho.addr, ho.addrlen);
-        }
+        atomic_fetch_add(&hw->pending, 1);
+        add_connection(hw, ho.fd, (struct sockaddr *)&ho.addr, ho.addrlen);
     }
 }
 
@@ -327,9 +342,12 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx
 {
     (void)c, (void)socket_ctx;
     fh_http_worker *hw = cls;
-    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-        atomic_fetch_sub(&hw->conns, 1);
-        atomic_fetch_sub(&hw->h->conns, 1);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add(&hw->live, 1);
+        atomic_fetch_add(&hw->h->live, 1);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        atomic_fetch_sub(&hw->live, 1);
+        atomic_fetch_sub(&hw->h->live, 1);
     }
 }
 
@@ -452,7 +470,7 @@ static int http_turn(fh_worker *w, void *ud)
         hw->due = false;
         MHD_run(hw->d);
     }
-    if (!hw->listening && atomic_load(&hw->h->conns) < hw->h->max_connections)
+    if (!hw->listening && total_conns(hw->h) < hw->h->max_connections)
         listen_on(hw, true); /* room again after being full */
     if (fh_pipe_busy(hw->pipe))
         return 0; /* MHD queued jobs: run them at once */
@@ -476,7 +494,9 @@ fh_http_worker *fh_http_worker_new(fh_http *h, fh_worker *w, fh_pipe *pipe, char
     hw->h = h;
     hw->w = w;
     hw->pipe = pipe;
-    atomic_init(&hw->conns, 0);
+    atomic_init(&hw->pending, 0);
+    atomic_init(&hw->live, 0);
+    atomic_init(&hw->stopped, false);
     unsigned flags =
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
     if (h->family == AF_INET6)
@@ -546,10 +566,8 @@ void fh_http_worker_free(fh_http_worker *hw)
                  fh_worker_index(hw->w), suspended);
         return;
     }
+    /* Other workers skip a stopped daemon (least_loaded); the list is freed
+     * by fh_http_close once every worker stopped. */
+    atomic_store(&hw->stopped, true);
     MHD_stop_daemon(hw->d);
-    /* Other workers may still pick this one: it stays listed with a count
-     * that keeps it last (the pool frees nothing before every worker
-     * stopped, and fh_http_close frees the list). */
-    atomic_store(&hw->conns, UINT32_MAX / 2);
-    hw->d = NULL;
 }

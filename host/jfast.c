@@ -909,21 +909,27 @@ static json_t *build_number(build *b)
     if (!scan_number(&b->s))
         return build_fail(b, "invalid number");
     size_t n = (size_t)(b->s.p - start);
-    char text[64];
-    if (n >= sizeof(text))
-        return build_fail(b, "number too long");
+    char small[64], *text = n < sizeof(small) ? small : malloc(n + 1);
+    if (!text)
+        return build_fail(b, "out of memory");
     memcpy(text, start, n);
     text[n] = '\0';
     errno = 0;
     if (!memchr(text, '.', n) && !memchr(text, 'e', n) && !memchr(text, 'E', n)) {
         json_int_t i = strtoll(text, NULL, 10);
-        if (errno == ERANGE)
+        bool range = errno == ERANGE;
+        if (text != small)
+            free(text);
+        if (range)
             return build_fail(b, "integer out of range");
         json_t *v = json_integer(i);
         return v ? v : build_fail(b, "out of memory");
     }
     double d = strtod(text, NULL);
-    if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+    bool overflow = errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL);
+    if (text != small)
+        free(text);
+    if (overflow)
         return build_fail(b, "real number overflow");
     json_t *v = json_real(d);
     return v ? v : build_fail(b, "out of memory");

@@ -51,7 +51,7 @@ size_t fh_json_real(char *buf, size_t size, double v, int precision);
 
 /* ---- scanner ------------------------------------------------------------------ */
 
-#define FH_JSCAN_MAX_DEPTH 512
+#define FH_JSCAN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
 
 typedef enum fh_jtype {
     FH_J_NONE = 0,

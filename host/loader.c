@@ -427,12 +427,30 @@ static bool still_mapped(const char *copy_path)
     return true;
 }
 
+/* Set once constructors or destructors did not return in time: the thread
+ * left in them may hold the dynamic loader's lock, so any further dlopen,
+ * dlsym or dlclose in this process could block for ever. Loading and
+ * closing stop until a restart, and say so. */
+static atomic_bool loader_wedged;
+
+static const char wedged_msg[] =
+    "a plugin's constructors or destructors did not return (see above); the dynamic loader may "
+    "be locked, so no plugin is loaded or unloaded until fusion-host restarts";
+
 /* Plugin code of the loader's (constructors, entry, destructors), through
  * the door. FH_DOOR_TIMEOUT leaves the call running on its own thread. */
 static fh_door_result plugin_call(fh_hook_call *c, const char *who, int deadline_ms)
 {
     snprintf(c->who, sizeof(c->who), "%s", who);
-    return fh_door_call(c, deadline_ms);
+    fh_door_result r = fh_door_call(c, deadline_ms);
+    if (r == FH_DOOR_TIMEOUT && c->kind != FH_HOOK_ENTRY)
+        atomic_store(&loader_wedged, true);
+    return r;
+}
+
+bool fh_loader_wedged(void)
+{
+    return atomic_load(&loader_wedged);
 }
 
 /* dlclose() runs the plugin's destructors: attribute them to `who` in the
@@ -443,6 +461,8 @@ static fh_door_result plugin_call(fh_hook_call *c, const char *who, int deadline
  * unmap is reported like a loaded one. */
 static bool close_handle(void *handle, const char *copy_path, const char *who, int deadline_ms)
 {
+    if (atomic_load(&loader_wedged))
+        return false; /* left mapped: dlclose could block for ever */
     fh_hook_call c = {.kind = FH_HOOK_DLCLOSE, .handle = handle};
     if (plugin_call(&c, who, deadline_ms) != FH_DOOR_OK)
         return false;
@@ -530,6 +550,10 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
 {
     memset(out, 0, sizeof(*out));
     set_msg(msg, msglen, "%s", "");
+    if (atomic_load(&loader_wedged)) {
+        set_msg(msg, msglen, "%s: not loaded: %s", path, wedged_msg);
+        return FH_LOAD_TIMEOUT;
+    }
     fh_load_err err = FH_LOAD_OK;
     int fd = -1, cache_fd = -1;
     void *handle = NULL;

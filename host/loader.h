@@ -78,6 +78,12 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
  * -z nodelete or unique symbols): the caller reports it as pinned. */
 bool fh_loader_close(fh_plugin *p);
 
+/* True once a plugin's constructors or destructors did not return within
+ * the deadline: from then on fh_loader_open refuses (FH_LOAD_TIMEOUT) and
+ * fh_loader_close leaves libraries mapped, because the thread left behind
+ * may hold the dynamic loader's lock. */
+bool fh_loader_wedged(void);
+
 /* Name and version rules, shared with the registry and tests. */
 bool fh_overlay_name_valid(const char *name);
 bool fh_overlay_version_valid(const char *version);

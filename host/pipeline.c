@@ -428,7 +428,7 @@ static hook_result run_hook(fh_txn *t, fh_hook_kind kind, char *answer, size_t l
     t->hook_ns += c->elapsed_ns;
     t->hook_rc = c->rc;
     t->hook_score = c->score;
-    t->hook_quality = c->eval.quality;
+    t->hook_quality = kind == FH_HOOK_EVALUATE ? c->eval.quality : NAN;
     if (owned)
         free(answer);
     return HOOK_OK;
@@ -448,7 +448,6 @@ static void quarantine(fh_txn *t, const fh_hook_call *c)
  * or its deadline passed. Either way the request continues in a job. */
 static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
 {
-    (void)w;
     fh_txn *t = f->ctx;
     TXN_CHECK(t);
     fh_hook_call *c = &f->call;
@@ -456,17 +455,19 @@ static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
     t->refs--; /* the call's; the HTTP side's keeps t alive */
     if (timed_out) {
         /* The abandoned call keeps the request, the answer and the overlay
-         * reference; the request is served from the caller's bytes. */
+         * reference; the request is served from the caller's bytes. At a
+         * stop the call was only cut short, not late: no quarantine. */
         t->hook_timed_out = true;
         t->hook_ns += t->pp->p->hook_deadline_ns;
-        quarantine(t, c);
+        if (!fh_worker_stopping(w))
+            quarantine(t, c);
     } else {
         t->req = c->req;
         t->gen = c->gen;
         t->hook_ns += c->elapsed_ns;
         t->hook_rc = c->rc;
         t->hook_score = c->score;
-        t->hook_quality = c->eval.quality;
+        t->hook_quality = c->kind == FH_HOOK_EVALUATE ? c->eval.quality : NAN;
         if (c->answer_owned)
             free(c->answer);
     }
@@ -610,6 +611,7 @@ static int submit(fh_txn *t, char *body, size_t len)
     t->content_type[0] = '\0';
     t->resp.len = t->resp_off = 0;
     t->overflow = false;
+    t->done = false; /* a retry: the exchange is open again */
     t->t_submit_ns = fh_now_ns();
     t->call = t->kind == FH_TXN_MODELS
                   ? fh_upstream_submit(t->pp->up, "GET", "/models", NULL, 0, 0, &handler, t)
@@ -1234,7 +1236,7 @@ static hook_result txn_answer(fh_txn *t)
         size_t len = 0;
         char *text = fh_jstr_unescape(&content, &len); /* the call's: it may outlive t->resp */
         if (!text) {
-            after_evaluate(t);
+            respond(t, true); /* out of memory: answered, not evaluated */
             return HOOK_OK;
         }
         if (run_hook(t, FH_HOOK_EVALUATE, text, len, true) == HOOK_LEFT)
@@ -1258,8 +1260,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         size_t n = avail < max ? avail : max;
         memcpy(out, t->resp.data + t->resp_off, n);
         t->resp_off += n;
-        if (t->resp_off == t->resp.len)
+        if (t->resp_off == t->resp.len) {
             t->resp.len = t->resp_off = 0;
+        } else if (t->resp_off >= STREAM_LOW) {
+            /* A client slower than the upstream never empties the backlog:
+             * move the unread part to the front, or the buffer grows with
+             * the whole stream. */
+            memmove(t->resp.data, t->resp.data + t->resp_off, t->resp.len - t->resp_off);
+            t->resp.len -= t->resp_off;
+            t->resp_off = 0;
+        }
         if (t->paused && t->call && t->resp.len - t->resp_off < STREAM_LOW) {
             t->paused = false;
             fh_upstream_resume(t->pp->up, t->call);
@@ -1447,12 +1457,12 @@ static hook_result run_job(fh_txn *t)
     t->job = JOB_NONE;
     hook_result r = HOOK_OK;
     switch (j) {
-    case JOB_START:
-        if (!t->completed)
+    case JOB_START: /* not after a shutdown's abort: answered 503 already */
+        if (!t->completed && !t->aborted)
             r = txn_start(t);
         break;
     case JOB_ANSWER:
-        if (!t->completed)
+        if (!t->completed && !t->aborted)
             r = txn_answer(t);
         break;
     case JOB_RESUMED:

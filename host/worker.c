@@ -97,8 +97,10 @@ static void frame_post(void *ud, fh_door_frame *f)
     pthread_mutex_lock(&w->mu);
     f->posted_next = w->returned;
     w->returned = f;
-    pthread_mutex_unlock(&w->mu);
+    /* Woken before unlocking: the runner cannot take the frame, settle
+     * and let the worker be freed while this thread still writes to it. */
     wake(w);
+    pthread_mutex_unlock(&w->mu);
 }
 
 fh_worker *fh_worker_new(unsigned index, char *err, size_t errlen)
@@ -231,7 +233,8 @@ int fh_worker_post(fh_worker *w, void (*fn)(fh_worker *w, void *ud), void *ud)
     m->ud = ud;
     m->next = NULL;
     pthread_mutex_lock(&w->mu);
-    if (w->exited) {
+    if (w->exited || atomic_load(&w->stopping)) {
+        /* Stopping: nothing posted now would run before the worker goes. */
         pthread_mutex_unlock(&w->mu);
         free(m);
         return -1;
@@ -257,6 +260,11 @@ void fh_worker_set_frames(fh_worker *w, uint64_t deadline_ns, fh_frame_fn fn)
 unsigned fh_worker_detached(const fh_worker *w)
 {
     return w->ndetached;
+}
+
+bool fh_worker_stopping(const fh_worker *w)
+{
+    return atomic_load(&((fh_worker *)w)->stopping);
 }
 
 fh_door_frame *fh_worker_frame(fh_worker *w)

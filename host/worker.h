@@ -83,7 +83,7 @@ bool fh_worker_stop(fh_worker *w, int timeout_ms);
 void fh_worker_nudge(fh_worker *w);
 
 /* Runs fn(w, ud) on the runner soon. Any thread. -1 when out of memory or
- * stopped (fn is then not run). */
+ * stopping (fn is then not run). */
 int fh_worker_post(fh_worker *w, void (*fn)(fh_worker *w, void *ud), void *ud);
 
 /* ---- plugin calls (door.h) ---------------------------------------------------- */
@@ -92,6 +92,9 @@ int fh_worker_post(fh_worker *w, void (*fn)(fh_worker *w, void *ud), void *ud);
 fh_door_frame *fh_worker_frame(fh_worker *w);
 /* Deadline of detached calls (hooks.deadline_ms) and what to do with them. */
 void fh_worker_set_frames(fh_worker *w, uint64_t deadline_ns, fh_frame_fn fn);
+/* Whether fh_worker_stop() was called (frames abandoned then were not
+ * late, only cut short). Any thread. */
+bool fh_worker_stopping(const fh_worker *w);
 /* Calls of this worker detached and not yet resolved. Runner only. */
 unsigned fh_worker_detached(const fh_worker *w);
 

@@ -208,10 +208,10 @@ bool fh_workers_responsive(fh_workers *ws, uint64_t stale_ms)
     return ok;
 }
 
-void fh_workers_stop(fh_workers *ws)
+bool fh_workers_stop(fh_workers *ws)
 {
     if (!ws)
-        return;
+        return true;
     bool all = true;
     for (unsigned i = 0; i < ws->n; i++) {
         if (!ws->slots[i].started) {
@@ -231,7 +231,8 @@ void fh_workers_stop(fh_workers *ws)
         if (ws->slots[i].stopped)
             fh_worker_free(ws->slots[i].w);
     if (!all)
-        return; /* a worker may still touch its slot */
+        return false; /* a worker may still touch its slot */
     free(ws->slots);
     free(ws);
+    return true;
 }

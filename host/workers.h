@@ -46,7 +46,9 @@ void fh_workers_abort(fh_workers *ws);
 bool fh_workers_responsive(fh_workers *ws, uint64_t stale_ms);
 
 /* Stops every worker (tearing down its daemon, requests and upstream on
- * its own thread) and the monitor, and frees. */
-void fh_workers_stop(fh_workers *ws);
+ * its own thread) and the monitor, and frees. false when a worker did not
+ * stop in time: it may still use what the workers share (the listener,
+ * the pipeline, the registry, the metrics), which must then be left. */
+bool fh_workers_stop(fh_workers *ws);
 
 #endif
