@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <setjmp.h>
@@ -526,6 +527,47 @@ static void test_stale_copy(void **state)
     assert_int_equal(count_files(f->cache), 0);
 }
 
+/* A constructor that never returns: the load times out, names the file and
+ * the deadline, and from then on the loader refuses everything (dlopen would
+ * queue behind the dynamic loader's lock the stuck thread holds). Runs in a
+ * child that ends with _exit(): exit() would wait on that lock too. */
+static void test_hung_constructor_wedges_the_loader(void **state)
+{
+    fixture *f = *state;
+    char hang[PATH_MAX], good[PATH_MAX];
+    stage(f, "hang_ctor", hang, sizeof(hang));
+    stage(f, "good_a", good, sizeof(good));
+    f->opts.deadline_ms = 200;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(10); /* a loader that does not refuse blocks in dlopen for ever */
+        fh_plugin p;
+        char msg[1024];
+        int code = 0;
+        if (fh_loader_wedged())
+            code = 10;
+        else if (fh_loader_open(&f->opts, hang, &p, msg, sizeof(msg)) != FH_LOAD_TIMEOUT)
+            code = 11;
+        else if (!strstr(msg, hang) || !strstr(msg, "200 ms") || !strstr(msg, "restart"))
+            code = 12;
+        else if (!fh_loader_wedged())
+            code = 13;
+        else if (fh_loader_open(&f->opts, good, &p, msg, sizeof(msg)) != FH_LOAD_TIMEOUT)
+            code = 14;
+        else if (!strstr(msg, good) || !strstr(msg, "restart"))
+            code = 15;
+        if (code)
+            fprintf(stderr, "hung constructor: check %d failed: %s\n", code, msg);
+        _exit(code);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static void test_error_names_are_distinct(void **state)
 {
     (void)state;
@@ -598,6 +640,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_older_size_still_loads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pinned_library_is_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_copy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hung_constructor_wedges_the_loader, setup, teardown),
         cmocka_unit_test(test_error_names_are_distinct),
         cmocka_unit_test(test_name_and_version_rules),
     };
