@@ -546,6 +546,17 @@ static int index_build(word_index *ix, const char *text, size_t len)
     return 0;
 }
 
+/* A cheap filter before match_at(): the first two bytes, when the pattern's
+ * second one is literal. Most word starts in a bucket fail it. */
+static int may_match_at(const char *text, size_t len, size_t at, const char *p)
+{
+    if (lower(text[at]) != lower(p[0]))
+        return 0;
+    if (p[0] == ' ' || p[1] == '\0' || p[1] == ' ' || p[1] == '*')
+        return 1; /* a gap spans several bytes; '*' ends in anything */
+    return at + 1 < len && lower(text[at + 1]) == lower(p[1]);
+}
+
 /* okit_has() over the index: the same matches, visiting only the word starts
  * whose first byte can begin the pattern (match_at() checks it exactly). */
 static int index_has(const word_index *ix, const char *text, size_t len, const char *pattern)
@@ -554,7 +565,7 @@ static int index_has(const word_index *ix, const char *text, size_t len, const c
         return 0;
     for (uint16_t k = ix->head[bucket(pattern[0])]; k; k = ix->next[k - 1]) {
         uint32_t at = ix->pos[k - 1];
-        if (lower(text[at]) == lower(pattern[0]) && match_at(text, len, at, pattern) >= 0)
+        if (may_match_at(text, len, at, pattern) && match_at(text, len, at, pattern) >= 0)
             return 1;
     }
     return 0;
@@ -650,7 +661,7 @@ static int answer_has(const answer_index *a, size_t off, const char *text, size_
     }
     for (uint32_t k = lo; k < a->first[b + 1] && a->pos[k] < off + len; k++) {
         size_t at = a->pos[k] - off;
-        if (lower(text[at]) == lower(pattern[0]) && match_at(text, len, at, pattern) >= 0)
+        if (may_match_at(text, len, at, pattern) && match_at(text, len, at, pattern) >= 0)
             return 1;
     }
     /* The span's first byte starts a word of the span even in the middle
