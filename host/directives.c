@@ -5,6 +5,7 @@
  */
 #include "directives.h"
 
+#include "jfast.h"
 #include "log.h"
 
 #include <errno.h>
@@ -14,42 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t len;
-        unsigned min;
-        unsigned cp;
-        if (c < 0x80) {
-            if (c == 0)
-                return 0;
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            len = 2, min = 0x80, cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3, min = 0x800, cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4, min = 0x10000, cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (i + len > n)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* Reads a whole text file; NULL with a reason in *why on failure. */
 static char *read_text(const char *path, size_t *len, const char **why)
@@ -85,7 +50,7 @@ static char *read_text(const char *path, size_t *len, const char **why)
         *why = "read error";
     } else if (n > FH_DIRECTIVE_MAX_BYTES) {
         *why = "larger than 64 KiB";
-    } else if (!utf8_valid((const unsigned char *)buf, n)) {
+    } else if (!fh_utf8_valid(buf, n) || memchr(buf, '\0', n)) {
         *why = "not valid UTF-8 text";
     } else {
         size_t start = 0;

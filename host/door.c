@@ -58,11 +58,11 @@ unsigned fh_door_stuck_threads(void)
     return atomic_load(&stuck_threads);
 }
 
-/* The plugin code itself, for every kind; the only place it is entered. */
-static void invoke(fh_hook_call *c)
+/* The plugin code itself, for every kind; the only place it is entered.
+ * t0: when the call started (the caller's clock reading, if it took one). */
+static void invoke_at(fh_hook_call *c, uint64_t t0)
 {
     const char *prev = fh_log_set_overlay(c->who);
-    uint64_t t0 = fh_now_ns();
     switch (c->kind) {
     case FH_HOOK_DLOPEN:
         dlerror();
@@ -107,6 +107,11 @@ static void invoke(fh_hook_call *c)
     fh_log_set_overlay(prev);
 }
 
+static void invoke(fh_hook_call *c)
+{
+    invoke_at(c, fh_now_ns());
+}
+
 /* ---- worker calls ------------------------------------------------------------- */
 
 static uint64_t pack(uint64_t seq, fh_frame_state s)
@@ -137,11 +142,6 @@ void fh_door_frame_unref(fh_door_frame *f)
     free(f);
 }
 
-fh_frame_state fh_door_frame_state(const fh_door_frame *f)
-{
-    return (fh_frame_state)(atomic_load(&((fh_door_frame *)f)->word) & STATE_MASK);
-}
-
 /* The plugin returned on a thread that no longer runs its worker. */
 static void returned_detached(fh_door_frame *f, uint64_t seq)
 {
@@ -170,9 +170,10 @@ fh_door_result fh_door_run(fh_door_frame *f)
 {
     assert(f->magic == FRAME_MAGIC);
     uint64_t seq = (atomic_load_explicit(&f->word, memory_order_relaxed) >> STATE_BITS) + 1;
-    atomic_store_explicit(&f->start_ns, fh_now_ns(), memory_order_relaxed);
+    uint64_t t0 = fh_now_ns();
+    atomic_store_explicit(&f->start_ns, t0, memory_order_relaxed);
     atomic_store_explicit(&f->word, pack(seq, FH_FRAME_RUNNING), memory_order_release);
-    invoke(&f->call);
+    invoke_at(&f->call, t0);
     uint64_t want = pack(seq, FH_FRAME_RUNNING);
     if (atomic_compare_exchange_strong_explicit(&f->word, &want, pack(seq, FH_FRAME_IDLE),
                                                 memory_order_acq_rel, memory_order_acquire))
@@ -309,17 +310,6 @@ static void *helper_main(void *p)
     return NULL;
 }
 
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 fh_door_result fh_door_call(fh_hook_call *c, int deadline_ms)
 {
     if (deadline_ms <= 0) {
@@ -332,11 +322,7 @@ fh_door_result fh_door_call(fh_hook_call *c, int deadline_ms)
         return FH_DOOR_OK;
     }
     pthread_mutex_init(&b->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&b->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    fh_cond_init_monotonic(&b->cv);
     b->refs = 2;
     b->call = *c;
     pthread_t th;
@@ -348,7 +334,7 @@ fh_door_result fh_door_call(fh_hook_call *c, int deadline_ms)
         return FH_DOOR_OK;
     }
     struct timespec deadline;
-    deadline_after(&deadline, deadline_ms);
+    fh_deadline_after(&deadline, deadline_ms);
     pthread_mutex_lock(&b->mu);
     while (!b->done) {
         int rc = pthread_cond_timedwait(&b->cv, &b->mu, &deadline);

@@ -137,8 +137,7 @@ struct fh_door_frame {
                                 thread (fh_door_frame_handed_over) */
     fh_hook_call call;
     /* Set by the caller before each call, used once the call is detached. */
-    void *ctx;                                                          /* the request */
-    void (*resumed)(fh_door_frame *f, bool timed_out, void *worker_ud); /* on the worker */
+    void *ctx; /* the request */
     /* Set once by the frame's worker. */
     void (*post)(void *post_ud, fh_door_frame *f); /* RETURNED: hand it back */
     void *post_ud;
@@ -151,7 +150,6 @@ struct fh_door_frame {
 
 fh_door_frame *fh_door_frame_new(void (*post)(void *, fh_door_frame *), void *post_ud);
 void fh_door_frame_unref(fh_door_frame *f);
-fh_frame_state fh_door_frame_state(const fh_door_frame *f);
 
 /* Runs f->call inline on this thread (a worker's runner). FH_DOOR_OK, or
  * FH_DOOR_DETACHED when the monitor detached the call meanwhile: the result

@@ -56,8 +56,7 @@ struct fh_http {
     unsigned max_connections;
     unsigned idle_timeout_s;
     atomic_int state;
-    atomic_uint pending, live; /* in all */
-    atomic_uint rotor;         /* spreads ties */
+    atomic_uint rotor; /* spreads ties */
     fh_http_worker *workers[FH_WORKERS_MAX];
     atomic_uint nworkers;
 };
@@ -174,14 +173,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > h->max_body)
+        unsigned long long announced = cl ? strtoull(cl, NULL, 10) : 0;
+        if (announced > h->max_body)
             return fh_http_error(c, 413, "invalid_request_error", "request_too_large",
                                  "request body is larger than limits.max_body_bytes");
         fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_CHAT);
         if (!t)
             return MHD_NO;
         if (cl)
-            fh_txn_expect(t, (size_t)strtoull(cl, NULL, 10));
+            fh_txn_expect(t, (size_t)announced);
         *ctx = t;
         return MHD_YES;
     }
@@ -233,9 +233,13 @@ static unsigned load_of(fh_http_worker *hw)
            atomic_load_explicit(&hw->live, memory_order_relaxed);
 }
 
+/* All workers' connections, stopped ones included (theirs are still open). */
 static unsigned total_conns(fh_http *h)
 {
-    return atomic_load(&h->pending) + atomic_load(&h->live);
+    unsigned n = atomic_load(&h->nworkers), total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += load_of(h->workers[i]);
+    return total;
 }
 
 /* Runner of hw's worker: the connection joins hw's daemon (MHD closes it
@@ -245,7 +249,6 @@ static void add_connection(fh_http_worker *hw, int fd, const struct sockaddr *ad
     if (MHD_add_connection(hw->d, fd, addr, len) == MHD_YES)
         hw->due = true;
     atomic_fetch_sub(&hw->pending, 1);
-    atomic_fetch_sub(&hw->h->pending, 1);
 }
 
 /* Runner of the target worker: a connection another worker accepted. */
@@ -319,7 +322,6 @@ static void on_listen_ready(fh_watch *watch, uint32_t events)
         fh_http_worker *to = least_loaded(h);
         if (!to)
             to = hw;
-        atomic_fetch_add(&h->pending, 1);
         if (to != hw) {
             handover *copy = malloc(sizeof(*copy));
             if (copy) {
@@ -344,10 +346,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx
     fh_http_worker *hw = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         atomic_fetch_add(&hw->live, 1);
-        atomic_fetch_add(&hw->h->live, 1);
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         atomic_fetch_sub(&hw->live, 1);
-        atomic_fetch_sub(&hw->h->live, 1);
     }
 }
 
@@ -529,9 +529,12 @@ fh_http_worker *fh_http_worker_new(fh_http *h, fh_worker *w, fh_pipe *pipe, char
     hw->listen.fn = on_listen_ready;
     hw->listen.ud = hw;
     hw->due = true;
-    if (fh_worker_watch(w, &hw->watch) != 0 || fh_worker_add_turn(w, http_turn, hw) != 0) {
+    bool watched = fh_worker_watch(w, &hw->watch) == 0;
+    if (!watched || fh_worker_add_turn(w, http_turn, hw) != 0) {
         snprintf(err, errlen, "cannot register worker %u's HTTP daemon: %s", fh_worker_index(w),
-                 strerror(errno));
+                 watched ? "too many turn callbacks" : strerror(errno));
+        if (watched)
+            fh_worker_unwatch(w, &hw->watch);
         MHD_stop_daemon(hw->d);
         free(hw);
         return NULL;
@@ -549,6 +552,7 @@ void fh_http_worker_quiesce(fh_http_worker *hw)
 {
     listen_on(hw, false);
     hw->quiesced = true;
+    atomic_store(&hw->stopped, true); /* no more hand-overs to it either */
 }
 
 void fh_http_worker_free(fh_http_worker *hw)

@@ -9,6 +9,8 @@
  */
 #include "jfast.h"
 
+#include "util.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -100,13 +102,8 @@ bool fh_utf8_valid(const char *str, size_t n)
     const unsigned char *s = (const unsigned char *)str, *end = s + n;
     while (s < end) {
         /* Eight ASCII bytes at a time: the common case for English text. */
-        while ((size_t)(end - s) >= 8) {
-            uint64_t w;
-            memcpy(&w, s, 8);
-            if (w & 0x8080808080808080ull)
-                break;
+        while ((size_t)(end - s) >= 8 && !(load8((const char *)s) & HIGHS))
             s += 8;
-        }
         if (s >= end)
             break;
         if (*s < 0x80) {
@@ -286,15 +283,8 @@ static size_t short_real(char *b, double v, int precision)
         b[n++] = '-';
     unsigned long long a = k < 0 ? (unsigned long long)-k : (unsigned long long)k;
     unsigned long long ip = a / 1000000u, fp = a % 1000000u;
-    char digits[24];
-    size_t d = 0;
-    do {
-        digits[d++] = (char)('0' + ip % 10);
-        ip /= 10;
-    } while (ip);
-    while (d)
-        b[n++] = digits[--d];
-    b[n++] = '.';
+    n += fh_utoa(ip, b + n);
+    b[n++] = '.'; /* over fh_utoa's NUL */
     if (!fp) {
         b[n++] = '0';
     } else {
@@ -367,7 +357,7 @@ json_t *fh_json_string_shared(const char *text, size_t n)
             json_t *node = json_stringn_nocheck(text, n);
             size_t elen = 0;
             char *esc = node ? escape_alone(text, n, &elen) : NULL;
-            if (esc) {
+            if (esc) { /* else out of memory for the cache: uncached */
                 shared_str *slot = &c->slot[c->next];
                 c->next = (c->next + 1) % SHARED_SLOTS;
                 json_decref(slot->node);
@@ -375,10 +365,11 @@ json_t *fh_json_string_shared(const char *text, size_t n)
                 slot->node = json_incref(node);
                 slot->escaped = esc;
                 slot->escaped_len = elen;
-                return node;
             }
-            return node; /* out of memory for the cache: uncached */
+            return node;
         }
+        if (c)
+            return NULL; /* not UTF-8 */
     }
     return fh_utf8_valid(text, n) ? json_stringn_nocheck(text, n) : NULL;
 }

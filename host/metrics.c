@@ -345,22 +345,25 @@ static series *get_series(fh_metrics *m, fam_id id, char lv[][LABEL_MAX + 1])
         return s;
     }
 
+    /* Folded on a copy: the caller's labels serve its other families. */
     m->dropped++;
-    memcpy(lv[d->fold], FOLD_VALUE, sizeof(FOLD_VALUE));
-    h = hash_labels(d, lv);
-    s = find(f, d, lv, h);
+    char folded[MAX_LABELS][LABEL_MAX + 1];
+    memcpy(folded, lv, d->nlabels * sizeof(folded[0]));
+    memcpy(folded[d->fold], FOLD_VALUE, sizeof(FOLD_VALUE));
+    h = hash_labels(d, folded);
+    s = find(f, d, folded, h);
     if (s)
         return s;
     if (f->n >= 2 * rows_cap + 1) {
         /* Even the fold series are too many: one series takes the rest. */
         for (size_t l = 0; l < d->nlabels; l++)
-            memcpy(lv[l], FOLD_VALUE, sizeof(FOLD_VALUE));
-        h = hash_labels(d, lv);
-        s = find(f, d, lv, h);
+            memcpy(folded[l], FOLD_VALUE, sizeof(FOLD_VALUE));
+        h = hash_labels(d, folded);
+        s = find(f, d, folded, h);
         if (s)
             return s;
     }
-    return insert(f, d, lv, h);
+    return insert(f, d, folded, h);
 }
 
 /* ---- recording -------------------------------------------------------- */
@@ -418,26 +421,20 @@ void fh_metrics_request_done(fh_metrics *m, const char *overlay, const char *sce
 {
     if (!m)
         return;
-    /* Labels sanitised once, one lock for all of a request's samples. A
-     * fold rewrites the labels it is given, so each family gets a copy. */
+    /* Labels sanitised once, one lock for all of a request's samples. */
     char lv[MAX_LABELS][LABEL_MAX + 1];
     fh_metrics_sanitize(overlay, lv[0]);
     fh_metrics_sanitize(scenario, lv[1]);
     fh_metrics_sanitize(result, lv[2]);
-    char hv[MAX_LABELS][LABEL_MAX + 1], qv[MAX_LABELS][LABEL_MAX + 1],
-        ov[MAX_LABELS][LABEL_MAX + 1];
-    memcpy(hv, lv, sizeof(hv));
-    memcpy(qv, lv, sizeof(qv));
-    memcpy(ov, lv, sizeof(ov));
     LOCK(m);
     series *s = get_series(m, F_REQUESTS, lv);
     if (s)
         s->value += 1;
-    if (isfinite(latency_ms) && (s = get_series(m, F_LATENCY, hv)) != NULL)
+    if (isfinite(latency_ms) && (s = get_series(m, F_LATENCY, lv)) != NULL)
         observe(s, &defs[F_LATENCY], latency_ms);
-    if (isfinite(quality) && (s = get_series(m, F_QUALITY, qv)) != NULL)
+    if (isfinite(quality) && (s = get_series(m, F_QUALITY, lv)) != NULL)
         observe(s, &defs[F_QUALITY], quality);
-    if (isfinite(overhead_ms) && (s = get_series(m, F_OVERHEAD, ov)) != NULL)
+    if (isfinite(overhead_ms) && (s = get_series(m, F_OVERHEAD, lv)) != NULL)
         observe(s, &defs[F_OVERHEAD], overhead_ms);
     UNLOCK(m);
 }
@@ -445,11 +442,6 @@ void fh_metrics_request_done(fh_metrics *m, const char *overlay, const char *sce
 void fh_metrics_quality(fh_metrics *m, const char *overlay, const char *scenario, double score)
 {
     record_histogram(m, F_QUALITY, overlay, scenario, score);
-}
-
-void fh_metrics_overhead(fh_metrics *m, const char *overlay, double ms)
-{
-    record_histogram(m, F_OVERHEAD, overlay, NULL, ms);
 }
 
 void fh_metrics_token_delta(fh_metrics *m, const char *overlay, const char *scenario, double pct)

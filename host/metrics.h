@@ -33,8 +33,6 @@ void fh_metrics_request_done(fh_metrics *m, const char *overlay, const char *sce
 /* fusion_quality_score and fusion_tokens_delta_pct histograms. */
 void fh_metrics_quality(fh_metrics *m, const char *overlay, const char *scenario, double score);
 void fh_metrics_token_delta(fh_metrics *m, const char *overlay, const char *scenario, double pct);
-/* fusion_overhead_ms{overlay}: the host's own time on one request. */
-void fh_metrics_overhead(fh_metrics *m, const char *overlay, double ms);
 /* fusion_circuit_breaker_events_total{overlay,result}. */
 void fh_metrics_breaker_event(fh_metrics *m, const char *overlay, const char *result);
 /* fusion_overlay_events_total{overlay,result}: a plugin's metric_count. */

@@ -88,7 +88,6 @@ struct fh_pipe {
     fh_upstream *up;
     TAILQ_HEAD(, fh_txn) ready; /* txns with a job to run */
     TAILQ_HEAD(, fh_txn) live;  /* every txn not yet finished */
-    size_t nlive;
     snap_ref *snap;
     bool kick; /* a connection was resumed: MHD must run */
 };
@@ -180,7 +179,8 @@ static const fh_upstream_handler handler;
 
 /* ---- buffers --------------------------------------------------------------- */
 
-static int buf_add(buf *b, const char *d, size_t n)
+/* Room for n more bytes and a NUL. */
+static int buf_reserve(buf *b, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 1024;
@@ -192,6 +192,13 @@ static int buf_add(buf *b, const char *d, size_t n)
         b->data = grown;
         b->cap = cap;
     }
+    return 0;
+}
+
+static int buf_add(buf *b, const char *d, size_t n)
+{
+    if (buf_reserve(b, n) != 0)
+        return -1;
     memcpy(b->data + b->len, d, n);
     b->len += n;
     b->data[b->len] = '\0';
@@ -297,7 +304,6 @@ fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind)
     fh_utoa(atomic_fetch_add_explicit(&p->next_id, 1, memory_order_relaxed) + 1,
             t->request_id + p->id_prefix_len);
     TAILQ_INSERT_TAIL(&pp->live, t, llink);
-    pp->nlive++;
     atomic_fetch_add(&p->in_flight, 1);
     return t;
 }
@@ -399,6 +405,20 @@ static void abandon_call(fh_hook_call *c)
         fh_generation_release(c->gen);
 }
 
+/* A call that returned (inline or detached): t gets its request and
+ * overlay back, and the hook's outputs; the answer copy is freed. */
+static void take_outputs(fh_txn *t, fh_hook_call *c)
+{
+    t->req = c->req;
+    t->gen = c->gen;
+    t->hook_ns += c->elapsed_ns;
+    t->hook_rc = c->rc;
+    t->hook_score = c->score;
+    t->hook_quality = c->kind == FH_HOOK_EVALUATE ? c->eval.quality : NAN;
+    if (c->answer_owned)
+        free(c->answer);
+}
+
 /* Runs one hook of t's overlay inline, through the door. HOOK_OK: outputs
  * in t->hook, and t owns its request and overlay again. HOOK_LEFT: the call
  * was detached; this thread no longer runs the worker, so the caller must
@@ -421,16 +441,9 @@ static hook_result run_hook(fh_txn *t, fh_hook_kind kind, char *answer, size_t l
     t->refs++; /* the call's */
     if (fh_door_run(f) == FH_DOOR_DETACHED)
         return HOOK_LEFT;
-    t->req = c->req;
-    t->gen = c->gen;
     t->in_hook = false;
     t->refs--;
-    t->hook_ns += c->elapsed_ns;
-    t->hook_rc = c->rc;
-    t->hook_score = c->score;
-    t->hook_quality = kind == FH_HOOK_EVALUATE ? c->eval.quality : NAN;
-    if (owned)
-        free(answer);
+    take_outputs(t, c);
     return HOOK_OK;
 }
 
@@ -462,14 +475,7 @@ static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
         if (!fh_worker_stopping(w))
             quarantine(t, c);
     } else {
-        t->req = c->req;
-        t->gen = c->gen;
-        t->hook_ns += c->elapsed_ns;
-        t->hook_rc = c->rc;
-        t->hook_score = c->score;
-        t->hook_quality = c->kind == FH_HOOK_EVALUATE ? c->eval.quality : NAN;
-        if (c->answer_owned)
-            free(c->answer);
+        take_outputs(t, c);
     }
     /* Timed out, the call's fields stay the call's (its thread frees them
      * if the plugin ever returns): nothing of `c` is touched here. */
@@ -788,10 +794,64 @@ static void up_response(void *ud, long status, const char *content_type)
 /* Usage from a parsed chunk or answer. */
 static void take_usage_j(fh_txn *t, const fh_jval *usage);
 
-/* A chunk with usage the client did not ask for, but with choices too:
- * the same chunk without its `usage` member (rare: rebuilt with jansson). */
-static void relay_without_usage(fh_txn *t, const char *data, size_t len)
+static bool is_json_space(char c)
 {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* The bytes of `"usage": value` and one adjacent comma in a scanned object,
+ * [*from, *to); false when the key is not written plainly as "usage". */
+static bool usage_member_span(const char *data, const fh_jval *value, const char **from,
+                              const char **to)
+{
+    const char *k = value->start;
+    while (k > data && is_json_space(k[-1]))
+        k--;
+    if (k == data || k[-1] != ':')
+        return false;
+    k--;
+    while (k > data && is_json_space(k[-1]))
+        k--;
+    static const char key[] = "\"usage\"";
+    if ((size_t)(k - data) < sizeof(key) - 1 || memcmp(k - (sizeof(key) - 1), key, sizeof(key) - 1))
+        return false;
+    k -= sizeof(key) - 1;
+    const char *e = value->end;
+    while (*e && is_json_space(*e))
+        e++;
+    if (*e == ',') { /* a member follows: take the comma after */
+        *from = k;
+        *to = e + 1;
+        return true;
+    }
+    const char *b = k; /* the last member: take the comma before, if any */
+    while (b > data && is_json_space(b[-1]))
+        b--;
+    *from = b > data && b[-1] == ',' ? b - 1 : k;
+    *to = value->end;
+    return true;
+}
+
+/* A chunk with usage the client did not ask for, but with choices too (the
+ * `"usage": null` upstreams put on every chunk once asked for usage): the
+ * same chunk without that member, cut out of the bytes as they came. */
+static void relay_without_usage(fh_txn *t, const char *data, size_t len, const fh_jval *usage)
+{
+    const char *from, *to;
+    if (usage_member_span(data, usage, &from, &to)) {
+        const char *key = "\"usage\"";
+        const char *end = data + len;
+        /* A second "usage" (a repeated key, or those bytes inside a
+         * string): leave it to the parser below to decide. */
+        if (!memmem(data, (size_t)(from - data), key, 7) &&
+            !memmem(to, (size_t)(end - to), key, 7)) {
+            buf_add(&t->resp, "data: ", 6);
+            buf_add(&t->resp, data, (size_t)(from - data));
+            buf_add(&t->resp, to, (size_t)(end - to));
+            buf_add(&t->resp, "\n\n", 2);
+            return;
+        }
+    }
     json_t *chunk = json_loadb(data, len, JSON_DISABLE_EOF_CHECK, NULL);
     char *s = NULL;
     if (chunk) {
@@ -850,7 +910,7 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
             return; /* the usage-only chunk: drop it */
         /* "usage": null on every chunk, or usage riding on a chunk with
          * choices: remove just the field the client did not ask for. */
-        relay_without_usage(t, data, (size_t)(data_end - data));
+        relay_without_usage(t, data, (size_t)(data_end - data), &found[2]);
         return;
     }
     buf_add(&t->resp, ev, len);
@@ -923,7 +983,7 @@ static bool overlay_rejected(const fh_txn *t, const fh_upstream_done *d)
 
 static void upstream_failed(fh_txn *t);
 static unsigned answer_status(const fh_txn *t);
-static struct MHD_Response *relayed_response(fh_txn *t);
+static struct MHD_Response *relayed_response(fh_txn *t, const char *content_type);
 
 static void up_done(void *ud, const fh_upstream_done *d)
 {
@@ -957,7 +1017,7 @@ static void up_done(void *ud, const fh_upstream_done *d)
         if (t->result != FH_UPSTREAM_OK || t->overflow)
             upstream_failed(t);
         else
-            prepare(t, answer_status(t), relayed_response(t));
+            prepare(t, answer_status(t), relayed_response(t, NULL));
     } else {
         queue_job(t, JOB_ANSWER);
     }
@@ -1048,43 +1108,43 @@ static size_t fusion_object(fh_txn *t, char *text, size_t size)
  * bytes are kept as they are and the object spliced in before the closing
  * brace: re-serialising the whole answer would cost more than the rest of
  * the request. */
-static char *with_fusion_object(fh_txn *t, size_t *len)
+static bool splice_fusion_object(fh_txn *t)
 {
     char obj[512];
     size_t olen = fusion_object(t, obj, sizeof(obj));
     if (!olen)
-        return NULL;
+        return false;
     if (t->answer_has_fusion) {
         /* An upstream that sends its own `fusion` key: ours replaces it
          * (rare: the whole answer is rebuilt). */
         json_t *answer = json_loadb(t->resp.data, t->resp.len, 0, NULL);
         json_t *fusion = json_loadb(obj, olen, 0, NULL);
+        size_t len = 0;
         char *out = NULL;
         if (answer && fusion && json_object_set(answer, "fusion", fusion) == 0)
-            out = fh_json_dump(answer, len);
+            out = fh_json_dump(answer, &len);
         json_decref(answer);
         json_decref(fusion);
-        return out;
+        if (!out)
+            return false;
+        free(t->resp.data);
+        t->resp = (buf){.data = out, .len = len, .cap = len + 1};
+        return true;
     }
     size_t end = t->resp.len;
     while (end > 0 && t->resp.data[end - 1] != '}')
         end--;
-    if (end == 0)
-        return NULL;
     const char *sep = t->answer_empty ? "" : ",";
-    *len = (end - 1) + strlen(sep) + 9 + olen + 1;
-    char *out = malloc(*len + 1);
-    if (!out)
-        return NULL;
-    char *p = out;
-    memcpy(p, t->resp.data, end - 1);
-    p += end - 1;
-    p += sprintf(p, "%s\"fusion\":", sep);
-    memcpy(p, obj, olen);
-    p += olen;
-    *p++ = '}';
-    *p = '\0';
-    return out;
+    size_t slen = strlen(sep);
+    /* Reserved first: on failure the answer is still whole. */
+    if (end == 0 || buf_reserve(&t->resp, slen + 9 + olen + 1) != 0)
+        return false;
+    t->resp.len = end - 1; /* the closing brace and what follows it */
+    buf_add(&t->resp, sep, slen);
+    buf_add(&t->resp, "\"fusion\":", 9);
+    buf_add(&t->resp, obj, olen);
+    buf_add(&t->resp, "}", 1);
+    return true;
 }
 
 /* The error the host answers for a failed upstream exchange. */
@@ -1114,13 +1174,18 @@ static unsigned answer_status(const fh_txn *t)
     return t->status >= 100 && t->status < 600 ? (unsigned)t->status : 502;
 }
 
-static struct MHD_Response *relayed_response(fh_txn *t)
+/* t->resp's bytes as the response, handed to MHD (which frees them): no
+ * copy. content_type NULL: the upstream's, or JSON when it gave none. */
+static struct MHD_Response *relayed_response(fh_txn *t, const char *content_type)
 {
     struct MHD_Response *r =
-        MHD_create_response_from_buffer(t->resp.len, t->resp.data, MHD_RESPMEM_MUST_COPY);
-    if (r)
-        MHD_add_response_header(r, "Content-Type",
-                                t->content_type[0] ? t->content_type : "application/json");
+        MHD_create_response_from_buffer(t->resp.len, t->resp.data, MHD_RESPMEM_MUST_FREE);
+    if (!r)
+        return NULL;
+    t->resp = (buf){0};
+    if (!content_type)
+        content_type = t->content_type[0] ? t->content_type : "application/json";
+    MHD_add_response_header(r, "Content-Type", content_type);
     return r;
 }
 
@@ -1129,20 +1194,14 @@ static struct MHD_Response *relayed_response(fh_txn *t)
 static void respond(fh_txn *t, bool object)
 {
     unsigned status = answer_status(t);
-    char *body = NULL;
-    size_t len = 0;
-    if (object && status < 300)
-        body = with_fusion_object(t, &len);
-    struct MHD_Response *r = body
-                                 ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-                                 : relayed_response(t); /* upstream errors: as received */
+    /* Upstream errors, and answers the object cannot be spliced into: as
+     * received, with the upstream's content type. */
+    bool spliced = object && status < 300 && splice_fusion_object(t);
+    struct MHD_Response *r = relayed_response(t, spliced ? "application/json" : NULL);
     if (!r) {
-        free(body);
         prepare(t, 500, NULL);
         return;
     }
-    if (body)
-        MHD_add_response_header(r, "Content-Type", "application/json");
     add_fusion_headers(t, r);
     prepare(t, status, r);
 }
@@ -1402,7 +1461,6 @@ static void finish(fh_txn *t)
     snap_release(t->snap);
     t->snap = NULL;
     TAILQ_REMOVE(&pp->live, t, llink);
-    pp->nlive--;
     atomic_fetch_sub(&pp->p->in_flight, 1);
     txn_unref(t);
 }

@@ -56,6 +56,7 @@
 
 #include "door.h"
 #include "log.h"
+#include "util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -165,11 +166,6 @@ static void unlock(fh_registry *r)
     (void)rc;
 }
 
-static void copy_str(char *dst, size_t len, const char *src)
-{
-    snprintf(dst, len, "%s", src ? src : "");
-}
-
 fh_registry *fh_registry_new(const fh_registry_opts *opts)
 {
     fh_registry *r = calloc(1, sizeof(*r));
@@ -195,12 +191,7 @@ fh_registry *fh_registry_new(const fh_registry_opts *opts)
         goto fail_lock;
     if (pthread_mutex_init(&r->drain_mu, NULL) != 0)
         goto fail_mu;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    rc = pthread_cond_init(&r->drain_cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0)
+    if (fh_cond_init_monotonic(&r->drain_cv) != 0)
         goto fail_cv;
     atomic_init(&r->nretired, 0);
     return r;
@@ -304,9 +295,9 @@ static void record_failed(fh_registry *r, const char *path, const char *name, fh
         f->next = r->failed;
         r->failed = f;
     }
-    copy_str(f->name, sizeof(f->name), name);
+    fh_strlcpy(f->name, name, sizeof(f->name));
     f->error = err;
-    copy_str(f->message, sizeof(f->message), message);
+    fh_strlcpy(f->message, message, sizeof(f->message));
     unlock(r);
 }
 
@@ -316,7 +307,7 @@ static void record_failed(fh_registry *r, const char *path, const char *name, fh
 static fh_door_result call_fini(fh_generation *g)
 {
     fh_hook_call c = {.kind = FH_HOOK_FINI, .desc = &g->plugin.desc, .state = g->state};
-    copy_str(c.who, sizeof(c.who), g->name);
+    fh_strlcpy(c.who, g->name, sizeof(c.who));
     return fh_door_call(&c, g->reg->opts.hook_deadline_ms);
 }
 
@@ -327,7 +318,7 @@ static bool finalise(fh_generation *g)
     assert(g->magic == FH_GEN_MAGIC);
     assert(atomic_load(&g->refs) == 0);
     char copy[4096];
-    copy_str(copy, sizeof(copy), g->plugin.copy_path);
+    fh_strlcpy(copy, g->plugin.copy_path, sizeof(copy));
     bool unmapped = false;
     if (call_fini(g) == FH_DOOR_OK)
         unmapped = fh_loader_close(&g->plugin);
@@ -352,7 +343,7 @@ static void note_pinned(fh_entry *e)
 {
     if (!e->current && e->pinned > 0) {
         e->state = FH_STATE_DRAINING;
-        copy_str(e->reason, sizeof(e->reason), FH_PINNED_REASON);
+        fh_strlcpy(e->reason, FH_PINNED_REASON, sizeof(e->reason));
     }
 }
 
@@ -366,11 +357,11 @@ static void finalise_list(fh_registry *r, fh_generation *list)
         list = g->next_retired;
         char name[FUSION_NAME_MAX + 1];
         fh_pinned_record rec;
-        copy_str(name, sizeof(name), g->name);
-        copy_str(rec.version, sizeof(rec.version), g->version);
+        fh_strlcpy(name, g->name, sizeof(name));
+        fh_strlcpy(rec.version, g->version, sizeof(rec.version));
         rec.abi_major = g->plugin.desc.abi_major;
         rec.abi_minor = g->plugin.desc.abi_minor;
-        copy_str(rec.source_path, sizeof(rec.source_path), g->plugin.source_path);
+        fh_strlcpy(rec.source_path, g->plugin.source_path, sizeof(rec.source_path));
         bool unmapped = finalise(g); /* frees g */
         atomic_fetch_sub(&r->nretired, 1);
         wrlock(r);
@@ -426,19 +417,6 @@ size_t fh_registry_reap(fh_registry *r)
 
 /* ---- draining --------------------------------------------------------- */
 
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    if (ms < 0)
-        ms = 0;
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /* Sleeps until every generation in gens[] has no references or the
  * deadline passes. The caller holds a `holds` pin on each. No registry lock. */
 static void wait_drained(fh_registry *r, fh_generation **gens, size_t n,
@@ -482,7 +460,7 @@ static fh_generation **hold_retired(fh_entry *e, size_t *n)
 static int unload_locked(fh_registry *r, fh_entry *e, int drain_timeout_ms)
 {
     char name[FUSION_NAME_MAX + 1];
-    copy_str(name, sizeof(name), e->name);
+    fh_strlcpy(name, e->name, sizeof(name));
     retire_current(r, e);
     e->state = FH_STATE_DRAINING;
     note_pinned(e); /* a library an earlier swap left mapped */
@@ -492,7 +470,7 @@ static int unload_locked(fh_registry *r, fh_entry *e, int drain_timeout_ms)
 
     if (n > 0 && drain_timeout_ms > 0) {
         struct timespec deadline;
-        deadline_after(&deadline, drain_timeout_ms);
+        fh_deadline_after(&deadline, drain_timeout_ms);
         wait_drained(r, held, n, &deadline);
     }
 
@@ -593,7 +571,7 @@ static fh_load_err run_init(fh_registry *r, fh_generation *g, char *msg, size_t 
     };
     args.config_len = strlen(args.config_json);
     fh_hook_call c = {.kind = FH_HOOK_INIT, .desc = &g->plugin.desc, .init_args = &args};
-    copy_str(c.who, sizeof(c.who), g->name);
+    fh_strlcpy(c.who, g->name, sizeof(c.who));
     if (fh_door_call(&c, r->opts.hook_deadline_ms) != FH_DOOR_OK) {
         snprintf(msg, msglen,
                  "%s: overlay '%s' %s init() did not return within %d ms (hooks.deadline_ms); "
@@ -631,7 +609,7 @@ static fh_load_err discard(fh_registry *r, fh_generation *g, bool initialised, c
                            fh_load_err err, const char *msg)
 {
     char name[FUSION_NAME_MAX + 1];
-    copy_str(name, sizeof(name), g->name);
+    fh_strlcpy(name, g->name, sizeof(name));
     if (err == FH_LOAD_TIMEOUT || (initialised && call_fini(g) != FH_DOOR_OK)) {
         /* Its code may still run on an abandoned thread: never unmap it. */
         g->magic = FH_GEN_DEAD;
@@ -665,8 +643,8 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     g->magic = FH_GEN_MAGIC;
     g->reg = r;
     atomic_init(&g->refs, 0);
-    copy_str(g->name, sizeof(g->name), g->plugin.desc.name);
-    copy_str(g->version, sizeof(g->version), g->plugin.desc.version);
+    fh_strlcpy(g->name, g->plugin.desc.name, sizeof(g->name));
+    fh_strlcpy(g->version, g->plugin.desc.version, sizeof(g->version));
 
     /* Cheap early duplicate check, so a clash does not run init(); it is
      * repeated under the write lock before publishing. */
@@ -687,9 +665,9 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     char name[FUSION_NAME_MAX + 1], version[FUSION_VERSION_MAX + 1];
     char old_version[FUSION_VERSION_MAX + 1] = "";
     char src[4096];
-    copy_str(name, sizeof(name), g->name);
-    copy_str(version, sizeof(version), g->version);
-    copy_str(src, sizeof(src), g->plugin.source_path);
+    fh_strlcpy(name, g->name, sizeof(name));
+    fh_strlcpy(version, g->version, sizeof(version));
+    fh_strlcpy(src, g->plugin.source_path, sizeof(src));
     unsigned abi_major = g->plugin.desc.abi_major, abi_minor = g->plugin.desc.abi_minor;
     bool swapped = false;
 
@@ -702,7 +680,7 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
         duplicate_msg(&g->plugin, dup->plugin.source_path, msg, msglen);
     } else if ((e = find_entry(r, name)) != NULL) {
         if (e->current) {
-            copy_str(old_version, sizeof(old_version), e->current->version);
+            fh_strlcpy(old_version, e->current->version, sizeof(old_version));
             swapped = true;
         }
         retire_current(r, e);
@@ -716,7 +694,7 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     } else if (fresh) {
         e = fresh;
         fresh = NULL;
-        copy_str(e->name, sizeof(e->name), name);
+        fh_strlcpy(e->name, name, sizeof(e->name));
         e->state = FH_STATE_ENABLED;
         e->next = r->entries;
         r->entries = e;
@@ -736,7 +714,7 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
         return discard(r, g, true, path, dup ? FH_LOAD_DUPLICATE : FH_LOAD_IO, msg);
 
     if (name_out)
-        copy_str(name_out, FUSION_NAME_MAX + 1, name);
+        fh_strlcpy(name_out, name, FUSION_NAME_MAX + 1);
     if (swapped)
         fh_info("overlay %s: swapped %s -> %s from %s; the old one drains", name, old_version,
                 version, src);
@@ -761,7 +739,7 @@ static int set_state(fh_registry *r, const char *name, fh_overlay_state to, cons
     }
     fh_overlay_state from = e->state;
     e->state = to;
-    copy_str(e->reason, sizeof(e->reason), why);
+    fh_strlcpy(e->reason, why, sizeof(e->reason));
     unlock(r);
     if (from != to) {
         if (to == FH_STATE_QUARANTINED)
@@ -896,20 +874,20 @@ int fh_generation_evaluate(fh_generation *g, const fusion_request *req, const ch
 static void fill_entry_info(const fh_entry *e, fh_overlay_info *o)
 {
     memset(o, 0, sizeof(*o));
-    copy_str(o->name, sizeof(o->name), e->name);
+    fh_strlcpy(o->name, e->name, sizeof(o->name));
     /* Describe the current generation, or the newest one still draining,
      * or else the last one the dynamic loader kept mapped. */
     const fh_generation *g = e->current ? e->current : e->retired;
     if (g) {
-        copy_str(o->version, sizeof(o->version), g->version);
+        fh_strlcpy(o->version, g->version, sizeof(o->version));
         o->abi_major = g->plugin.desc.abi_major;
         o->abi_minor = g->plugin.desc.abi_minor;
-        copy_str(o->path, sizeof(o->path), g->plugin.source_path);
+        fh_strlcpy(o->path, g->plugin.source_path, sizeof(o->path));
     } else if (e->pinned > 0) {
-        copy_str(o->version, sizeof(o->version), e->last_pinned.version);
+        fh_strlcpy(o->version, e->last_pinned.version, sizeof(o->version));
         o->abi_major = e->last_pinned.abi_major;
         o->abi_minor = e->last_pinned.abi_minor;
-        copy_str(o->path, sizeof(o->path), e->last_pinned.source_path);
+        fh_strlcpy(o->path, e->last_pinned.source_path, sizeof(o->path));
     }
     o->state = e->state;
     if (e->current)
@@ -920,17 +898,17 @@ static void fill_entry_info(const fh_entry *e, fh_overlay_info *o)
     }
     o->pinned = e->pinned;
     o->error = FH_LOAD_OK;
-    copy_str(o->reason, sizeof(o->reason), e->reason);
+    fh_strlcpy(o->reason, e->reason, sizeof(o->reason));
 }
 
 static void fill_failed_info(const fh_failed *f, fh_overlay_info *o)
 {
     memset(o, 0, sizeof(*o));
-    copy_str(o->name, sizeof(o->name), f->name);
-    copy_str(o->path, sizeof(o->path), f->path);
+    fh_strlcpy(o->name, f->name, sizeof(o->name));
+    fh_strlcpy(o->path, f->path, sizeof(o->path));
     o->state = FH_STATE_FAILED;
     o->error = f->error;
-    copy_str(o->reason, sizeof(o->reason), f->message);
+    fh_strlcpy(o->reason, f->message, sizeof(o->reason));
 }
 
 static int info_cmp(const void *a, const void *b)
@@ -1010,7 +988,7 @@ void fh_registry_free(fh_registry *r, int drain_timeout_ms)
     unlock(r);
     if (k > 0 && drain_timeout_ms > 0) {
         struct timespec deadline;
-        deadline_after(&deadline, drain_timeout_ms);
+        fh_deadline_after(&deadline, drain_timeout_ms);
         wait_drained(r, held, k, &deadline);
     }
     wrlock(r);

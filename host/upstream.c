@@ -32,7 +32,6 @@ struct fh_upstream_call {
     CURL *easy;
     long status;
     bool got_response;
-    char content_type[128];
     char error[CURL_ERROR_SIZE];
     struct fh_upstream_call *prev, *next; /* the running list */
 };
@@ -219,11 +218,11 @@ static void deliver_response(fh_upstream_call *c)
         return;
     c->got_response = true;
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
-    char *ct = NULL;
-    if (curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
-        snprintf(c->content_type, sizeof(c->content_type), "%s", ct);
+    char *ct = NULL; /* curl's, valid during the callback: the caller copies it */
+    if (curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) != CURLE_OK || !ct)
+        ct = "";
     if (c->h.on_response)
-        c->h.on_response(c->ud, c->status, c->content_type);
+        c->h.on_response(c->ud, c->status, ct);
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *p)

@@ -45,6 +45,7 @@ typedef struct fh_upstream_done {
  * headers are in (not for failures before that), on_body any number of
  * times, on_done exactly once (after which the call is gone). */
 typedef struct fh_upstream_handler {
+    /* content_type: "" when none; valid during the call only. */
     void (*on_response)(void *ud, long status, const char *content_type);
     /* Returns 0 when the data was taken, 1 to pause the transfer (the same
      * data comes again after fh_upstream_resume()), -1 to abort it

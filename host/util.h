@@ -1,10 +1,11 @@
 /*
  * util.h - small helpers every module needs, in one place: the monotonic
- * clock and `mkdir -p`. Stateless; any thread.
+ * clock, deadlines for timed waits, `mkdir -p`. Stateless; any thread.
  */
 #ifndef FH_UTIL_H
 #define FH_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -12,6 +13,13 @@
 /* CLOCK_MONOTONIC in nanoseconds / milliseconds (vDSO: no system call). */
 uint64_t fh_now_ns(void);
 uint64_t fh_now_ms(void);
+
+/* The CLOCK_MONOTONIC time `ms` from now (negative: now), for
+ * pthread_cond_timedwait on a condition made by fh_cond_init_monotonic. */
+void fh_deadline_after(struct timespec *ts, int ms);
+/* pthread_cond_init with CLOCK_MONOTONIC, so a wall-clock step cannot
+ * stretch or cut a timed wait. Returns pthread_cond_init's result. */
+int fh_cond_init_monotonic(pthread_cond_t *cv);
 
 /* Copies src into dst (size bytes), cut to fit, NUL-terminated; returns
  * the length written. src NULL copies "". printf-free: the request path

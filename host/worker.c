@@ -23,10 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WORKER_MAGIC 0x574b5231u /* "WKR1" */
-#define MAX_TURNS    8
-#define MAX_EVENTS   128
-#define MAX_WAIT_MS  1000 /* a turn at least this often, events or not */
+#define MAX_TURNS   8
+#define MAX_EVENTS  128
+#define MAX_WAIT_MS 1000 /* a turn at least this often, events or not */
 
 typedef struct msg {
     void (*fn)(fh_worker *w, void *ud);
@@ -35,7 +34,6 @@ typedef struct msg {
 } msg;
 
 struct fh_worker {
-    uint32_t magic;
     unsigned index;
     int epfd;
     fh_watch wake;
@@ -54,9 +52,9 @@ struct fh_worker {
     bool orphaned;           /* mu: handed off, but no thread could be started */
     atomic_bool stopping;
     char name[16];
-    unsigned handoffs; /* mu: runners started by the monitor */
 
     _Atomic(fh_door_frame *) frame;
+    fh_door_frame *spare; /* monitor only: the next `frame`, made ahead of a hand-off */
     atomic_uint_fast64_t epoch;
     atomic_uint_fast64_t ping, pong;
 
@@ -70,7 +68,6 @@ struct fh_worker {
     void (*stop_fn)(fh_worker *w, void *ud);
     void *stop_ud;
     fh_door_frame *detached; /* linked by `next` */
-    unsigned ndetached;
     uint64_t frame_deadline_ns;
     fh_frame_fn frame_fn;
 };
@@ -110,7 +107,6 @@ fh_worker *fh_worker_new(unsigned index, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    w->magic = WORKER_MAGIC;
     w->index = index;
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -134,12 +130,13 @@ fh_worker *fh_worker_new(unsigned index, char *err, size_t errlen)
     atomic_init(&w->pong, 0);
     atomic_init(&w->stopping, false);
     pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->exited_cv, &ca);
-    pthread_condattr_destroy(&ca);
-    fh_worker_watch(w, &w->wake);
+    fh_cond_init_monotonic(&w->exited_cv);
+    if (fh_worker_watch(w, &w->wake) != 0) {
+        snprintf(err, errlen, "cannot watch worker %u's wake-up descriptor: %s", index,
+                 strerror(errno));
+        fh_worker_free(w);
+        return NULL;
+    }
     return w;
 }
 
@@ -153,12 +150,12 @@ void fh_worker_free(fh_worker *w)
         free(m);
     }
     fh_door_frame_unref(atomic_load(&w->frame));
+    fh_door_frame_unref(w->spare);
     free(w->dead);
     close(w->wake.fd);
     close(w->epfd);
     pthread_cond_destroy(&w->exited_cv);
     pthread_mutex_destroy(&w->mu);
-    w->magic = 0;
     free(w);
 }
 
@@ -257,11 +254,6 @@ void fh_worker_set_frames(fh_worker *w, uint64_t deadline_ns, fh_frame_fn fn)
     w->frame_fn = fn;
 }
 
-unsigned fh_worker_detached(const fh_worker *w)
-{
-    return w->ndetached;
-}
-
 bool fh_worker_stopping(const fh_worker *w)
 {
     return atomic_load(&((fh_worker *)w)->stopping);
@@ -278,19 +270,15 @@ static void unlink_detached(fh_worker *w, fh_door_frame *f)
         if (*pp == f) {
             *pp = f->next;
             f->next = NULL;
-            w->ndetached--;
             return;
         }
     }
 }
 
-/* Frames whose calls came back: continue their requests. */
-static void take_returned(fh_worker *w)
+/* Frames whose calls came back (taken from the inbox): continue their
+ * requests. */
+static void resume_returned(fh_worker *w, fh_door_frame *list)
 {
-    pthread_mutex_lock(&w->mu);
-    fh_door_frame *list = w->returned;
-    w->returned = NULL;
-    pthread_mutex_unlock(&w->mu);
     while (list) {
         fh_door_frame *f = list;
         list = f->posted_next;
@@ -306,6 +294,8 @@ static void take_returned(fh_worker *w)
  * `all`); returns ms until the next deadline, or -1. */
 static int expire_detached(fh_worker *w, bool all)
 {
+    if (!w->detached)
+        return -1;
     uint64_t now = fh_now_ns();
     uint64_t next = 0;
     for (fh_door_frame *f = w->detached, *nx; f; f = nx) {
@@ -327,12 +317,15 @@ static int expire_detached(fh_worker *w, bool all)
 
 /* ---- the loop ------------------------------------------------------------------- */
 
+/* Posted closures, then returned frames: both lists taken at once. */
 static void run_inbox(fh_worker *w)
 {
     atomic_store(&w->pong, atomic_load(&w->ping));
     pthread_mutex_lock(&w->mu);
     msg *m = w->msgs;
     w->msgs = w->msgs_tail = NULL;
+    fh_door_frame *returned = w->returned;
+    w->returned = NULL;
     pthread_mutex_unlock(&w->mu);
     while (m) {
         msg *next = m->next;
@@ -340,7 +333,7 @@ static void run_inbox(fh_worker *w)
         free(m);
         m = next;
     }
-    take_returned(w);
+    resume_returned(w, returned);
 }
 
 static int min_wait(int a, int b)
@@ -390,10 +383,10 @@ static bool loop(fh_worker *w, uint64_t epoch)
  * freed. */
 static void settle_detached(fh_worker *w)
 {
-    while (w->ndetached > 0) {
-        take_returned(w);
+    while (w->detached) {
+        run_inbox(w); /* returned frames, and what was posted before the stop */
         expire_detached(w, true);
-        if (w->ndetached > 0) {
+        if (w->detached) {
             struct timespec ts = {0, 1000000}; /* a returning call posts within moments */
             nanosleep(&ts, NULL);
         }
@@ -443,20 +436,19 @@ int fh_worker_start(fh_worker *w, const char *name)
     return rc;
 }
 
+void fh_worker_request_stop(fh_worker *w)
+{
+    atomic_store(&w->stopping, true);
+    wake(w);
+}
+
 bool fh_worker_stop(fh_worker *w, int timeout_ms)
 {
     if (!w)
         return true;
-    atomic_store(&w->stopping, true);
-    wake(w);
+    fh_worker_request_stop(w);
     struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    fh_deadline_after(&deadline, timeout_ms);
     pthread_mutex_lock(&w->mu);
     while (w->started && !w->exited &&
            pthread_cond_timedwait(&w->exited_cv, &w->mu, &deadline) != ETIMEDOUT)
@@ -475,26 +467,23 @@ bool fh_worker_handoff(fh_worker *w, uint64_t now_ns, uint64_t after_ns)
         fh_info("worker %u: runs again on a new thread", w->index);
     }
     pthread_mutex_unlock(&w->mu);
-    fh_door_frame *f = atomic_load(&w->frame);
-    fh_door_frame *fresh = fh_door_frame_new(frame_post, w);
-    if (!fresh)
+    /* The replacement frame is made ahead, not on every tick. */
+    if (!w->spare && !(w->spare = fh_door_frame_new(frame_post, w)))
         return false; /* try again on the next tick */
-    if (!fh_door_frame_detach(f, now_ns, after_ns)) {
-        fh_door_frame_unref(fresh);
+    fh_door_frame *f = atomic_load(&w->frame);
+    if (!fh_door_frame_detach(f, now_ns, after_ns))
         return false;
-    }
     /* Nobody runs the loop now: the old runner is inside the plugin and
      * the new one does not exist yet. */
     uint64_t start = atomic_load(&f->start_ns);
     f->deadline_ns = start + w->frame_deadline_ns;
     f->next = w->detached;
     w->detached = f;
-    w->ndetached++;
-    atomic_store(&w->frame, fresh);
+    atomic_store(&w->frame, w->spare);
+    w->spare = NULL;
     atomic_fetch_add(&w->epoch, 1);
     pthread_mutex_lock(&w->mu);
     pthread_t old = w->runner;
-    w->handoffs++;
     int rc = spawn_runner(w);
     w->orphaned = rc != 0;
     pthread_mutex_unlock(&w->mu);

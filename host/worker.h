@@ -18,7 +18,7 @@
  * posting; all take the inbox lock and write the eventfd.
  *
  * Each loop turn: wait for events (bounded by every turn callback's next
- * deadline and a 250 ms tick), dispatch fd events, run the inbox, then the
+ * deadline and a 1 s tick), dispatch fd events, run the inbox, then the
  * turn callbacks in registration order, and repeat.
  */
 #ifndef FH_WORKER_H
@@ -74,8 +74,10 @@ void fh_worker_set_stop(fh_worker *w, void (*fn)(fh_worker *w, void *ud), void *
 /* Starts the first runner thread. */
 int fh_worker_start(fh_worker *w, const char *name);
 /* Asks the loop to end (after its current turn, running what was posted
- * before) and waits up to timeout_ms for the runner to leave. false when it
- * did not: the worker must then not be freed. */
+ * before); returns at once. */
+void fh_worker_request_stop(fh_worker *w);
+/* fh_worker_request_stop(), then waits up to timeout_ms for the runner to
+ * leave. false when it did not: the worker must then not be freed. */
 bool fh_worker_stop(fh_worker *w, int timeout_ms);
 
 /* Runner: a turn that already ran this round has work again (e.g. a timer
@@ -92,11 +94,9 @@ int fh_worker_post(fh_worker *w, void (*fn)(fh_worker *w, void *ud), void *ud);
 fh_door_frame *fh_worker_frame(fh_worker *w);
 /* Deadline of detached calls (hooks.deadline_ms) and what to do with them. */
 void fh_worker_set_frames(fh_worker *w, uint64_t deadline_ns, fh_frame_fn fn);
-/* Whether fh_worker_stop() was called (frames abandoned then were not
+/* Whether a stop was requested (frames abandoned then were not
  * late, only cut short). Any thread. */
 bool fh_worker_stopping(const fh_worker *w);
-/* Calls of this worker detached and not yet resolved. Runner only. */
-unsigned fh_worker_detached(const fh_worker *w);
 
 /* Monitor: hands the worker to a new runner when its current call has run
  * longer than after_ns. Returns true when it did. */

@@ -160,11 +160,6 @@ fh_workers *fh_workers_start(const fh_workers_opts *o, fh_pipeline *p, fh_http *
     return ws;
 }
 
-unsigned fh_workers_count(const fh_workers *ws)
-{
-    return ws->n;
-}
-
 static void do_quiesce(fh_worker *w, void *ud)
 {
     (void)w;
@@ -191,7 +186,8 @@ void fh_workers_abort(fh_workers *ws)
 
 bool fh_workers_responsive(fh_workers *ws, uint64_t stale_ms)
 {
-    bool ok = fh_now_ms() - atomic_load(&ws->monitor_beat_ms) < stale_ms;
+    uint64_t monitor_age = fh_now_ms() - atomic_load(&ws->monitor_beat_ms);
+    bool ok = monitor_age < stale_ms;
     for (unsigned i = 0; i < ws->n; i++) {
         if (fh_worker_pong(ws->slots[i].w) != ws->ping_seq) {
             fh_warn("watchdog: worker %u did not answer within %llu ms", i,
@@ -199,9 +195,9 @@ bool fh_workers_responsive(fh_workers *ws, uint64_t stale_ms)
             ok = false;
         }
     }
-    if (!ok && fh_now_ms() - atomic_load(&ws->monitor_beat_ms) >= stale_ms)
+    if (monitor_age >= stale_ms)
         fh_warn("watchdog: the monitor thread has not run for %llu ms",
-                (unsigned long long)(fh_now_ms() - atomic_load(&ws->monitor_beat_ms)));
+                (unsigned long long)monitor_age);
     ws->ping_seq++;
     for (unsigned i = 0; i < ws->n; i++)
         fh_worker_ping(ws->slots[i].w, ws->ping_seq);
@@ -213,6 +209,9 @@ bool fh_workers_stop(fh_workers *ws)
     if (!ws)
         return true;
     bool all = true;
+    for (unsigned i = 0; i < ws->n; i++) /* all at once: they drain in parallel */
+        if (ws->slots[i].started)
+            fh_worker_request_stop(ws->slots[i].w);
     for (unsigned i = 0; i < ws->n; i++) {
         if (!ws->slots[i].started) {
             slot_discard(&ws->slots[i]); /* never ran: nothing on another thread */

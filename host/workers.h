@@ -34,7 +34,6 @@ typedef struct fh_workers fh_workers;
 
 fh_workers *fh_workers_start(const fh_workers_opts *o, fh_pipeline *p, fh_http *h, char *err,
                              size_t errlen);
-unsigned fh_workers_count(const fh_workers *ws);
 
 /* Stop accepting new connections (each worker, asynchronously). */
 void fh_workers_quiesce(fh_workers *ws);

@@ -3,6 +3,7 @@
 # the processes' ready files; every wait is on a condition, bounded in time.
 STUB_BIN=${FH_BINARY_DIR:?}/bin/fusion-stub-llm
 STUB_PID=
+LISTENER_PID=
 FH_PID=
 STUB=
 FH=
@@ -24,6 +25,15 @@ start_stub() {
     STUB_PID=$!
     wait_for 10 test -s "$FH_TMP/stub.port" || { echo "stub did not start"; cat "$FH_TMP/stub.log"; exit 1; }
     STUB="http://127.0.0.1:$(cat "$FH_TMP/stub.port")"
+}
+
+# start_notify_listener: a stand-in systemd notify socket at
+# $FH_TMP/notify.sock, its messages logged (one per line) in $FH_TMP/notify.log.
+start_notify_listener() {
+    : >"$FH_TMP/notify.log"
+    "$FH_TOOLS_DIR/notify-listen" "$FH_TMP/notify.sock" "$FH_TMP/notify.log" &
+    LISTENER_PID=$!
+    wait_for 5 test -S "$FH_TMP/notify.sock" || { echo "no notify socket"; exit 1; }
 }
 
 # make_config DIR [UPSTREAM_URL]: a daemon config in DIR using the shipped
@@ -89,6 +99,7 @@ stop_daemon() {
 
 cleanup_daemons() {
     [ -n "$FH_PID" ] && kill -KILL "$FH_PID" 2>/dev/null
+    [ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null
     [ -n "$STUB_PID" ] && kill -TERM "$STUB_PID" 2>/dev/null
     wait 2>/dev/null
     rm -rf "$FH_TMP"

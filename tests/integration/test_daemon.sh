@@ -75,6 +75,7 @@ check "stream has the overlay header" [ "$(header X-Fusion-Overlay)" = "refund_l
 check "stream has several chunks" [ "$(grep -c '^data: {' "$FH_TMP/body")" -ge 3 ]
 check "stream ends with [DONE]" grep -q '^data: \[DONE\]' "$FH_TMP/body"
 check "no usage chunk the client did not ask for" bash -c "! grep -q '\"usage\"' '$FH_TMP/body'"
+check "every relayed chunk is valid JSON" bash -c "grep '^data: {' '$FH_TMP/body' | sed 's/^data: //' | jq -e . >/dev/null"
 stub_last >"$FH_TMP/up.json"
 check "the host asked the upstream for usage" jq -e '.stream_options.include_usage == true' "$FH_TMP/up.json"
 text=$(grep '^data: {' "$FH_TMP/body" | sed 's/^data: //' | jq -rj '.choices[0].delta.content // empty')
@@ -86,6 +87,7 @@ sreq3='{"model":"m","stream":true,"stub":{"usage_on_last_choice_chunk":true},"me
 post /v1/chat/completions "$sreq3" -N
 check "usage riding on a choices chunk is stripped" bash -c "! grep -q '\"usage\"' '$FH_TMP/body'"
 check "...and that chunk's content is still relayed" grep -q '^data: \[DONE\]' "$FH_TMP/body"
+check "...as valid JSON" bash -c "grep '^data: {' '$FH_TMP/body' | sed 's/^data: //' | jq -e . >/dev/null"
 
 # --- errors ----------------------------------------------------------------
 post /v1/chat/completions '{"model":'

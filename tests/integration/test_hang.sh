@@ -9,11 +9,8 @@
 
 DEADLINE_MS=1000
 start_stub
+start_notify_listener
 notes=$FH_TMP/notify.log
-"$FH_TOOLS_DIR/notify-listen" "$FH_TMP/notify.sock" "$notes" &
-LISTENER=$!
-trap 'kill $LISTENER 2>/dev/null; cleanup_daemons' EXIT
-wait_for 5 test -S "$FH_TMP/notify.sock" || { echo "no notify socket"; exit 1; }
 
 echo '{"model":"m","messages":[{"role":"user","content":"refund twice"}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}' >"$FH_TMP/overlay.json"
 echo '{"model":"m","messages":[{"role":"user","content":"hello"}]}' >"$FH_TMP/baseline.json"

@@ -10,12 +10,8 @@ dir=$FH_TMP/d
 cfg=$(make_config "$dir")
 printf 'workers: 2\n' >>"$cfg"
 
+start_notify_listener
 notes=$FH_TMP/notify.log
-: >"$notes"
-"$FH_TOOLS_DIR/notify-listen" "$FH_TMP/notify.sock" "$notes" &
-LISTENER=$!
-trap 'kill $LISTENER 2>/dev/null; cleanup_daemons' EXIT
-wait_for 5 test -S "$FH_TMP/notify.sock" || { echo "no notify socket"; exit 1; }
 
 count() { grep -c "$1" "$notes"; }
 NOTIFY_SOCKET=$FH_TMP/notify.sock WATCHDOG_USEC=400000 start_daemon "$cfg"
@@ -36,9 +32,11 @@ check "then READY=1 again" wait_for 5 bash -c "tail -n +$reloading_line '$notes'
 
 # Freeze one worker's loop (as a bug would): the pings must stop while it is
 # stuck, whatever the other worker still does, then resume.
-"$FH_TOOLS_DIR/freeze-thread" "$FH_PID" fh-worker-1 2500 &
+"$FH_TOOLS_DIR/freeze-thread" "$FH_PID" fh-worker-1 3000 &
 FREEZE=$!
-sleep 1.2 # past the 1 s allowance: an observation window, not a wait
+# From the moment the daemon notices (past its 1 s allowance), a 1 s window
+# well inside the freeze: the observation window is the only fixed sleep.
+wait_for 5 grep -q 'watchdog: worker 1 did not answer' "$FH_TMP/daemon.log"
 before=$(count WATCHDOG=1)
 sleep 1.0
 after=$(count WATCHDOG=1)

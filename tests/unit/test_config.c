@@ -387,6 +387,29 @@ static void test_overlay_config_json(void **state)
     free(dir);
 }
 
+/* The thread-model keys as written: an explicit worker count is used as is. */
+static void test_thread_keys(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    const char *text =
+        "workers: 3\nhooks:\n  deadline_ms: 10\nlimits:\n  max_header_bytes: 65536\n";
+    char *path = write_file(dir, "c.yaml", text, strlen(text));
+    fh_diag d = {0};
+    fh_config *c = fh_config_load(path, &d);
+    dump_diag(&d);
+    assert_non_null(c);
+    assert_int_equal(c->workers, 3);
+    assert_int_equal(fh_config_workers(c), 3);
+    assert_int_equal(c->hooks.deadline_ms, 10);
+    assert_int_equal(c->limits.max_header_bytes, 65536);
+    fh_config_free(c);
+    fh_diag_clear(&d);
+    free(path);
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_valid_listen_forms(void **state)
 {
     (void)state;
@@ -899,6 +922,7 @@ int main(void)
         cmocka_unit_test(test_relative_paths),
         cmocka_unit_test(test_path_resolve),
         cmocka_unit_test(test_overlay_config_json),
+        cmocka_unit_test(test_thread_keys),
         cmocka_unit_test(test_valid_listen_forms),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_control_chars_in_diagnostics),

@@ -257,12 +257,12 @@ static void read_answer_fields(void **state)
         "\"content\":\"Line 1\\nRoll back \\\"now\\\" \\u00e9\"}}],"
         "\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":60,\"total_tokens\":180},"
         "\"fus\\u0069on\":1}";
-    fh_jval top, v, c0, msg, content;
+    fh_jval top, v, c0, c1, msg, content;
     assert_true(fh_json_scan(answer, strlen(answer), &top, NULL));
     assert_int_equal(top.type, FH_J_OBJECT);
     assert_true(fh_jobj_get(&top, "choices", &v));
     assert_true(fh_jarr_get(&v, 0, &c0));
-    assert_false(fh_jarr_get(&v, 1, &c0) && false);
+    assert_false(fh_jarr_get(&v, 1, &c1)); /* one choice only */
     assert_true(fh_jobj_get(&c0, "message", &msg));
     assert_true(fh_jobj_get(&msg, "content", &content));
     size_t len;
