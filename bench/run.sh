@@ -142,7 +142,7 @@ state_dir: "state"
 feature_flags: "overlay_feature_flags.yaml"
 micro_overlays_dir: "micro_overlays"
 environment: "production"
-limits: { max_connections: 20000 }
+limits: { max_connections: 20000, max_connections_per_ip: 20000 }
 ${2:-}
 YAML
 }

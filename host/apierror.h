@@ -6,17 +6,17 @@
 #ifndef FH_APIERROR_H
 #define FH_APIERROR_H
 
-#include <microhttpd.h>
+#include "httpd.h"
 
 /* A JSON error response (Content-Type set), or NULL when out of memory.
  * `allow` adds an Allow header (405); NULL for none. */
-struct MHD_Response *fh_error_response(const char *type, const char *code, const char *message,
-                                       const char *allow);
-
-/* Queues an error on a connection, from inside an MHD access handler. */
-enum MHD_Result fh_http_error(struct MHD_Connection *conn, unsigned status, const char *type,
-                              const char *code, const char *message);
-enum MHD_Result fh_http_error_allow(struct MHD_Connection *conn, unsigned status, const char *type,
-                                    const char *code, const char *message, const char *allow);
+fh_hresp *fh_error_response(const char *type, const char *code, const char *message,
+                            const char *allow);
+/* Queues an error on a connection, from inside its request callback.
+ * 0, or -1 (the connection is then closed). */
+int fh_http_error(fh_hconn *conn, unsigned status, const char *type, const char *code,
+                  const char *message);
+int fh_http_error_allow(fh_hconn *conn, unsigned status, const char *type, const char *code,
+                        const char *message, const char *allow);
 
 #endif

@@ -74,8 +74,9 @@ static const char *const budget_keys[] = {"hook_latency_ms",
                                           "consecutive_breaches",
                                           "tokens_per_minute",
                                           NULL};
-static const char *const limits_keys[] = {"max_body_bytes", "max_connections", "max_header_bytes",
-                                          NULL};
+static const char *const limits_keys[] = {
+    "max_body_bytes",    "max_connections",      "max_header_bytes", "max_connections_per_ip",
+    "header_timeout_ms", "body_min_bytes_per_s", "idle_timeout_ms",  NULL};
 static const char *const metrics_keys[] = {"max_series_per_metric", NULL};
 static const char *const hooks_keys[] = {"deadline_ms", NULL};
 
@@ -467,6 +468,10 @@ static int set_defaults(fh_config *c)
     c->limits.max_body_bytes = 1048576;
     c->limits.max_connections = 10000;
     c->limits.max_header_bytes = 8192;
+    c->limits.max_connections_per_ip = 0; /* a tenth of max_connections, below */
+    c->limits.header_timeout_ms = 10000;
+    c->limits.body_min_bytes_per_s = 1024;
+    c->limits.idle_timeout_ms = 30000;
     c->metrics.max_series_per_metric = 1000;
     c->drain_timeout_ms = 10000;
     c->workers = 0;
@@ -564,6 +569,17 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
                      &c->limits.max_body_bytes);
     fh_yaml_get_long(y, li, "limits", "max_connections", 1, 1000000, &c->limits.max_connections);
     fh_yaml_get_long(y, li, "limits", "max_header_bytes", 4096, 65536, &c->limits.max_header_bytes);
+    fh_yaml_get_long(y, li, "limits", "max_connections_per_ip", 1, 1000000,
+                     &c->limits.max_connections_per_ip);
+    /* One address may hold a tenth of the connections unless told. */
+    if (!c->limits.max_connections_per_ip)
+        c->limits.max_connections_per_ip =
+            c->limits.max_connections >= 10 ? c->limits.max_connections / 10 : 1;
+    fh_yaml_get_long(y, li, "limits", "header_timeout_ms", 100, 600000,
+                     &c->limits.header_timeout_ms);
+    fh_yaml_get_long(y, li, "limits", "body_min_bytes_per_s", 0, 1073741824L,
+                     &c->limits.body_min_bytes_per_s);
+    fh_yaml_get_long(y, li, "limits", "idle_timeout_ms", 100, 3600000, &c->limits.idle_timeout_ms);
     yaml_node_t *me = section(&L, root, "metrics", metrics_keys);
     fh_yaml_get_long(y, me, "metrics", "max_series_per_metric", 1, 1000000,
                      &c->metrics.max_series_per_metric);

@@ -73,6 +73,10 @@ typedef struct fh_config {
         long max_body_bytes;
         long max_connections;
         long max_header_bytes; /* per connection: request line, headers, answer head */
+        long max_connections_per_ip;
+        long header_timeout_ms;    /* the whole request head, from its first byte */
+        long body_min_bytes_per_s; /* after header_timeout_ms of grace; 0: none */
+        long idle_timeout_ms;      /* keep-alive wait, a stalled body or write */
     } limits;
     struct {
         long max_series_per_metric;

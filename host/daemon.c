@@ -128,6 +128,20 @@ static void listen_host(const char *listen, char *out, size_t len)
     out[n] = '\0';
 }
 
+/* The front door's settings from a configuration. */
+static void http_opts(const fh_config *cfg, unsigned nworkers, fh_http_opts *ho)
+{
+    *ho = (fh_http_opts){.listen = cfg->listen,
+                         .max_connections = (unsigned)cfg->limits.max_connections,
+                         .max_connections_per_ip = (unsigned)cfg->limits.max_connections_per_ip,
+                         .max_body_bytes = (size_t)cfg->limits.max_body_bytes,
+                         .max_header_bytes = (size_t)cfg->limits.max_header_bytes,
+                         .header_timeout_ms = (uint64_t)cfg->limits.header_timeout_ms,
+                         .body_min_bytes_per_s = (uint64_t)cfg->limits.body_min_bytes_per_s,
+                         .idle_timeout_ms = (uint64_t)cfg->limits.idle_timeout_ms,
+                         .workers = nworkers};
+}
+
 /* Watchdog pings (main thread): one per interval while the workers and the
  * monitor are responsive. */
 typedef struct watchdog {
@@ -256,11 +270,8 @@ int fh_serve(const fh_serve_opts *o)
 
     fh_pipeline_init(&pipeline, reg, &snaps, metrics, cfg->hooks.deadline_ms);
     unsigned nworkers = (unsigned)fh_config_workers(cfg);
-    fh_http_opts ho = {.listen = cfg->listen,
-                       .max_connections = (unsigned)cfg->limits.max_connections,
-                       .max_body_bytes = (size_t)cfg->limits.max_body_bytes,
-                       .max_header_bytes = (size_t)cfg->limits.max_header_bytes,
-                       .workers = nworkers};
+    fh_http_opts ho;
+    http_opts(cfg, nworkers, &ho);
     http = fh_http_listen(&ho, &pipeline, metrics, reg, err, sizeof(err));
     if (!http) {
         fh_error("%s", err);

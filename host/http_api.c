@@ -1,30 +1,29 @@
 /*
  * http_api.c - see http_api.h.
  *
- * Each worker's daemon runs in libmicrohttpd's external-epoll mode: its epoll
- * descriptor is watched by the worker's loop, and the worker's HTTP turn
- * calls MHD_run() when that descriptor is ready, when the pipeline resumed a
- * connection, or when MHD's own timer (idle connections) is due.
+ * Each worker owns its connections (httpd.h), run by the worker's loop; the
+ * worker's HTTP turn runs the connections the pipeline resumed and times
+ * out slow ones.
  *
- * Accepting: the daemons have no listening socket of their own. Every worker
- * watches the shared one (EPOLLEXCLUSIVE: one wakes per connection), accepts,
- * and gives each connection to the worker with the fewest (its own daemon
- * directly, another's through that worker's inbox, MHD_add_connection() on
- * its runner). Left to the kernel, a burst of keep-alive connections may all
+ * Accepting: every worker watches the shared listening socket
+ * (EPOLLEXCLUSIVE: one wakes per connection), accepts, and gives each
+ * connection to the worker with the fewest (its own directly, another's
+ * through that worker's inbox). Left to the kernel, a burst of keep-alive connections may all
  * land on one worker and leave the others idle for their whole life;
  * measured, 8 wrk connections split 8/0 in one run of three, at 70% of the
  * throughput of an even split.
  *
  * Connection counts are atomics any worker reads to choose: `pending` counts
- * connections accepted for a daemon and not yet added to it (down again
- * once MHD_add_connection returns, whatever it returned), `live` those MHD
- * announced (its start and close notifications), so a connection MHD
- * refuses half-way is never uncounted twice.
+ * connections accepted for a worker and not yet added to it, `live` those
+ * it holds (down again in the close callback). A connection is counted
+ * against its client address (limits.max_connections_per_ip) from accept
+ * to close.
  */
 #include "http_api.h"
 
 #include "apierror.h"
 #include "config.h"
+#include "iplimit.h"
 #include "log.h"
 #include "util.h"
 
@@ -51,10 +50,12 @@ struct fh_http {
     fh_pipeline *p;
     fh_metrics *m;
     fh_registry *reg;
-    size_t max_body;
-    size_t max_header;
-    unsigned max_connections;
-    unsigned idle_timeout_s;
+    atomic_size_t max_body;
+    atomic_uint max_connections, max_per_ip;
+    fh_iplimit *per_ip;
+    _Atomic(uint64_t) limits_gen; /* bumped when the limits below change */
+    pthread_mutex_t limits_mu;    /* guards `limits` */
+    fh_hsrv_limits limits;
     atomic_int state;
     atomic_uint rotor; /* spreads ties */
     fh_http_worker *workers[FH_WORKERS_MAX];
@@ -65,14 +66,12 @@ struct fh_http_worker {
     fh_http *h;
     fh_worker *w;
     fh_pipe *pipe;
-    struct MHD_Daemon *d;
-    fh_watch watch;            /* MHD's epoll descriptor */
+    fh_hsrv *srv;
+    uint64_t limits_gen;       /* of the limits srv has */
     fh_watch listen;           /* the shared listening socket */
     bool listening;            /* `listen` is registered */
     bool quiesced;             /* never again */
-    bool due;                  /* MHD has work: its descriptor is ready or a connection came */
-    uint64_t deadline_ns;      /* MHD's timer; 0: none */
-    atomic_uint pending, live; /* connections of this daemon (see the top) */
+    atomic_uint pending, live; /* connections of this worker (see the top) */
     atomic_bool stopped;       /* others no longer hand it connections */
 };
 
@@ -84,22 +83,25 @@ typedef struct handover {
     socklen_t addrlen;
 } handover;
 
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *ctype,
-                                    char *text, size_t len)
+/* What a connection is counted as, from accept to close. */
+typedef struct conn_tag {
+    fh_http_worker *hw;
+    struct sockaddr_storage addr;
+} conn_tag;
+
+static int respond_text(fh_hconn *c, unsigned status, const char *ctype, char *text, size_t len)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    if (!r) {
-        free(text);
-        return MHD_NO;
+    fh_hresp *r = fh_hresp_buffer(text, len);
+    if (!r || fh_hresp_header(r, "Content-Type", ctype) != 0) {
+        fh_hresp_free(r);
+        return -1;
     }
-    MHD_add_response_header(r, "Content-Type", ctype);
-    enum MHD_Result rc = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return fh_hconn_respond(c, status, r);
 }
 
-static enum MHD_Result health(fh_http *h, struct MHD_Connection *c)
+static int health(fh_http_worker *hw, fh_hconn *c)
 {
+    fh_http *h = hw->h;
     int state = atomic_load(&h->state);
     fh_overlay_info *list = NULL;
     size_t n = fh_registry_list(h->reg, &list);
@@ -110,23 +112,31 @@ static enum MHD_Result health(fh_http *h, struct MHD_Connection *c)
         failed += list[i].state == FH_STATE_FAILED;
     }
     free(list);
-    const char *status = state == FH_HTTP_STARTING   ? "starting"
-                         : state == FH_HTTP_DRAINING ? "draining"
-                         : quarantined               ? "degraded"
-                                                     : "ok";
+    bool unreachable = fh_pipeline_upstream_down(h->p);
+    if (unreachable)
+        fh_pipe_probe_upstream(hw->pipe); /* so it turns ok again without traffic */
+    const char *status = state == FH_HTTP_STARTING    ? "starting"
+                         : state == FH_HTTP_DRAINING  ? "draining"
+                         : quarantined || unreachable ? "degraded"
+                                                      : "ok";
+    const char *reason = state != FH_HTTP_SERVING ? NULL
+                         : unreachable            ? "upstream_unreachable"
+                         : quarantined            ? "overlay_quarantined"
+                                                  : NULL;
     char *text = NULL;
     int len = asprintf(&text,
-                       "{\"status\":\"%s\",\"overlays\":{\"enabled\":%zu,\"quarantined\":%zu,"
+                       "{\"status\":\"%s\",%s%s%s\"overlays\":{\"enabled\":%zu,\"quarantined\":%zu,"
                        "\"failed\":%zu},\"in_flight\":%zu,\"stuck_threads\":%u}",
-                       status, enabled, quarantined, failed, fh_pipeline_in_flight(h->p),
-                       fh_door_stuck_threads());
+                       status, reason ? "\"reason\":\"" : "", reason ? reason : "",
+                       reason ? "\"," : "", enabled, quarantined, failed,
+                       fh_pipeline_in_flight(h->p), fh_door_stuck_threads());
     if (len < 0)
-        return MHD_NO;
+        return -1;
     return respond_text(c, state == FH_HTTP_SERVING ? 200 : 503, "application/json", text,
                         (size_t)len);
 }
 
-static enum MHD_Result metrics(fh_http *h, struct MHD_Connection *c)
+static int metrics(fh_http *h, fh_hconn *c)
 {
     fh_overlay_info *list = NULL;
     size_t n = fh_registry_list(h->reg, &list);
@@ -137,31 +147,29 @@ static enum MHD_Result metrics(fh_http *h, struct MHD_Connection *c)
     size_t len = 0;
     char *text = fh_metrics_render(h->m, &len);
     if (!text)
-        return MHD_NO;
+        return -1;
     return respond_text(c, 200, "text/plain; version=0.0.4", text, len);
 }
 
-static enum MHD_Result method_not_allowed(struct MHD_Connection *c, const char *allow)
+static int method_not_allowed(fh_hconn *c, const char *allow)
 {
     char msg[96];
     snprintf(msg, sizeof(msg), "method not allowed here; use %s", allow);
     return fh_http_error_allow(c, 405, "invalid_request_error", "method_not_allowed", msg, allow);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload,
-                                  size_t *upload_size, void **ctx)
+static int on_request(void *cls, fh_hconn *c, const char *method, const char *url,
+                      const char *upload, size_t *upload_size, void **ctx)
 {
     fh_http_worker *hw = cls;
     fh_http *h = hw->h;
-    (void)version;
     if (*ctx) {
         fh_txn *t = *ctx;
         if (*upload_size) {
-            int over = fh_txn_feed(t, upload, *upload_size, h->max_body);
+            int over = fh_txn_feed(t, upload, *upload_size, atomic_load(&h->max_body));
             *upload_size = 0;
-            /* Far over the limit: answer now; MHD closes the connection. */
-            return over == -2 ? fh_txn_reject_too_large(t) : MHD_YES;
+            /* Over the limit: answer now; the connection drops the rest. */
+            return over ? fh_txn_reject_too_large(t) : 0;
         }
         return fh_txn_step(t);
     }
@@ -172,18 +180,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return method_not_allowed(c, "POST");
         if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        const char *cl = fh_hconn_header(c, "Content-Length");
         unsigned long long announced = cl ? strtoull(cl, NULL, 10) : 0;
-        if (announced > h->max_body)
+        if (announced > atomic_load(&h->max_body))
             return fh_http_error(c, 413, "invalid_request_error", "request_too_large",
                                  "request body is larger than limits.max_body_bytes");
         fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_CHAT);
         if (!t)
-            return MHD_NO;
+            return -1;
         if (cl)
             fh_txn_expect(t, (size_t)announced);
         *ctx = t;
-        return MHD_YES;
+        return 0;
     }
     if (strcmp(url, "/v1/models") == 0) {
         if (!get)
@@ -192,12 +200,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_MODELS);
         if (!t)
-            return MHD_NO;
+            return -1;
         *ctx = t;
-        return MHD_YES;
+        return 0;
     }
     if (strcmp(url, "/health") == 0)
-        return get ? health(h, c) : method_not_allowed(c, "GET");
+        return get ? health(hw, c) : method_not_allowed(c, "GET");
     if (strcmp(url, "/metrics") == 0)
         return get ? metrics(h, c) : method_not_allowed(c, "GET");
     return fh_http_error(c, 404, "invalid_request_error", "not_found",
@@ -205,24 +213,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                          "GET /v1/models, /health and /metrics");
 }
 
-static void on_completed(void *cls, struct MHD_Connection *c, void **ctx,
-                         enum MHD_RequestTerminationCode toe)
+static void on_completed(void *cls, fh_hconn *c, void *ctx, fh_hend how)
 {
     (void)cls, (void)c;
-    if (*ctx)
-        fh_txn_completed(*ctx, toe);
-    *ctx = NULL;
+    if (ctx)
+        fh_txn_completed(ctx, how);
 }
 
-static void on_mhd_error(void *cls, const char *fmt, va_list ap)
+static void on_closed(void *cls, void *conn_ud)
 {
     (void)cls;
-    char line[512];
-    vsnprintf(line, sizeof(line), fmt, ap);
-    size_t n = strlen(line);
-    while (n && line[n - 1] == '\n')
-        line[--n] = '\0';
-    fh_debug("http: %s", line);
+    conn_tag *tag = conn_ud;
+    fh_iplimit_give(tag->hw->h->per_ip, (struct sockaddr *)&tag->addr);
+    atomic_fetch_sub(&tag->hw->live, 1);
+    free(tag);
 }
 
 /* ---- accepting ------------------------------------------------------------------ */
@@ -242,12 +246,24 @@ static unsigned total_conns(fh_http *h)
     return total;
 }
 
-/* Runner of hw's worker: the connection joins hw's daemon (MHD closes it
- * when it refuses it). */
+/* Runner of hw's worker: the connection joins hw's (closed when it cannot). */
 static void add_connection(fh_http_worker *hw, int fd, const struct sockaddr *addr, socklen_t len)
 {
-    if (MHD_add_connection(hw->d, fd, addr, len) == MHD_YES)
-        hw->due = true;
+    conn_tag *tag = malloc(sizeof(*tag));
+    if (!tag) {
+        fh_iplimit_give(hw->h->per_ip, addr);
+        close(fd);
+    } else {
+        tag->hw = hw;
+        memcpy(&tag->addr, addr, len < sizeof(tag->addr) ? len : sizeof(tag->addr));
+        atomic_fetch_add(&hw->live, 1);
+        /* On failure the close callback has not run: undo here. */
+        if (fh_hsrv_add(hw->srv, fd, addr, len, tag) != 0) {
+            atomic_fetch_sub(&hw->live, 1);
+            fh_iplimit_give(hw->h->per_ip, addr);
+            free(tag);
+        }
+    }
     atomic_fetch_sub(&hw->pending, 1);
 }
 
@@ -296,13 +312,31 @@ static void listen_on(fh_http_worker *hw, bool on)
     hw->listening = on;
 }
 
+/* Too many from one address: a short answer, then the socket goes. The
+ * write cannot block for long on a fresh socket; it is not retried. */
+static void refuse_per_ip(int fd)
+{
+    static const char body[] =
+        "{\"error\":{\"message\":\"too many connections from this address "
+        "(limits.max_connections_per_ip)\",\"type\":\"rate_limit_error\",\"param\":null,"
+        "\"code\":\"too_many_connections\"}}";
+    char msg[512];
+    int n = snprintf(msg, sizeof(msg),
+                     "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                     "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    ssize_t sent = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)sent;
+    close(fd);
+}
+
 static void on_listen_ready(fh_watch *watch, uint32_t events)
 {
     (void)events;
     fh_http_worker *hw = watch->ud;
     fh_http *h = hw->h;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (total_conns(h) >= h->max_connections) {
+        if (total_conns(h) >= atomic_load(&h->max_connections)) {
             /* Full: leave new clients in the backlog until one leaves
              * (http_turn listens again). */
             listen_on(hw, false);
@@ -318,6 +352,10 @@ static void on_listen_ready(fh_watch *watch, uint32_t events)
                         "limits.max_connections",
                         strerror(errno));
             return; /* EAGAIN: another worker took it, or none left */
+        }
+        if (!fh_iplimit_take(h->per_ip, (struct sockaddr *)&ho.addr, atomic_load(&h->max_per_ip))) {
+            refuse_per_ip(ho.fd);
+            continue;
         }
         fh_http_worker *to = least_loaded(h);
         if (!to)
@@ -336,18 +374,6 @@ static void on_listen_ready(fh_watch *watch, uint32_t events)
         }
         atomic_fetch_add(&hw->pending, 1);
         add_connection(hw, ho.fd, (struct sockaddr *)&ho.addr, ho.addrlen);
-    }
-}
-
-static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
-                          enum MHD_ConnectionNotificationCode code)
-{
-    (void)c, (void)socket_ctx;
-    fh_http_worker *hw = cls;
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        atomic_fetch_add(&hw->live, 1);
-    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-        atomic_fetch_sub(&hw->live, 1);
     }
 }
 
@@ -389,6 +415,21 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
     return 0;
 }
 
+static void set_limits(fh_http *h, const fh_http_opts *o)
+{
+    atomic_store(&h->max_body, o->max_body_bytes);
+    atomic_store(&h->max_connections, o->max_connections ? o->max_connections : 10000u);
+    atomic_store(&h->max_per_ip, o->max_connections_per_ip);
+    fh_hsrv_limits l = {.max_header = o->max_header_bytes ? o->max_header_bytes : 8192,
+                        .header_ms = o->header_timeout_ms ? o->header_timeout_ms : 10000,
+                        .body_min_rate = o->body_min_bytes_per_s,
+                        .idle_ms = o->idle_timeout_ms ? o->idle_timeout_ms : 30000};
+    pthread_mutex_lock(&h->limits_mu);
+    h->limits = l;
+    pthread_mutex_unlock(&h->limits_mu);
+    atomic_fetch_add(&h->limits_gen, 1);
+}
+
 fh_http *fh_http_listen(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_registry *reg,
                         char *err, size_t errlen)
 {
@@ -412,7 +453,10 @@ fh_http *fh_http_listen(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh
     socklen_t blen = sizeof(bound);
     getsockname(fd, (struct sockaddr *)&bound, &blen);
     fh_http *h = calloc(1, sizeof(*h));
-    if (!h) {
+    fh_iplimit *per_ip = fh_iplimit_new();
+    if (!h || !per_ip) {
+        free(h);
+        fh_iplimit_free(per_ip);
         close(fd);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -424,12 +468,16 @@ fh_http *fh_http_listen(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh
     h->p = p;
     h->m = m;
     h->reg = reg;
-    h->max_body = o->max_body_bytes;
-    h->max_header = o->max_header_bytes ? o->max_header_bytes : 8192;
-    h->max_connections = o->max_connections ? o->max_connections : 10000u;
-    h->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : 30u;
+    h->per_ip = per_ip;
+    pthread_mutex_init(&h->limits_mu, NULL);
+    set_limits(h, o);
     atomic_init(&h->state, FH_HTTP_STARTING);
     return h;
+}
+
+void fh_http_apply(fh_http *h, const fh_http_opts *o)
+{
+    set_limits(h, o);
 }
 
 void fh_http_close(fh_http *h)
@@ -439,6 +487,8 @@ void fh_http_close(fh_http *h)
     for (unsigned i = 0; i < atomic_load(&h->nworkers); i++)
         free(h->workers[i]);
     close(h->fd);
+    fh_iplimit_free(h->per_ip);
+    pthread_mutex_destroy(&h->limits_mu);
     free(h);
 }
 
@@ -452,35 +502,26 @@ uint16_t fh_http_port(const fh_http *h)
     return h->port;
 }
 
-/* ---- a worker's daemon ------------------------------------------------------------ */
-
-static void on_mhd_ready(fh_watch *watch, uint32_t events)
-{
-    (void)events;
-    ((fh_http_worker *)watch->ud)->due = true;
-}
+/* ---- a worker's connections --------------------------------------------------------- */
 
 static int http_turn(fh_worker *w, void *ud)
 {
     (void)w;
     fh_http_worker *hw = ud;
-    bool kicked = fh_pipe_take_kick(hw->pipe);
-    uint64_t now = fh_now_ns();
-    if (hw->due || kicked || (hw->deadline_ns && now >= hw->deadline_ns)) {
-        hw->due = false;
-        MHD_run(hw->d);
+    fh_http *h = hw->h;
+    uint64_t gen = atomic_load_explicit(&h->limits_gen, memory_order_acquire);
+    if (gen != hw->limits_gen) {
+        pthread_mutex_lock(&h->limits_mu);
+        fh_hsrv_set_limits(hw->srv, &h->limits);
+        pthread_mutex_unlock(&h->limits_mu);
+        hw->limits_gen = gen;
     }
-    if (!hw->listening && total_conns(hw->h) < hw->h->max_connections)
+    int ms = fh_hsrv_turn(hw->srv);
+    if (!hw->listening && total_conns(h) < atomic_load(&h->max_connections))
         listen_on(hw, true); /* room again after being full */
     if (fh_pipe_busy(hw->pipe))
-        return 0; /* MHD queued jobs: run them at once */
-    MHD_UNSIGNED_LONG_LONG ms = 0;
-    if (MHD_get_timeout(hw->d, &ms) != MHD_YES) {
-        hw->deadline_ns = 0;
-        return -1;
-    }
-    hw->deadline_ns = fh_now_ns() + (uint64_t)ms * 1000000u;
-    return ms > 60000 ? 60000 : (int)ms;
+        return 0; /* jobs queued: run them at once */
+    return ms;
 }
 
 fh_http_worker *fh_http_worker_new(fh_http *h, fh_worker *w, fh_pipe *pipe, char *err,
@@ -497,45 +538,19 @@ fh_http_worker *fh_http_worker_new(fh_http *h, fh_worker *w, fh_pipe *pipe, char
     atomic_init(&hw->pending, 0);
     atomic_init(&hw->live, 0);
     atomic_init(&hw->stopped, false);
-    unsigned flags =
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
-    if (h->family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    hw->d = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, hw, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, hw,
-        /* The limit is ours (on_listen_ready); MHD's only guards its own. */
-        MHD_OPTION_CONNECTION_LIMIT, h->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        h->idle_timeout_s,
-        /* Bounds the request head, and is what every connection holds:
-         * 8 KiB by default keeps 9,000 waiting requests under 300 MB (MHD
-         * also clears it per request: bigger costs time on every one). */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, h->max_header, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, hw, MHD_OPTION_NOTIFY_CONNECTION, on_connection, hw, MHD_OPTION_END);
-    const union MHD_DaemonInfo *info =
-        hw->d ? MHD_get_daemon_info(hw->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
-    if (!info) {
-        snprintf(err, errlen, "cannot start the HTTP daemon of worker %u: %s", fh_worker_index(w),
-                 strerror(errno));
-        if (hw->d)
-            MHD_stop_daemon(hw->d);
-        free(hw);
-        return NULL;
-    }
-    hw->watch.fd = info->epoll_fd;
-    hw->watch.events = EPOLLIN;
-    hw->watch.fn = on_mhd_ready;
-    hw->watch.ud = hw;
+    fh_hsrv_cbs cbs = {
+        .request = on_request, .completed = on_completed, .closed = on_closed, .ud = hw};
+    pthread_mutex_lock(&h->limits_mu);
+    hw->srv = fh_hsrv_new(w, &cbs, &h->limits);
+    pthread_mutex_unlock(&h->limits_mu);
+    hw->limits_gen = atomic_load(&h->limits_gen);
     hw->listen.fd = h->fd;
     hw->listen.fn = on_listen_ready;
     hw->listen.ud = hw;
-    hw->due = true;
-    bool watched = fh_worker_watch(w, &hw->watch) == 0;
-    if (!watched || fh_worker_add_turn(w, http_turn, hw) != 0) {
-        snprintf(err, errlen, "cannot register worker %u's HTTP daemon: %s", fh_worker_index(w),
-                 watched ? "too many turn callbacks" : strerror(errno));
-        if (watched)
-            fh_worker_unwatch(w, &hw->watch);
-        MHD_stop_daemon(hw->d);
+    if (!hw->srv || fh_worker_add_turn(w, http_turn, hw) != 0) {
+        snprintf(err, errlen, "cannot register worker %u's HTTP connections: %s",
+                 fh_worker_index(w), hw->srv ? "too many turn callbacks" : "out of memory");
+        fh_hsrv_free(hw->srv);
         free(hw);
         return NULL;
     }
@@ -560,18 +575,9 @@ void fh_http_worker_free(fh_http_worker *hw)
     if (!hw)
         return;
     fh_http_worker_quiesce(hw);
-    fh_worker_unwatch(hw->w, &hw->watch);
-    size_t suspended = fh_pipe_suspended(hw->pipe);
-    if (suspended) {
-        /* MHD must not stop with suspended connections; leaving it running
-         * (and its memory) at exit beats aborting in it. */
-        fh_error("worker %u: %zu connection(s) still suspended at exit; not stopping its HTTP "
-                 "daemon",
-                 fh_worker_index(hw->w), suspended);
-        return;
-    }
-    /* Other workers skip a stopped daemon (least_loaded); the list is freed
-     * by fh_http_close once every worker stopped. */
-    atomic_store(&hw->stopped, true);
-    MHD_stop_daemon(hw->d);
+    /* Connections still open close now (their requests complete as
+     * FH_HEND_SHUTDOWN); the list is freed by fh_http_close once every
+     * worker stopped. */
+    fh_hsrv_free(hw->srv);
+    hw->srv = NULL;
 }

@@ -1,7 +1,7 @@
 /*
  * pipeline.c - see pipeline.h. The data path reads top to bottom:
  *
- *   fh_txn_step()     MHD: the body is in; suspend, queue the START job
+ *   fh_txn_step()     HTTP: the body is in; wait, queue the START job
  *   txn_start()       job: parse, route, match + apply (door), submit upstream
  *   up_response()     curl: status line in; a 200 SSE answer to a streaming
  *                     client switches the txn to relaying
@@ -9,9 +9,10 @@
  *   up_done()         loop: overlay rejected with a 4xx? retry as baseline;
  *                     else queue the ANSWER job (or end the relayed stream)
  *   txn_answer()      job: evaluate (door), build the response, resume
- *   fh_txn_step()     MHD: queue the prepared response (or the stream)
- *   stream_reader()   MHD: hands relayed bytes over; suspends when it has none
- *   fh_txn_completed  MHD: the request is over; queue the finish
+ *   fh_txn_step()     HTTP: queue the prepared response (or the stream)
+ *   stream_reader()   HTTP: hands relayed bytes over; waits when it has none
+ *   fh_txn_completed  HTTP: the request is over (or the client left: cancel
+ *                     the upstream call); queue the finish
  *   txn_finish()      job: evaluate a finished stream (door), record metrics,
  *                     release the overlay and the snapshot
  *
@@ -22,8 +23,8 @@
  * call returns or its deadline passes.
  *
  * Ownership: a txn is reference counted (plain int, runner only): the HTTP
- * side's reference until the finish, the streaming response's until MHD
- * destroys it, and a hook call's while it runs. While a hook runs, the call
+ * side's reference until the finish, the streaming response's until the
+ * connection frees it, and a hook call's while it runs. While a hook runs, the call
  * owns the request, the overlay reference and the answer it reads (door.h);
  * a call abandoned at its deadline keeps them, and the request is then
  * served from the caller's original bytes.
@@ -89,14 +90,15 @@ struct fh_pipe {
     TAILQ_HEAD(, fh_txn) ready; /* txns with a job to run */
     TAILQ_HEAD(, fh_txn) live;  /* every txn not yet finished */
     snap_ref *snap;
-    bool kick; /* a connection was resumed: MHD must run */
+    fh_upstream_call *probe; /* /health's reachability probe, while one runs */
+    uint64_t probe_at;
 };
 
 struct fh_txn {
     unsigned magic;
     int refs;
     fh_pipe *pp;
-    struct MHD_Connection *conn; /* NULL once MHD is done with it */
+    fh_hconn *conn; /* NULL once the connection is done with it */
     fh_txn_kind kind;
     phase ph;
     job_kind job;
@@ -107,7 +109,7 @@ struct fh_txn {
     /* Request. */
     buf in;
     bool in_too_large;
-    size_t discarded; /* body bytes dropped past the limit */
+    bool bad_status; /* the upstream's status was not a usable final answer */
     char request_id[48];
     fusion_request *req;
     snap_ref *snap;
@@ -155,7 +157,7 @@ struct fh_txn {
     bool answer_has_fusion, answer_empty; /* of a complete JSON answer */
 
     /* Response. */
-    struct MHD_Response *response; /* prepared by a job, queued by MHD's handler */
+    fh_hresp *response; /* prepared by a job, queued by the request callback */
     unsigned response_status;
 
     /* Time: the host's own share (SPEC: overhead) leaves out the client's
@@ -170,9 +172,9 @@ struct fh_txn {
     /* Outcome. */
     double quality;
     bool have_quality;
-    bool completed; /* MHD is done with it */
+    bool completed; /* the connection is done with it */
     bool aborted;   /* shutdown ended it */
-    enum MHD_RequestTerminationCode toe;
+    fh_hend toe;
 };
 
 static const fh_upstream_handler handler;
@@ -257,6 +259,42 @@ void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snap
     atomic_init(&p->in_flight, 0);
 }
 
+static void note_reachable(fh_pipeline *p, const fh_upstream_done *d);
+
+bool fh_pipeline_upstream_down(const fh_pipeline *p)
+{
+    return atomic_load(&((fh_pipeline *)p)->upstream_down);
+}
+
+static void probe_response(void *ud, long status, const char *content_type)
+{
+    (void)ud, (void)status, (void)content_type;
+}
+
+static int probe_body(void *ud, const char *data, size_t len)
+{
+    (void)ud, (void)data, (void)len;
+    return 0;
+}
+
+static void probe_done(void *ud, const fh_upstream_done *d)
+{
+    fh_pipe *pp = ud;
+    pp->probe = NULL;
+    note_reachable(pp->p, d);
+}
+
+static const fh_upstream_handler probe_handler = {probe_response, probe_body, probe_done};
+
+void fh_pipe_probe_upstream(fh_pipe *pp)
+{
+    uint64_t now = fh_now_ns();
+    if (pp->probe || now - pp->probe_at < 1000000000u || atomic_load(&pp->p->closing))
+        return;
+    pp->probe_at = now;
+    pp->probe = fh_upstream_submit(pp->up, "GET", "/models", NULL, 0, 0, &probe_handler, pp);
+}
+
 size_t fh_pipeline_in_flight(const fh_pipeline *p)
 {
     return atomic_load(&((fh_pipeline *)p)->in_flight);
@@ -270,7 +308,7 @@ static void txn_unref(fh_txn *t)
     if (t->gen)
         fh_generation_release(t->gen);
     if (t->response)
-        MHD_destroy_response(t->response);
+        fh_hresp_free(t->response);
     if (t->call)
         fh_upstream_cancel(t->pp->up, t->call);
     fh_request_free(t->req);
@@ -285,7 +323,7 @@ static void txn_unref(fh_txn *t)
     free(t);
 }
 
-fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind)
+fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind)
 {
     fh_txn *t = calloc(1, sizeof(*t));
     if (!t)
@@ -326,10 +364,7 @@ int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body)
     if (!t->in_too_large && t->in.len + len <= max_body && buf_add(&t->in, data, len) == 0)
         return 0;
     t->in_too_large = true; /* over the limit (or out of memory): 413 */
-    t->discarded += len;
-    /* Read and drop a while, so a client that sends before it reads is
-     * still there for the 413; past twice the limit, cut it off. */
-    return t->discarded > max_body ? -2 : -1;
+    return -1;
 }
 
 /* ---- jobs ------------------------------------------------------------------------ */
@@ -349,19 +384,12 @@ bool fh_pipe_busy(const fh_pipe *pp)
     return !TAILQ_EMPTY(&pp->ready);
 }
 
-bool fh_pipe_take_kick(fh_pipe *pp)
-{
-    bool k = pp->kick;
-    pp->kick = false;
-    return k;
-}
-
+/* The connection waits (its callback or stream reader is not called) until
+ * wake(). */
 static void suspend(fh_txn *t)
 {
-    if (!t->suspended && t->conn) {
+    if (!t->suspended && t->conn)
         t->suspended = true;
-        MHD_suspend_connection(t->conn);
-    }
 }
 
 /* The counterpart of suspend(), exactly once per suspension. */
@@ -369,16 +397,15 @@ static void wake(fh_txn *t)
 {
     if (t->suspended && t->conn) {
         t->suspended = false;
-        MHD_resume_connection(t->conn);
-        t->pp->kick = true;
+        fh_hconn_resume(t->conn);
     }
 }
 
-/* A response for MHD's handler to queue once the connection is resumed. */
-static void prepare(fh_txn *t, unsigned status, struct MHD_Response *r)
+/* A response for the request callback to queue once the connection is resumed. */
+static void prepare(fh_txn *t, unsigned status, fh_hresp *r)
 {
     if (t->response)
-        MHD_destroy_response(t->response);
+        fh_hresp_free(t->response);
     t->response = r;
     t->response_status = status;
     wake(t);
@@ -387,9 +414,9 @@ static void prepare(fh_txn *t, unsigned status, struct MHD_Response *r)
 static void prepare_error(fh_txn *t, unsigned status, const char *type, const char *code,
                           const char *message)
 {
-    struct MHD_Response *r = fh_error_response(type, code, message, NULL);
+    fh_hresp *r = fh_error_response(type, code, message, NULL);
     if (r && t->kind == FH_TXN_CHAT)
-        MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
+        fh_hresp_header(r, "X-Fusion-Request-Id", t->request_id);
     prepare(t, status, r);
 }
 
@@ -486,7 +513,7 @@ static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
 
 static const char *header(fh_txn *t, const char *name)
 {
-    return MHD_lookup_connection_value(t->conn, MHD_HEADER_KIND, name);
+    return fh_hconn_header(t->conn, name);
 }
 
 /* X-Fusion-* headers fill what the body's fusion object did not give. */
@@ -787,7 +814,7 @@ static void up_response(void *ud, long status, const char *content_type)
     if (t->client_stream && status == 200 &&
         strncasecmp(t->content_type, "text/event-stream", 17) == 0) {
         t->streaming = true;
-        wake(t); /* MHD's handler queues the streaming response */
+        wake(t); /* the request callback queues the streaming response */
     }
 }
 
@@ -983,7 +1010,20 @@ static bool overlay_rejected(const fh_txn *t, const fh_upstream_done *d)
 
 static void upstream_failed(fh_txn *t);
 static unsigned answer_status(const fh_txn *t);
-static struct MHD_Response *relayed_response(fh_txn *t, const char *content_type);
+static fh_hresp *relayed_response(fh_txn *t, const char *content_type);
+
+/* Whether the upstream can be reached, from every call's end (and the
+ * probes /health starts while it cannot). */
+static void note_reachable(fh_pipeline *p, const fh_upstream_done *d)
+{
+    if (d->result == FH_UPSTREAM_CONNECT) {
+        if (!atomic_exchange(&p->upstream_down, true))
+            fh_warn("upstream unreachable: %s; /health says degraded until it answers", d->error);
+    } else if (d->result == FH_UPSTREAM_OK) {
+        if (atomic_exchange(&p->upstream_down, false))
+            fh_info("upstream reachable again");
+    }
+}
 
 static void up_done(void *ud, const fh_upstream_done *d)
 {
@@ -991,8 +1031,23 @@ static void up_done(void *ud, const fh_upstream_done *d)
     TXN_CHECK(t);
     t->call = NULL;
     t->upstream_ns += d->wait_ns;
+    note_reachable(t->pp->p, d);
     if (d->status)
         t->status = d->status;
+    fh_upstream_done bad;
+    if (d->result == FH_UPSTREAM_OK &&
+        (d->status < 200 || d->status > 599 || (d->status >= 300 && d->status < 400))) {
+        /* Not a final answer a client could act on (redirects are not
+         * followed): a gateway error, never relayed as the overlay's. */
+        bad = *d;
+        bad.result = FH_UPSTREAM_BROKEN;
+        bad.error = d->status >= 300 && d->status < 400
+                        ? "it answered with a redirect, which fusion-host does not follow; "
+                          "check upstream.base_url"
+                        : "it answered with an HTTP status outside 200..599";
+        t->bad_status = true;
+        d = &bad;
+    }
     if (t->completed || t->aborted)
         return; /* nobody to answer */
     if (overlay_rejected(t, d) && !t->streaming) {
@@ -1040,7 +1095,7 @@ static size_t format_ms(uint64_t us, char *out)
     return n;
 }
 
-static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
+static void add_fusion_headers(fh_txn *t, fh_hresp *r)
 {
     char overlay[FUSION_NAME_MAX + FUSION_VERSION_MAX + 2] = "baseline";
     if (t->overlaid) {
@@ -1048,9 +1103,9 @@ static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
         overlay[n++] = '/';
         fh_strlcpy(overlay + n, t->overlay_version, sizeof(overlay) - n);
     }
-    MHD_add_response_header(r, "X-Fusion-Overlay", overlay);
-    MHD_add_response_header(r, "X-Fusion-Reason", fh_reason_name(t->reason));
-    MHD_add_response_header(r, "X-Fusion-Request-Id", t->request_id);
+    fh_hresp_header(r, "X-Fusion-Overlay", overlay);
+    fh_hresp_header(r, "X-Fusion-Reason", fh_reason_name(t->reason));
+    fh_hresp_header(r, "X-Fusion-Request-Id", t->request_id);
     /* The host's own time: from the body's arrival to now, less the
      * upstream's share (SPEC 4: X-Fusion-Overhead-Ms). */
     uint64_t now = fh_now_ns();
@@ -1063,7 +1118,7 @@ static void add_fusion_headers(fh_txn *t, struct MHD_Response *r)
     t->have_overhead = true;
     char ms[32];
     format_ms((own + 500) / 1000, ms);
-    MHD_add_response_header(r, "X-Fusion-Overhead-Ms", ms);
+    fh_hresp_header(r, "X-Fusion-Overhead-Ms", ms);
 }
 
 /* The response's `fusion` object (SPEC 4). Every string in it is an
@@ -1162,10 +1217,17 @@ static void upstream_failed(fh_txn *t)
     } else if (t->overflow) {
         prepare_error(t, 502, "upstream_error", "upstream_invalid",
                       "the upstream answer is larger than 64 MiB");
-    } else {
-        snprintf(msg, sizeof(msg), "the upstream is unreachable or broke the connection (%s)",
-                 t->error);
+    } else if (t->bad_status) {
+        snprintf(msg, sizeof(msg), "the upstream's answer (status %ld) is not usable: %s",
+                 t->status, t->error);
+        prepare_error(t, 502, "upstream_error", "upstream_invalid", msg);
+    } else if (t->result == FH_UPSTREAM_CONNECT) {
+        snprintf(msg, sizeof(msg), "the upstream is unreachable (%s)", t->error);
         prepare_error(t, 502, "upstream_error", "upstream_unreachable", msg);
+    } else {
+        snprintf(msg, sizeof(msg), "the upstream broke the connection or its answer (%s)",
+                 t->error);
+        prepare_error(t, 502, "upstream_error", "upstream_broken", msg);
     }
 }
 
@@ -1174,18 +1236,17 @@ static unsigned answer_status(const fh_txn *t)
     return t->status >= 100 && t->status < 600 ? (unsigned)t->status : 502;
 }
 
-/* t->resp's bytes as the response, handed to MHD (which frees them): no
+/* t->resp's bytes as the response, which frees them: no
  * copy. content_type NULL: the upstream's, or JSON when it gave none. */
-static struct MHD_Response *relayed_response(fh_txn *t, const char *content_type)
+static fh_hresp *relayed_response(fh_txn *t, const char *content_type)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(t->resp.len, t->resp.data, MHD_RESPMEM_MUST_FREE);
+    fh_hresp *r = fh_hresp_buffer(t->resp.data, t->resp.len);
+    t->resp = (buf){0}; /* the response's now, freed even when NULL */
     if (!r)
         return NULL;
-    t->resp = (buf){0};
     if (!content_type)
         content_type = t->content_type[0] ? t->content_type : "application/json";
-    MHD_add_response_header(r, "Content-Type", content_type);
+    fh_hresp_header(r, "Content-Type", content_type);
     return r;
 }
 
@@ -1197,7 +1258,7 @@ static void respond(fh_txn *t, bool object)
     /* Upstream errors, and answers the object cannot be spliced into: as
      * received, with the upstream's content type. */
     bool spliced = object && status < 300 && splice_fusion_object(t);
-    struct MHD_Response *r = relayed_response(t, spliced ? "application/json" : NULL);
+    fh_hresp *r = relayed_response(t, spliced ? "application/json" : NULL);
     if (!r) {
         prepare(t, 500, NULL);
         return;
@@ -1307,13 +1368,13 @@ static hook_result txn_answer(fh_txn *t)
     return HOOK_OK;
 }
 
-/* ---- MHD: queueing, streams --------------------------------------------------------------- */
+/* ---- the connection: queueing, streams
+ * --------------------------------------------------------------- */
 
-static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
+static ssize_t stream_reader(void *cls, char *out, size_t max)
 {
     fh_txn *t = cls;
     TXN_CHECK(t);
-    (void)pos;
     size_t avail = t->resp.len - t->resp_off;
     if (avail > 0) {
         size_t n = avail < max ? avail : max;
@@ -1336,8 +1397,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         return (ssize_t)n;
     }
     if (t->done)
-        return t->result == FH_UPSTREAM_OK ? MHD_CONTENT_READER_END_OF_STREAM
-                                           : MHD_CONTENT_READER_END_WITH_ERROR;
+        return t->result == FH_UPSTREAM_OK ? FH_HRESP_END : FH_HRESP_ERROR;
     suspend(t); /* nothing yet: park instead of being polled in a loop */
     return 0;
 }
@@ -1347,33 +1407,30 @@ static void stream_free(void *cls)
     txn_unref(cls);
 }
 
-static enum MHD_Result start_stream(fh_txn *t)
+static int start_stream(fh_txn *t)
 {
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
-                                                               stream_reader, t, stream_free);
+    fh_hresp *r = fh_hresp_reader(stream_reader, t, stream_free);
     if (!r)
-        return MHD_NO;
+        return -1;
     t->refs++; /* the response's, dropped in stream_free */
-    MHD_add_response_header(r, "Content-Type", "text/event-stream");
-    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    fh_hresp_header(r, "Content-Type", "text/event-stream");
+    fh_hresp_header(r, "Cache-Control", "no-cache");
     add_fusion_headers(t, r);
     t->ph = PH_STREAMING;
-    enum MHD_Result rc = MHD_queue_response(t->conn, 200, r);
-    MHD_destroy_response(r);
-    return rc;
+    return fh_hconn_respond(t->conn, 200, r);
 }
 
-enum MHD_Result fh_txn_reject_too_large(fh_txn *t)
+int fh_txn_reject_too_large(fh_txn *t)
 {
     if (t->ph != PH_RECEIVING)
-        return MHD_YES; /* answered already */
+        return 0; /* answered already */
     t->ph = PH_ANSWERED;
     return fh_http_error(t->conn, 413, "invalid_request_error", "request_too_large",
                          "request body is larger than limits.max_body_bytes");
 }
 
 /* The body is complete: the first call of the handler without upload. */
-static enum MHD_Result body_complete(fh_txn *t)
+static int body_complete(fh_txn *t)
 {
     t->t_body_ns = fh_now_ns();
     if (atomic_load(&t->pp->p->closing)) {
@@ -1393,33 +1450,31 @@ static enum MHD_Result body_complete(fh_txn *t)
         queue_job(t, JOB_START);
     }
     suspend(t);
-    return MHD_YES;
+    return 0;
 }
 
-enum MHD_Result fh_txn_step(fh_txn *t)
+int fh_txn_step(fh_txn *t)
 {
     TXN_CHECK(t);
     if (t->ph == PH_RECEIVING)
         return body_complete(t);
     if (t->ph != PH_WAITING)
-        return MHD_YES;
+        return 0;
     if (t->response || t->response_status) {
-        struct MHD_Response *r = t->response;
+        fh_hresp *r = t->response;
         t->response = NULL;
         t->ph = PH_ANSWERED;
         if (!r)
-            return MHD_NO; /* out of memory building it: close */
-        enum MHD_Result rc = MHD_queue_response(t->conn, t->response_status, r);
-        MHD_destroy_response(r);
-        return rc;
+            return -1; /* out of memory building it: close */
+        return fh_hconn_respond(t->conn, t->response_status, r);
     }
     if (t->streaming)
         return start_stream(t);
     suspend(t); /* woken early: wait for the answer */
-    return MHD_YES;
+    return 0;
 }
 
-void fh_txn_completed(fh_txn *t, enum MHD_RequestTerminationCode toe)
+void fh_txn_completed(fh_txn *t, fh_hend toe)
 {
     TXN_CHECK(t);
     t->conn = NULL;
@@ -1446,8 +1501,12 @@ static void record(fh_txn *t)
     fh_metrics_request_done(p->metrics, overlay, t->scenario, fh_reason_name(t->reason), latency,
                             t->have_quality ? t->quality : NAN,
                             t->have_overhead ? t->overhead_ms + (double)t->relay_ns / 1e6 : NAN);
-    if (t->toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        fh_debug("request %s ended early (client gone or error %d)", t->request_id, (int)t->toe);
+    if (t->toe != FH_HEND_OK)
+        fh_debug("request %s ended early (%s)", t->request_id,
+                 t->toe == FH_HEND_CLIENT_GONE ? "client gone"
+                 : t->toe == FH_HEND_TIMEOUT   ? "client too slow"
+                 : t->toe == FH_HEND_SHUTDOWN  ? "shutdown"
+                                               : "error");
 }
 
 static void finish(fh_txn *t)
@@ -1490,7 +1549,7 @@ static hook_result txn_resumed(fh_txn *t)
 {
     if (t->completed || t->aborted) {
         /* Answered already (a stream's evaluation, or shutdown): keep the
-         * score, the finish comes with MHD's completion. */
+         * score, the finish comes with the connection's completion. */
         if (t->hook_kind == FH_HOOK_EVALUATE)
             take_evaluation(t);
         return HOOK_OK;
@@ -1576,6 +1635,10 @@ fh_pipe *fh_pipe_new(fh_pipeline *p, fh_worker *w, fh_upstream *up)
 void fh_pipe_abort_all(fh_pipe *pp)
 {
     atomic_store(&pp->p->closing, true);
+    if (pp->probe) {
+        fh_upstream_cancel(pp->up, pp->probe);
+        pp->probe = NULL;
+    }
     fh_txn *t;
     TAILQ_FOREACH(t, &pp->live, llink)
     {
@@ -1596,20 +1659,11 @@ void fh_pipe_abort_all(fh_pipe *pp)
     }
 }
 
-size_t fh_pipe_suspended(const fh_pipe *pp)
-{
-    size_t n = 0;
-    const fh_txn *t;
-    TAILQ_FOREACH(t, &pp->live, llink)
-    n += t->suspended;
-    return n;
-}
-
 void fh_pipe_free(fh_pipe *pp)
 {
     if (!pp)
         return;
-    /* What MHD's stop completed but no turn finished: finish here. A txn
+    /* What the connections' close completed but no turn finished: finish here. A txn
      * parked in a hook keeps its memory (its call may still come back). */
     fh_txn *t, *next;
     for (t = TAILQ_FIRST(&pp->live); t; t = next) {

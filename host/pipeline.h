@@ -6,10 +6,10 @@
  * counters), and per worker an fh_pipe: that worker's live requests (fh_txn)
  * and its job queue.
  *
- * Threads: a request belongs to the worker whose HTTP daemon accepted its
- * connection, and only that worker's runner touches it - the MHD callbacks,
+ * Threads: a request belongs to the worker that accepted its connection,
+ * and only that worker's runner touches it - the connection's callbacks,
  * the curl callbacks and the jobs all run there, so a txn has no lock.
- * Plugin hooks run in jobs (never inside an MHD or curl callback), through
+ * Plugin hooks run in jobs (never inside an HTTP or curl callback), through
  * the door (door.h); a hook that holds the runner past the hand-off point
  * leaves its request parked until the call returns or its deadline passes.
  * The fh_pipeline's counters are atomics; other threads reach a worker's
@@ -24,7 +24,7 @@
 #include "upstream.h"
 #include "worker.h"
 
-#include <microhttpd.h>
+#include "httpd.h"
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -42,6 +42,7 @@ typedef struct fh_pipeline {
     char id_prefix[24]; /* "fh-<salt>-" */
     size_t id_prefix_len;
     uint64_t hook_deadline_ns;
+    atomic_bool upstream_down; /* the last call (or probe) could not connect */
 } fh_pipeline;
 
 typedef enum fh_txn_kind { FH_TXN_CHAT, FH_TXN_MODELS } fh_txn_kind;
@@ -52,37 +53,37 @@ void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snap
 /* A worker's share: registers its job turn and the worker's frame handler.
  * Before the worker starts, or on its runner. */
 fh_pipe *fh_pipe_new(fh_pipeline *p, fh_worker *w, fh_upstream *up);
-/* Runner: ends what is left (after fh_pipe_abort_all and MHD's stop). */
+/* Runner: ends what is left (after fh_pipe_abort_all and the connections' close). */
 void fh_pipe_free(fh_pipe *pp);
 /* Runner: jobs queued (the HTTP turn runs again at once when there are). */
 bool fh_pipe_busy(const fh_pipe *pp);
-/* Runner: after a resume, MHD must run (set by the pipeline, read and
- * cleared by the HTTP turn). */
-bool fh_pipe_take_kick(fh_pipe *pp);
 
-/* Runner, from MHD's access handler. */
-fh_txn *fh_txn_new(fh_pipe *pp, struct MHD_Connection *conn, fh_txn_kind kind);
+/* Runner, from the connection's request callback (httpd.h). */
+fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind);
 /* The body's announced length (Content-Length), before its bytes. */
 void fh_txn_expect(fh_txn *t, size_t len);
-/* Request body bytes. Returns 0, or -1 once over max_body_bytes (the rest
- * is dropped and the request answered 413 when the body ends), or -2 when
- * the client went on sending past twice the limit (answer 413 now:
- * fh_txn_reject_too_large). */
+/* Request body bytes. Returns 0, or -1 once over max_body_bytes (answer
+ * 413 now: fh_txn_reject_too_large; the connection reads and drops the
+ * rest before it closes, so the client sees the answer). */
 int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body);
-/* The access handler's call once the body is complete, and again after
- * every resume. Queues a response or suspends. */
-enum MHD_Result fh_txn_step(fh_txn *t);
+/* The request callback's call once the body is complete, and again after
+ * every resume. Queues a response or waits. 0, or -1 to close. */
+int fh_txn_step(fh_txn *t);
 /* The body grew over the limit: answers 413 at once. */
-enum MHD_Result fh_txn_reject_too_large(fh_txn *t);
-/* MHD is done with the request (answered or client gone). */
-void fh_txn_completed(fh_txn *t, enum MHD_RequestTerminationCode toe);
+int fh_txn_reject_too_large(fh_txn *t);
+/* The connection is done with the request (answered, or the client left:
+ * an upstream call still running is cancelled). */
+void fh_txn_completed(fh_txn *t, fh_hend how);
 
+/* Whether the upstream refused connections at the last try. Any thread. */
+bool fh_pipeline_upstream_down(const fh_pipeline *p);
+/* Runner: while it is down, a GET /models to see whether it is back (at
+ * most one at a time and one a second per worker). */
+void fh_pipe_probe_upstream(fh_pipe *pp);
 /* Requests not yet completed, on every worker. Any thread. */
 size_t fh_pipeline_in_flight(const fh_pipeline *p);
 /* Runner: shutdown past the drain. Refuses new upstream calls and ends
  * every request still waiting - answered 503, or its stream ended. */
 void fh_pipe_abort_all(fh_pipe *pp);
-/* Runner: connections this worker still has suspended. */
-size_t fh_pipe_suspended(const fh_pipe *pp);
 
 #endif

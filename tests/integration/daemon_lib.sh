@@ -45,6 +45,7 @@ make_config() {
     cp "$FH_SOURCE_DIR/config/overlay_feature_flags.yaml" "$dir/"
     cp -r "$FH_SOURCE_DIR/config/micro_overlays" "$dir/"
     cp "$FH_PLUGIN_DIR"/*.so "$dir/plugins/"
+    local limits=${FH_TEST_LIMITS:-"{ max_body_bytes: 65536, max_connections: 10000 }"}
     cat >"$dir/fusion-host.yaml" <<YAML
 listen: "127.0.0.1:0"
 admin:
@@ -61,7 +62,7 @@ state_dir: "state"
 feature_flags: "overlay_feature_flags.yaml"
 micro_overlays_dir: "micro_overlays"
 environment: "production"
-limits: { max_body_bytes: 65536, max_connections: 10000 }
+limits: $limits
 drain_timeout_ms: ${FH_TEST_DRAIN_MS:-1500}
 YAML
     echo "$dir/fusion-host.yaml"
