@@ -569,9 +569,9 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
                      &c->limits.max_body_bytes);
     fh_yaml_get_long(y, li, "limits", "max_connections", 1, 1000000, &c->limits.max_connections);
     fh_yaml_get_long(y, li, "limits", "max_header_bytes", 4096, 65536, &c->limits.max_header_bytes);
-    fh_yaml_get_long(y, li, "limits", "max_connections_per_ip", 1, 1000000,
+    fh_yaml_get_long(y, li, "limits", "max_connections_per_ip", 0, 1000000,
                      &c->limits.max_connections_per_ip);
-    /* One address may hold a tenth of the connections unless told. */
+    /* 0 (the default): one address may hold a tenth of the connections. */
     if (!c->limits.max_connections_per_ip)
         c->limits.max_connections_per_ip =
             c->limits.max_connections >= 10 ? c->limits.max_connections / 10 : 1;

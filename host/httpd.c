@@ -1238,10 +1238,15 @@ static void sweep(fh_hsrv *s, uint64_t now)
         case DL_NONE:
             break;
         }
-        if (r == GO && conn_advance(c) && c->st == C_SEND) {
-            /* The 408 is not worth waiting long for. */
-            c->dl = DL_WRITE;
-            c->deadline_ns = now + 1000000000u;
+        /* A slow client keeps its slot no longer (it may be one of many
+         * holding every slot): the 408 is written once, what the client
+         * sent meanwhile is drained so the close is a FIN and not a reset
+         * that could destroy the 408, and the socket goes. */
+        if (r == GO && conn_write(c)) {
+            char junk[4096];
+            for (int i = 0; i < 64 && recv(c->watch.fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
+                ;
+            conn_close(c, FH_HEND_TIMEOUT);
         }
     }
 }

@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,6 +198,7 @@ struct fh_metrics {
     size_t max_series; /* immutable */
     family fam[F_COUNT];
     uint64_t dropped;
+    atomic_uint_fast64_t client_cancelled; /* no lock: one add per cancelled call */
 };
 
 void fh_metrics_sanitize(const char *in, char *out)
@@ -622,6 +624,12 @@ static void render_threshold(sbuf *b, const char *name, const char *help, double
     }
 }
 
+void fh_metrics_client_cancelled(fh_metrics *m)
+{
+    if (m)
+        atomic_fetch_add_explicit(&m->client_cancelled, 1, memory_order_relaxed);
+}
+
 char *fh_metrics_render(fh_metrics *m, size_t *len)
 {
     if (len)
@@ -635,9 +643,15 @@ char *fh_metrics_render(fh_metrics *m, size_t *len)
     LOCK(m);
     for (size_t f = 0; f < F_COUNT; f++)
         render_family(&b, &defs[f], &m->fam[f]);
-    char num[40];
+    char num[40], num2[40];
     fmt_num((double)m->dropped, num);
     UNLOCK(m);
+    fmt_num((double)atomic_load(&m->client_cancelled), num2);
+    sb_printf(&b,
+              "# HELP fusion_client_cancelled_total Upstream calls cancelled because the client "
+              "left.\n# TYPE fusion_client_cancelled_total counter\n"
+              "fusion_client_cancelled_total %s\n",
+              num2);
     sb_printf(&b,
               "# HELP fusion_metrics_dropped_total Samples folded into __other__ (or lost) by the "
               "series cap.\n# TYPE fusion_metrics_dropped_total counter\n"

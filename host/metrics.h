@@ -41,6 +41,9 @@ void fh_metrics_overlay_event(fh_metrics *m, const char *overlay, const char *ev
  * others; call with the full list each time it changes. */
 void fh_metrics_overlay_state(fh_metrics *m, const char *overlay, const char *state);
 
+/* An upstream call cancelled because its client left. Any thread, lock-free. */
+void fh_metrics_client_cancelled(fh_metrics *m);
+
 /* The text exposition format (malloc'd). */
 char *fh_metrics_render(fh_metrics *m, size_t *len);
 

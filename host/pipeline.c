@@ -1482,8 +1482,12 @@ void fh_txn_completed(fh_txn *t, fh_hend toe)
     t->completed = true;
     t->toe = toe;
     if (t->call && !t->done) {
-        fh_upstream_cancel(t->pp->up, t->call); /* client gone: stop the transfer */
+        /* The client left (or the connection failed) before the answer was
+         * all in: nobody will read the rest of an expensive call. */
+        fh_upstream_cancel(t->pp->up, t->call);
         t->call = NULL;
+        fh_metrics_client_cancelled(t->pp->p->metrics);
+        fh_debug("request %s: client left; upstream call cancelled", t->request_id);
     }
     queue_job(t, JOB_NONE);
 }

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 FH_PACKAGES=(cmake gcc clang make pkg-config libyaml-dev libjansson-dev libmicrohttpd-dev
-    libsystemd-dev libcmocka-dev libcurl4-openssl-dev curl jq)
+    libsystemd-dev libcmocka-dev libcurl4-openssl-dev curl jq python3)
 
 missing=()
 for p in "${FH_PACKAGES[@]}"; do

@@ -75,6 +75,7 @@ struct stub_server {
     uint64_t seq;                  /* chat requests received: ids, records */
     long in_flight, max_in_flight; /* chat requests not yet completed */
     unsigned long requests;        /* since start or DELETE /stub/stats */
+    unsigned long hung_up;         /* chat requests whose client left before the answer */
 };
 
 /* Fault injection for one request; -1 / 0 mean "not asked for". All long
@@ -101,6 +102,7 @@ struct stream {
     long stall_after, break_after, chunk_delay_ms;
     uint64_t next_due;
     int stalled;
+    unsigned long *hung_up; /* the server's counter (same thread) */
     struct stub_wait wait;
 };
 
@@ -238,7 +240,8 @@ static int fault_set(struct fault *f, const char *key, long long v, char *err, s
         long long lo, hi;
         size_t off;
     } spec[] = {
-        {"status", 400, 599, offsetof(struct fault, status)},
+        /* Beyond 400..599: statuses a gateway must not relay (302, 600, 999). */
+        {"status", 200, 999, offsetof(struct fault, status)},
         {"delay_ms", 0, 3600000, offsetof(struct fault, delay_ms)},
         {"reset", 0, 1, offsetof(struct fault, reset)},
         {"malformed", 0, 1, offsetof(struct fault, malformed)},
@@ -732,8 +735,10 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     CHECK_MAGIC(st, STREAM_MAGIC);
     if (st->stalled) {
         /* Woken only to see whether the client gave up. */
-        if (peer_gone(st->conn))
+        if (peer_gone(st->conn)) {
+            (*st->hung_up)++;
             return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
         return stream_park(st, stub_now_ms() + LIVENESS_MS);
     }
     size_t copied = 0;
@@ -794,6 +799,7 @@ static enum MHD_Result deliver(struct stub_server *s, struct MHD_Connection *c, 
     if (o->stream) {
         struct stream *st = o->stream;
         st->conn = c;
+        st->hung_up = &s->hung_up;
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
                                                                    stream_read, st, stream_free);
         if (!r)
@@ -924,13 +930,15 @@ static enum MHD_Result other_route(struct stub_server *s, struct MHD_Connection 
         if (del) {
             /* A fresh measurement window for tests of concurrency. */
             s->requests = 0;
+            s->hung_up = 0;
             s->max_in_flight = s->in_flight;
         } else if (!get) {
             return method_not_allowed(c, method, url);
         }
         return send_json(c, 200,
-                         json_pack("{s:I, s:I, s:I, s:I}", "requests", (json_int_t)s->requests,
-                                   "in_flight", (json_int_t)s->in_flight, "max_in_flight",
+                         json_pack("{s:I, s:I, s:I, s:I, s:I}", "requests", (json_int_t)s->requests,
+                                   "hung_up", (json_int_t)s->hung_up, "in_flight",
+                                   (json_int_t)s->in_flight, "max_in_flight",
                                    (json_int_t)s->max_in_flight, "parked",
                                    (json_int_t)stub_timer_parked(s->timer)));
     case R_HEALTH:
@@ -1027,6 +1035,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     CHECK_MAGIC(q, REQ_MAGIC);
     if (q->counted)
         s->in_flight--;
+    if (q->counted && why != MHD_REQUEST_TERMINATED_COMPLETED_OK && q->phase != P_DONE)
+        s->hung_up++;
     if (q->counted && why != MHD_REQUEST_TERMINATED_COMPLETED_OK && q->phase != P_DONE)
         logf_req(s, "#%llu ended early (client gone or shutdown)", (unsigned long long)q->id);
     outcome_free(&q->out);
