@@ -599,6 +599,25 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
     return c;
 }
 
+const char *fh_config_restart_key(const fh_config *running, const fh_config *next)
+{
+    if (strcmp(running->listen, next->listen) != 0)
+        return "listen";
+    if (fh_config_workers(running) != fh_config_workers(next))
+        return "workers";
+    if (strcmp(running->state_dir, next->state_dir) != 0)
+        return "state_dir";
+    if (strcmp(running->admin.listen, next->admin.listen) != 0)
+        return "admin.listen";
+    if (strcmp(running->admin.token_file, next->admin.token_file) != 0)
+        return "admin.token_file";
+    if (running->hooks.deadline_ms != next->hooks.deadline_ms)
+        return "hooks.deadline_ms";
+    if (running->metrics.max_series_per_metric != next->metrics.max_series_per_metric)
+        return "metrics.max_series_per_metric";
+    return NULL;
+}
+
 int fh_config_workers(const fh_config *cfg)
 {
     if (cfg && cfg->workers > 0)

@@ -103,6 +103,16 @@ void fh_overlay_cfg_defaults(fh_overlay_cfg *o);
 /* The worker count to run: `workers`, or when 0 the CPUs this process may
  * run on (sched_getaffinity), capped at FH_WORKERS_MAX. */
 int fh_config_workers(const fh_config *cfg);
+/* The keys a reload cannot change (the listening socket, the worker
+ * threads, the state folder and what lives in it, the admin socket, the
+ * hook deadline the workers' monitor and the loader run on, the metrics'
+ * series cap), as one line for operators. */
+#define FH_CONFIG_RESTART_KEYS                                                                     \
+    "listen, workers, state_dir, admin.listen, admin.token_file, hooks.deadline_ms, "              \
+    "metrics.max_series_per_metric"
+/* The first of those that differs between the running config and the next
+ * one (its key), or NULL when a reload can apply `next` whole. */
+const char *fh_config_restart_key(const fh_config *running, const fh_config *next);
 
 /* Resolves `path` against `base_dir` unless absolute; malloc'd result. */
 char *fh_path_resolve(const char *base_dir, const char *path);

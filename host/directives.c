@@ -147,3 +147,22 @@ void fh_inputs_provider_clear(fh_inputs_provider *p)
 {
     fh_directives_free(&p->current);
 }
+
+uint64_t fh_inputs_fingerprint(fh_inputs_provider *p, const char *name)
+{
+    fh_overlay_inputs in;
+    fh_inputs_for(p, name, &in);
+    uint64_t h = 14695981039346656037ull; /* FNV-1a, with a separator after each field */
+    const char *json = in.config_json ? in.config_json : "{}";
+    for (const char *c = json; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    for (size_t i = 0; i < in.directive_count; i++) {
+        h = (h ^ 0x1e) * 1099511628211ull;
+        for (const char *c = in.directives[i].name; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ull;
+        h = (h ^ 0x1f) * 1099511628211ull;
+        for (size_t k = 0; k < in.directives[i].text_len; k++)
+            h = (h ^ (unsigned char)in.directives[i].text[k]) * 1099511628211ull;
+    }
+    return h;
+}

@@ -15,6 +15,7 @@
 #include "registry.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define FH_DIRECTIVE_MAX_BYTES (64 * 1024)
 
@@ -40,5 +41,8 @@ typedef struct fh_inputs_provider {
 
 int fh_inputs_for(void *provider, const char *name, fh_overlay_inputs *in);
 void fh_inputs_provider_clear(fh_inputs_provider *p);
+/* A hash of what init() of `name` would get from p (its config and texts):
+ * a reload re-initialises an overlay whose fingerprint changed. */
+uint64_t fh_inputs_fingerprint(fh_inputs_provider *p, const char *name);
 
 #endif

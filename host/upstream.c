@@ -26,10 +26,23 @@
 
 #define IDLE_EASY_MAX 64 /* easy handles kept for reuse */
 
+/* Where and how to call: the settings a call keeps from its start to its
+ * end, so a reload changes new calls only. Runner only (plain count): the
+ * upstream's reference and one per call. */
+struct fh_upstream_target {
+    int refs;
+    char *base_url;
+    struct curl_slist *headers;   /* curl only reads it */
+    CURLU *url_chat, *url_models; /* parsed once: curl reads them, never writes */
+    long timeout_ms;
+    long connect_timeout_ms;
+};
+
 struct fh_upstream_call {
     fh_upstream_handler h;
     void *ud;
     CURL *easy;
+    fh_upstream_target *tg;
     long status;
     bool got_response;
     char error[CURL_ERROR_SIZE];
@@ -45,13 +58,9 @@ typedef struct sock_watch {
 struct fh_upstream {
     fh_worker *w;
     CURLM *multi;
-    char *base_url;
-    struct curl_slist *headers;   /* shared by every call; curl only reads it */
-    CURLU *url_chat, *url_models; /* parsed once: curl reads them, never writes */
-    long timeout_ms;
-    long connect_timeout_ms;
-    uint64_t deadline_ns; /* curl's timer; 0: none */
-    bool in_turn;         /* inside our own turn or fd event: it reads the timer */
+    fh_upstream_target *tg; /* what new calls use */
+    uint64_t deadline_ns;   /* curl's timer; 0: none */
+    bool in_turn;           /* inside our own turn or fd event: it reads the timer */
     fh_upstream_call *running;
     size_t in_flight;
     CURL *idle[IDLE_EASY_MAX];
@@ -204,10 +213,22 @@ static void release_easy(fh_upstream *u, CURL *e)
         curl_easy_cleanup(e);
 }
 
+static void target_unref(fh_upstream_target *t)
+{
+    if (!t || --t->refs > 0)
+        return;
+    curl_slist_free_all(t->headers);
+    curl_url_cleanup(t->url_chat);
+    curl_url_cleanup(t->url_models);
+    free(t->base_url);
+    free(t);
+}
+
 static void free_call(fh_upstream *u, fh_upstream_call *c)
 {
     unlink_call(u, c);
     release_easy(u, c->easy);
+    target_unref(c->tg);
     u->in_flight--;
     free(c);
 }
@@ -325,11 +346,9 @@ static CURL *take_easy(fh_upstream *u)
     CURL *e = curl_easy_init();
     if (!e)
         return NULL;
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     /* Thousands of calls wait at once: keep each one's buffer small. */
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
@@ -345,8 +364,9 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const c
                                      const char *body, size_t len, int streaming,
                                      const fh_upstream_handler *h, void *ud)
 {
-    CURLU *url = strcmp(path, "/chat/completions") == 0 ? u->url_chat
-                 : strcmp(path, "/models") == 0         ? u->url_models
+    fh_upstream_target *tg = u->tg;
+    CURLU *url = strcmp(path, "/chat/completions") == 0 ? tg->url_chat
+                 : strcmp(path, "/models") == 0         ? tg->url_models
                                                         : NULL;
     fh_upstream_call *c = url ? calloc(1, sizeof(*c)) : NULL;
     CURL *e = c ? take_easy(u) : NULL;
@@ -357,22 +377,27 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const c
     c->h = *h;
     c->ud = ud;
     c->easy = e;
-    /* Everything a previous call on this handle may have set differently. */
+    c->tg = tg;
+    tg->refs++;
+    /* Everything a previous call on this handle may have set differently
+     * (a reload may have changed the target since). */
     curl_easy_setopt(e, CURLOPT_CURLU, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, tg->headers);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, tg->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     if (streaming) {
         /* A stream may last long; what must not last is silence. */
-        long idle_s = (u->timeout_ms + 999) / 1000;
+        long idle_s = (tg->timeout_ms + 999) / 1000;
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
     } else {
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, u->timeout_ms);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, tg->timeout_ms);
     }
     if (strcmp(method, "GET") == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
@@ -439,44 +464,76 @@ static void global_init(void)
     curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-fh_upstream *fh_upstream_new(fh_worker *w, const fh_upstream_opts *opts, char *err, size_t errlen)
+fh_upstream_target *fh_upstream_target_new(const fh_upstream_opts *opts, char *err, size_t errlen)
 {
     /* curl_global_init is not thread-safe on older libcurl: once, here. */
     pthread_once(&global_once, global_init);
+    fh_upstream_target *t = calloc(1, sizeof(*t));
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->refs = 1;
+    size_t n = strlen(opts->base_url);
+    while (n > 0 && opts->base_url[n - 1] == '/')
+        n--;
+    t->base_url = strndup(opts->base_url, n);
+    t->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
+    t->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 2000;
+    /* "Expect:" off: 100-continue costs a round trip on bodies over 1 KiB. */
+    t->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *l = t->headers ? curl_slist_append(t->headers, "Expect:") : NULL;
+    if (l && opts->api_key && *opts->api_key) {
+        char *auth = NULL;
+        if (asprintf(&auth, "Authorization: Bearer %s", opts->api_key) >= 0) {
+            l = curl_slist_append(t->headers, auth);
+            /* curl copied it; the key must not linger in our heap */
+            memset(auth, 0, strlen(auth));
+            free(auth);
+        } else {
+            l = NULL;
+        }
+    }
+    if (!t->base_url || !l) {
+        snprintf(err, errlen, "out of memory creating the upstream client");
+        target_unref(t);
+        return NULL;
+    }
+    if (!(t->url_chat = parse_url(t->base_url, "/chat/completions", err, errlen)) ||
+        !(t->url_models = parse_url(t->base_url, "/models", err, errlen))) {
+        target_unref(t);
+        return NULL;
+    }
+    return t;
+}
+
+void fh_upstream_target_free(fh_upstream_target *t)
+{
+    target_unref(t);
+}
+
+void fh_upstream_retarget(fh_upstream *u, fh_upstream_target *t)
+{
+    target_unref(u->tg);
+    u->tg = t;
+}
+
+fh_upstream *fh_upstream_new(fh_worker *w, const fh_upstream_opts *opts, char *err, size_t errlen)
+{
     fh_upstream *u = calloc(1, sizeof(*u));
     if (!u) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     u->w = w;
-    size_t n = strlen(opts->base_url);
-    while (n > 0 && opts->base_url[n - 1] == '/')
-        n--;
-    u->base_url = strndup(opts->base_url, n);
-    u->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
-    u->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 2000;
-    /* "Expect:" off: 100-continue costs a round trip on bodies over 1 KiB. */
-    u->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    struct curl_slist *t = u->headers ? curl_slist_append(u->headers, "Expect:") : NULL;
-    if (t && opts->api_key && *opts->api_key) {
-        char *auth = NULL;
-        if (asprintf(&auth, "Authorization: Bearer %s", opts->api_key) >= 0) {
-            t = curl_slist_append(u->headers, auth);
-            /* curl copied it; the key must not linger in our heap */
-            memset(auth, 0, strlen(auth));
-            free(auth);
-        } else {
-            t = NULL;
-        }
-    }
-    u->multi = curl_multi_init();
-    if (!u->base_url || !t || !u->multi) {
-        snprintf(err, errlen, "out of memory creating the upstream client");
-        fh_upstream_free(u);
+    u->tg = fh_upstream_target_new(opts, err, errlen);
+    if (!u->tg) {
+        free(u);
         return NULL;
     }
-    if (!(u->url_chat = parse_url(u->base_url, "/chat/completions", err, errlen)) ||
-        !(u->url_models = parse_url(u->base_url, "/models", err, errlen))) {
+    u->multi = curl_multi_init();
+    if (!u->multi) {
+        snprintf(err, errlen, "out of memory creating the upstream client");
         fh_upstream_free(u);
         return NULL;
     }
@@ -508,9 +565,6 @@ void fh_upstream_free(fh_upstream *u)
         fh_worker_unwatch(u->w, &u->socks->watch);
         sock_forget(u, u->socks);
     }
-    curl_slist_free_all(u->headers);
-    curl_url_cleanup(u->url_chat);
-    curl_url_cleanup(u->url_models);
-    free(u->base_url);
+    target_unref(u->tg);
     free(u);
 }

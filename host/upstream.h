@@ -62,6 +62,17 @@ typedef struct fh_upstream_opts {
 } fh_upstream_opts;
 
 typedef struct fh_upstream fh_upstream;
+typedef struct fh_upstream_target fh_upstream_target;
+
+/* The settings in opts, checked and prepared (the URL parsed, the key in
+ * a header), for fh_upstream_retarget(). Any thread. NULL with a message
+ * when the base URL is not one. */
+fh_upstream_target *fh_upstream_target_new(const fh_upstream_opts *opts, char *err, size_t errlen);
+/* One that was never handed to fh_upstream_retarget(). */
+void fh_upstream_target_free(fh_upstream_target *t);
+/* Runner: new calls use t (the upstream takes it); calls in flight finish
+ * with the settings they started with. */
+void fh_upstream_retarget(fh_upstream *u, fh_upstream_target *t);
 typedef struct fh_upstream_call fh_upstream_call;
 
 fh_upstream *fh_upstream_new(fh_worker *w, const fh_upstream_opts *opts, char *err, size_t errlen);
