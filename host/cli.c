@@ -240,6 +240,10 @@ static int cmd_check(int argc, char **argv)
         printf("fusion-host check: %s: ok (%zu feature%s, %zu plugin%s loaded)\n", cfg->path,
                flags ? flags->feature_count : 0, flags && flags->feature_count == 1 ? "" : "s",
                loaded, loaded == 1 ? "" : "s");
+    if (!rc)
+        printf("fusion-host check: a reload (SIGHUP) applies every setting but %s, which a "
+               "running daemon refuses to change without a restart\n",
+               FH_CONFIG_RESTART_KEYS);
     fh_flags_free(flags);
     fh_config_free(cfg);
     fh_diag_clear(&problems);

@@ -14,7 +14,8 @@
  * Order of checks, and why:
  *   1. open + fstat the file once and run every check on that descriptor, so
  *      the file checked is the file copied (no check-then-swap race);
- *   2. ownership and group/other write bits of the file and of its folder:
+ *   2. ownership and group/other write bits of the file and of its folder
+ *      (for a symlink: of its target, and of the target's folder too):
  *      anyone who can write either can run code as the daemon;
  *   3. the ELF header (magic, ET_DYN), so a stray text file gets a clear
  *      message rather than dlerror()'s "invalid ELF header";
@@ -593,6 +594,27 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     }
     if (err != FH_LOAD_OK)
         goto fail;
+    /* A symlink is followed (the file checked above is its target, through
+     * fd); the folder its target lives in is held to the same rule as the
+     * plugin folder, since whoever can write it can replace the code. */
+    char real[PATH_MAX];
+    if (realpath(abs, real) && strcmp(real, abs) != 0) {
+        char rdir[PATH_MAX];
+        dir_name(real, rdir, sizeof(rdir));
+        if (strcmp(rdir, dir) != 0) {
+            struct stat rst;
+            if (stat(rdir, &rst) != 0) {
+                set_msg(msg, msglen, "%s: cannot stat the folder of its target %s: %s", abs, real,
+                        strerror(errno));
+                err = FH_LOAD_IO;
+                goto fail;
+            }
+            char what[2 * PATH_MAX + 48];
+            snprintf(what, sizeof(what), "the folder %s of its symlink target %s", rdir, real);
+            if ((err = check_safety(opts, abs, what, &rst, msg, msglen)) != FH_LOAD_OK)
+                goto fail;
+        }
+    }
     if ((err = check_elf(fd, abs, msg, msglen)) != FH_LOAD_OK)
         goto fail;
 

@@ -224,6 +224,10 @@ static void test_defaults(void **state)
     assert_int_equal(c->metrics.max_series_per_metric, 1000);
     assert_int_equal(c->drain_timeout_ms, 10000);
     assert_int_equal(c->limits.max_header_bytes, 8192);
+    assert_int_equal(c->limits.max_connections_per_ip, 1000); /* a tenth of max_connections */
+    assert_int_equal(c->limits.header_timeout_ms, 10000);
+    assert_int_equal(c->limits.body_min_bytes_per_s, 1024);
+    assert_int_equal(c->limits.idle_timeout_ms, 30000);
     assert_int_equal(c->workers, 0);
     assert_int_equal(c->hooks.deadline_ms, 2000);
     /* 0 workers: the CPUs this process may run on, at least one. */
@@ -406,6 +410,78 @@ static void test_thread_keys(void **state)
     fh_config_free(c);
     fh_diag_clear(&d);
     free(path);
+    rm_rf(dir);
+    free(dir);
+}
+
+static fh_config *load_text(const char *dir, const char *text)
+{
+    char *path = write_file(dir, "c.yaml", text, strlen(text));
+    fh_diag d = {0};
+    fh_config *c = fh_config_load(path, &d);
+    dump_diag(&d);
+    fh_diag_clear(&d);
+    free(path);
+    return c;
+}
+
+/* The front door's limits, and 0 as "a tenth of max_connections". */
+static void test_door_limits(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    fh_config *c = load_text(dir, "limits: { max_connections: 50, max_connections_per_ip: 0,\n"
+                                  "  header_timeout_ms: 250, body_min_bytes_per_s: 0,\n"
+                                  "  idle_timeout_ms: 5000 }\n");
+    assert_non_null(c);
+    assert_int_equal(c->limits.max_connections_per_ip, 5);
+    assert_int_equal(c->limits.header_timeout_ms, 250);
+    assert_int_equal(c->limits.body_min_bytes_per_s, 0);
+    assert_int_equal(c->limits.idle_timeout_ms, 5000);
+    fh_config_free(c);
+    c = load_text(dir, "limits: { max_connections_per_ip: 7 }\n");
+    assert_non_null(c);
+    assert_int_equal(c->limits.max_connections_per_ip, 7);
+    fh_config_free(c);
+    assert_null(load_text(dir, "limits: { header_timeout_ms: 10 }\n"));
+    assert_null(load_text(dir, "limits: { max_connections_per_ip: -1 }\n"));
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Which changes a reload refuses: each restart-only key, named; others pass. */
+static void test_restart_keys(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    fh_config *base = load_text(dir, "listen: \"127.0.0.1:8080\"\n");
+    assert_non_null(base);
+    static const struct {
+        const char *text, *key;
+    } cases[] = {
+        {"listen: \"127.0.0.1:8081\"\n", "listen"},
+        {"listen: \"127.0.0.1:8080\"\nworkers: 63\n", "workers"},
+        {"listen: \"127.0.0.1:8080\"\nstate_dir: \"/var/lib/other\"\n", "state_dir"},
+        {"listen: \"127.0.0.1:8080\"\nadmin: { listen: \"unix:/tmp/x.sock\" }\n", "admin.listen"},
+        {"listen: \"127.0.0.1:8080\"\nhooks: { deadline_ms: 500 }\n", "hooks.deadline_ms"},
+        {"listen: \"127.0.0.1:8080\"\nmetrics: { max_series_per_metric: 10 }\n",
+         "metrics.max_series_per_metric"},
+        {"listen: \"127.0.0.1:8080\"\nupstream: { base_url: \"http://127.0.0.1:9/v1\", "
+         "timeout_ms: 5 }\nlimits: { max_body_bytes: 2048, header_timeout_ms: 500 }\n"
+         "plugins: { dir: \"elsewhere\" }\ndrain_timeout_ms: 100\n",
+         NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fh_config *next = load_text(dir, cases[i].text);
+        assert_non_null(next);
+        const char *key = fh_config_restart_key(base, next);
+        if (cases[i].key)
+            assert_string_equal(key, cases[i].key);
+        else
+            assert_null(key);
+        fh_config_free(next);
+    }
+    fh_config_free(base);
     rm_rf(dir);
     free(dir);
 }
@@ -924,6 +1000,8 @@ int main(void)
         cmocka_unit_test(test_overlay_config_json),
         cmocka_unit_test(test_thread_keys),
         cmocka_unit_test(test_valid_listen_forms),
+        cmocka_unit_test(test_door_limits),
+        cmocka_unit_test(test_restart_keys),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_control_chars_in_diagnostics),
         cmocka_unit_test(test_nul_reports_all),

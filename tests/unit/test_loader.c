@@ -337,6 +337,41 @@ static void test_unsafe_permissions(void **state)
     assert_true(fh_loader_close(&p));
 }
 
+/* A symlink in the plugin folder is followed; its target and the target's
+ * folder are held to the plugin folder's rules. */
+static void test_symlink_target_is_checked(void **state)
+{
+    fixture *f = *state;
+    char elsewhere[PATH_MAX], target[PATH_MAX], link[PATH_MAX];
+    xsnprintf(elsewhere, sizeof(elsewhere), "%s/elsewhere", f->root);
+    assert_int_equal(mkdir(elsewhere, 0755), 0);
+    assert_int_equal(chmod(elsewhere, 0755), 0);
+    char from[PATH_MAX];
+    xsnprintf(from, sizeof(from), "%s/good_a.so", FH_TEST_PLUGIN_DIR);
+    xsnprintf(target, sizeof(target), "%s/good_a.so", elsewhere);
+    copy_file(from, target, 0644);
+    xsnprintf(link, sizeof(link), "%s/good_a.so", f->plugins);
+    assert_int_equal(symlink(target, link), 0);
+
+    fh_plugin p;
+    char msg[1024];
+    assert_int_equal(fh_loader_open(&f->opts, link, &p, msg, sizeof(msg)), FH_LOAD_OK);
+    assert_string_equal(p.source_path, link); /* reported under the operator's name */
+    assert_true(fh_loader_close(&p));
+
+    /* The target's folder writable by others: anyone could swap the code. */
+    assert_int_equal(chmod(elsewhere, 0777), 0);
+    expect_refusal(f, link, FH_LOAD_UNSAFE_PERMS, "symlink target");
+    assert_int_equal(chmod(elsewhere, 0755), 0);
+    /* The target itself writable by its group. */
+    assert_int_equal(chmod(target, 0664), 0);
+    expect_refusal(f, link, FH_LOAD_UNSAFE_PERMS, "chmod go-w");
+    assert_int_equal(chmod(target, 0644), 0);
+    /* A dangling link. */
+    assert_int_equal(unlink(target), 0);
+    expect_refusal(f, link, FH_LOAD_IO, "cannot open");
+}
+
 static void test_owner(void **state)
 {
     fixture *f = *state;
@@ -633,6 +668,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_elf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_io_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsafe_permissions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlink_target_is_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_folder_must_be_private, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_pinned_library_is_reported, setup, teardown),
