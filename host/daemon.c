@@ -250,6 +250,14 @@ static void upstream_opts(const fh_config *cfg, fh_upstream_opts *o)
                             .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
 }
 
+/* Points the init inputs at snapshot s (what the last load handed out is
+ * freed first). */
+static void use_inputs(fh_inputs_provider *inputs, const fh_snapshot *s)
+{
+    fh_inputs_provider_clear(inputs);
+    *inputs = (fh_inputs_provider){.cfg = s->cfg, .flags = s->flags};
+}
+
 /* Overlays after a reload: those whose config or texts changed get a new
  * generation (init with the new inputs; the old one drains), a new plugin
  * folder replaces the old one's overlays, and files not seen yet load. */
@@ -277,7 +285,7 @@ static void reload_overlays(live *L, fh_snapshot *old, fh_snapshot *next)
         }
         if (o->state == FH_STATE_FAILED || !o->path[0])
             continue;
-        *L->inputs = (fh_inputs_provider){.cfg = next->cfg, .flags = next->flags};
+        use_inputs(L->inputs, next);
         uint64_t after = fh_inputs_fingerprint(L->inputs, o->name);
         fh_inputs_provider_clear(L->inputs);
         uint64_t *before = fp_slot(L->fps, o->name);
@@ -294,7 +302,7 @@ static void reload_overlays(live *L, fh_snapshot *old, fh_snapshot *next)
                      "generation keeps serving",
                      o->name);
     }
-    *L->inputs = (fh_inputs_provider){.cfg = next->cfg, .flags = next->flags};
+    use_inputs(L->inputs, next);
     fh_snapshot_unref(*L->inputs_snap);
     *L->inputs_snap = fh_snapshot_ref(next);
     /* Files of the (new) folder that are not loaded or refused yet. */

@@ -80,7 +80,7 @@ static int slot_init(slot *s, unsigned i, const fh_workers_opts *o, fh_pipeline 
     s->w = fh_worker_new(i, err, errlen);
     if (!s->w)
         return -1;
-    /* Turn order: the upstream's completions, then the jobs, then MHD. */
+    /* Turn order: the upstream's completions, then the jobs, then the connections. */
     s->up = fh_upstream_new(s->w, &o->upstream, err, errlen);
     if (!s->up)
         return -1;
