@@ -48,6 +48,7 @@
 #define CHUNK_OUT   (16u << 10) /* a streamed body's bytes per chunk */
 #define CHUNK_LINE  1024        /* a chunk-size line with its extensions */
 #define BODY_READ   (64u << 10) /* one read of a Content-Length body */
+#define DISCARD_MAX (64u << 10) /* the rest of a body dropped to keep the connection */
 
 typedef enum { C_HEAD, C_BODY, C_WAIT, C_SEND, C_LINGER } cstate;
 typedef enum { CH_SIZE, CH_DATA, CH_CRLF, CH_TRAILER } chstate;
@@ -392,7 +393,13 @@ static int build_head(fh_hconn *c, unsigned status)
     fh_hresp *r = c->resp;
     char line[160];
     bool bodiless = status == 204 || status == 304 || (status >= 100 && status < 200);
-    if (r->close || !c->keep_alive || c->read_closed || !c->body_done)
+    if (r->close || !c->keep_alive || c->read_closed)
+        c->close_after = true;
+    /* Answered before the body was in: what is left of it is read and
+     * dropped, keeping the connection, when it is small and its end is
+     * known; else the connection closes after this response (a client
+     * told "no" before 100 Continue may never send it). */
+    if (!c->body_done && (c->chunked || c->expect_continue || c->body_left > DISCARD_MAX))
         c->close_after = true;
     if (r->reader && c->http10)
         c->close_after = true; /* no chunked in 1.0: the close ends the body */
@@ -1080,6 +1087,12 @@ static step step_body(fh_hconn *c)
         conn_close(c, FH_HEND_CLIENT_GONE);
         return GONE;
     }
+    if (c->answered) {
+        /* The rest of an answered request's body is dropped: next request. */
+        request_end(c, FH_HEND_OK);
+        start_request_wait(c, false);
+        return GO;
+    }
     c->st = C_WAIT;
     set_deadline(c, DL_NONE, 0);
     if (call_app(c, NULL, 0) != 0) {
@@ -1097,8 +1110,13 @@ static step step_send(fh_hconn *c)
     bool done = c->olen == c->ooff && (r->reader ? c->reader_done : c->boff >= r->len);
     if (!done)
         return WAIT;
-    if (c->close_after || !c->body_done)
+    if (c->close_after)
         return conn_linger(c);
+    if (!c->body_done) {
+        c->st = C_BODY; /* read and drop the rest (build_head bounded it) */
+        body_deadline(c);
+        return GO;
+    }
     request_end(c, FH_HEND_OK);
     start_request_wait(c, false);
     return GO; /* a pipelined request may be waiting */

@@ -196,6 +196,13 @@ CASES = [
      b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
      b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\nDELETE /health HTTP/1.1\r\nHost: t\r\n\r\n",
      [200, 200, 404, 405], False),
+    ("a 404 for a POST with a small body keeps the connection",
+     post(CHAT, path=b"/nope"), [404], False),
+    ("a 405 for a PUT with a small body keeps the connection",
+     post(CHAT).replace(b"POST ", b"PUT ", 1), [405], False),
+    ("413 on an announced body over the limit with Expect: 100-continue, no 100",
+     b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+     b"Content-Length: 9000000\r\n\r\n", [413], True),
     ("pipelined chat requests answered in order",
      post(CHAT) + post(b"{bad json") + post(CHAT), [200, 400, 200], False),
     ("empty lines before a request are allowed",
@@ -342,6 +349,51 @@ deadline = time.time() + 5
 while time.time() < deadline and not health_ok():
     time.sleep(0.05)
 report(health_ok(), "served again once they closed")
+
+# ---- mutations: random damage to valid requests, from a fixed seed -------------
+# Whatever the bytes, the daemon answers with a well-formed HTTP response (or
+# closes), never hangs a connection past the head deadline, and keeps serving.
+import random
+
+rng = random.Random(7731)
+SEEDS = [post(CHAT), b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n",
+         b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         + chunked(CHAT, 9)]
+JUNK = [b"\r", b"\n", b"\r\n", b" ", b":", b"\x00", b"\xff", b"0", b"-1", b"99999999999999999999",
+        b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"\t", b";", b"HTTP/1.1"]
+bad = []
+for i in range(300):
+    data = bytearray(rng.choice(SEEDS))
+    for _ in range(rng.randint(1, 4)):
+        if not data:
+            break
+        op, pos = rng.randint(0, 3), rng.randrange(len(data))
+        if op == 0:
+            data[pos] = rng.randrange(256)
+        elif op == 1:
+            del data[pos:pos + rng.randint(1, 8)]
+        elif op == 2:
+            data[pos:pos] = rng.choice(JUNK)
+        else:
+            data = data[:pos]
+    s = connect()
+    try:
+        s.sendall(bytes(data))
+        s.shutdown(socket.SHUT_WR)  # no more bytes: an incomplete request ends here
+    except OSError:
+        pass
+    t0 = time.time()
+    out, closed = read_until_close(s, timeout=4)
+    s.close()
+    if not closed:
+        bad.append((i, "not closed within 4 s", bytes(data[:60])))
+    elif out and not out.startswith(b"HTTP/1.1 "):
+        bad.append((i, f"not an HTTP answer: {out[:40]!r}", bytes(data[:60])))
+    elif out and not parse_responses(out):
+        bad.append((i, "malformed answer", bytes(data[:60])))
+report(not bad, f"300 mutated requests: every one answered in HTTP or closed within 4 s "
+       f"({len(bad)} bad{': ' + repr(bad[:2]) if bad else ''})")
+report(health_ok(), "still serving after the mutations")
 
 print(f"door_cases: {FAILED} failed")
 sys.exit(1 if FAILED else 0)
