@@ -126,6 +126,8 @@ struct fh_hsrv {
 static bool conn_advance(fh_hconn *c);
 static void conn_close(fh_hconn *c, fh_hend how);
 
+static bool has_token(const char *v, const char *token);
+
 /* ---- responses --------------------------------------------------------------------- */
 
 fh_hresp *fh_hresp_buffer(char *data, size_t len)
@@ -174,13 +176,17 @@ int fh_hresp_header(fh_hresp *r, const char *name, const char *value)
         r->hdrs = g;
         r->hcap = cap;
     }
+    if (strcasecmp(name, "Connection") == 0) {
+        /* The connection's own business: build_head writes it. */
+        if (has_token(value, "close"))
+            r->close = true;
+        return 0;
+    }
     memcpy(r->hdrs + r->hlen, name, nl);
     memcpy(r->hdrs + r->hlen + nl, ": ", 2);
     memcpy(r->hdrs + r->hlen + nl + 2, value, vl);
     memcpy(r->hdrs + r->hlen + nl + 2 + vl, "\r\n", 2);
     r->hlen = need;
-    if (strcasecmp(name, "Connection") == 0 && strcasecmp(value, "close") == 0)
-        r->close = true;
     return 0;
 }
 
@@ -393,7 +399,9 @@ static int build_head(fh_hconn *c, unsigned status)
     fh_hresp *r = c->resp;
     char line[160];
     bool bodiless = status == 204 || status == 304 || (status >= 100 && status < 200);
-    if (r->close || !c->keep_alive || c->read_closed)
+    /* A half-closed client (read_closed) still gets every request it
+     * pipelined before its FIN: step_head closes once none is left. */
+    if (r->close || !c->keep_alive)
         c->close_after = true;
     /* Answered before the body was in: what is left of it is read and
      * dropped, keeping the connection, when it is small and its end is
@@ -459,12 +467,9 @@ static step conn_fail(fh_hconn *c, unsigned status, const char *code, const char
 {
     fh_hresp *r = fh_error_response(status >= 500 ? "server_error" : "invalid_request_error", code,
                                     message, NULL);
-    c->keep_alive = false;
-    c->olen = c->ooff = 0;
-    if (!r || fh_hresp_header(r, "Connection", "close") != 0 ||
-        fh_hconn_respond(c, status, r) != 0) {
-        if (r && c->resp != r)
-            fh_hresp_free(r);
+    c->keep_alive = false; /* build_head says Connection: close */
+    /* fh_hconn_respond owns r from the call on, failing or not. */
+    if (!r || fh_hconn_respond(c, status, r) != 0) {
         conn_close(c, FH_HEND_ERROR);
         return GONE;
     }
@@ -781,48 +786,56 @@ static void consume(fh_hconn *c, size_t n)
     c->rlen -= n;
 }
 
-/* Decodes what the read buffer holds of a chunked body. */
+/* Decodes what the read buffer holds of a chunked body. The bytes used are
+ * dropped from the buffer once, on the way out (not per chunk: a body of
+ * one-byte chunks would otherwise move the buffer for every byte). */
 static step chunked_step(fh_hconn *c)
 {
-    while (c->rlen > 0 && !c->body_done && c->st == C_BODY) {
+    size_t off = 0;
+    const char *why = NULL;
+    while (off < c->rlen && !c->body_done && c->st == C_BODY) {
+        const char *p = c->rbuf + off;
+        size_t avail = c->rlen - off;
         if (c->ch == CH_DATA) {
-            size_t n = c->rlen < c->ch_left ? c->rlen : (size_t)c->ch_left;
-            if (!deliver(c, c->rbuf, n))
+            size_t n = avail < c->ch_left ? avail : (size_t)c->ch_left;
+            if (!deliver(c, p, n))
                 return GONE;
-            consume(c, n);
+            off += n;
             c->ch_left -= n;
             if (c->ch_left == 0)
                 c->ch = CH_CRLF;
             continue;
         }
         if (c->ch == CH_CRLF) {
-            if (c->rlen < 2)
-                return WAIT;
-            if (c->rbuf[0] != '\r' || c->rbuf[1] != '\n') {
-                return conn_fail(c, 400, "bad_request",
-                                 "malformed chunked body (no CRLF after a chunk)");
+            if (avail < 2)
+                break;
+            if (p[0] != '\r' || p[1] != '\n') {
+                why = "malformed chunked body (no CRLF after a chunk)";
+                break;
             }
-            consume(c, 2);
+            off += 2;
             c->ch = CH_SIZE;
             continue;
         }
-        char *nl = memchr(c->rbuf, '\n', c->rlen);
+        const char *nl = memchr(p, '\n', avail);
         if (!nl) {
-            if (c->rlen > CHUNK_LINE || c->rlen == c->rcap) {
-                return conn_fail(c, 400, "bad_request", "malformed chunked body (line too long)");
-            }
-            return WAIT;
+            if (avail > CHUNK_LINE || c->rlen == c->rcap)
+                why = "malformed chunked body (line too long)";
+            break;
         }
-        size_t ll = (size_t)(nl - c->rbuf);
-        if (ll == 0 || c->rbuf[ll - 1] != '\r') {
-            return conn_fail(c, 400, "bad_request", "malformed chunked body (bare LF)");
+        size_t ll = (size_t)(nl - p);
+        if (ll == 0 || p[ll - 1] != '\r') {
+            why = "malformed chunked body (bare LF)";
+            break;
         }
         if (c->ch == CH_TRAILER) {
             c->ch_left += ll + 1; /* the trailer's size so far */
-            if (c->ch_left > c->rcap)
+            if (c->ch_left > c->rcap) {
+                consume(c, off);
                 return conn_fail(c, 431, "request_header_fields_too_large",
                                  "chunked trailer is larger than limits.max_header_bytes");
-            consume(c, ll + 1);
+            }
+            off += ll + 1;
             if (ll == 1)
                 c->body_done = true;
             continue;
@@ -830,7 +843,7 @@ static step chunked_step(fh_hconn *c)
         uint64_t size = 0;
         size_t i = 0;
         for (; i < ll - 1; i++) {
-            char ch = c->rbuf[i];
+            char ch = p[i];
             int d = ch >= '0' && ch <= '9'   ? ch - '0'
                     : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
                     : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
@@ -838,13 +851,18 @@ static step chunked_step(fh_hconn *c)
             if (d < 0)
                 break;
             if (size >> 56) {
-                return conn_fail(c, 400, "bad_request", "malformed chunked body (chunk too large)");
+                why = "malformed chunked body (chunk too large)";
+                break;
             }
             size = size * 16 + (uint64_t)d;
         }
-        if (i == 0 || (i < ll - 1 && c->rbuf[i] != ';' && c->rbuf[i] != ' ' && c->rbuf[i] != '\t'))
-            return conn_fail(c, 400, "bad_request", "malformed chunked body (chunk size)");
-        consume(c, ll + 1);
+        if (why)
+            break;
+        if (i == 0 || (i < ll - 1 && p[i] != ';' && p[i] != ' ' && p[i] != '\t')) {
+            why = "malformed chunked body (chunk size)";
+            break;
+        }
+        off += ll + 1;
         if (size == 0) {
             c->ch = CH_TRAILER;
             c->ch_left = 0;
@@ -853,6 +871,9 @@ static step chunked_step(fh_hconn *c)
             c->ch_left = size;
         }
     }
+    consume(c, off);
+    if (why)
+        return conn_fail(c, 400, "bad_request", why);
     return WAIT;
 }
 
@@ -883,7 +904,8 @@ static bool conn_read(fh_hconn *c)
             c->body_left -= (size_t)n;
             if (!deliver(c, buf, (size_t)n))
                 return false;
-            body_deadline(c);
+            if (c->st == C_BODY) /* not when answered meanwhile: its write deadline stands */
+                body_deadline(c);
             return true;
         }
         if (n == 0) {
@@ -901,7 +923,7 @@ static bool conn_read(fh_hconn *c)
     if (n > 0) {
         c->rlen += (size_t)n;
         if (c->st == C_BODY)
-            body_deadline(c);
+            body_deadline(c); /* (C_SEND keeps its write deadline) */
         return true;
     }
     if (n == 0) {
@@ -1018,8 +1040,12 @@ static step step_head(fh_hconn *c)
         /* A TLS ClientHello or other binary: not worth waiting for. */
         return conn_fail(c, 400, "bad_request",
                          "this is not an HTTP/1.x request (plain HTTP expected)");
-    if (c->dl == DL_IDLE || c->dl == DL_FIRST)
+    /* The head's deadline: from its first byte after a keep-alive wait;
+     * on a new connection the one counted from the accept stands. */
+    if (c->dl == DL_IDLE)
         set_deadline(c, DL_HEAD, c->lim.header_ms);
+    else if (c->dl == DL_FIRST)
+        c->dl = DL_HEAD;
     size_t end = head_end(c);
     if (!end) {
         if (c->rlen == c->rcap)
@@ -1114,6 +1140,7 @@ static step step_send(fh_hconn *c)
         return conn_linger(c);
     if (!c->body_done) {
         c->st = C_BODY; /* read and drop the rest (build_head bounded it) */
+        c->body_t0_ns = fh_now_ns();
         body_deadline(c);
         return GO;
     }
@@ -1242,6 +1269,10 @@ static void sweep(fh_hsrv *s, uint64_t now)
                           "the request head did not arrive within limits.header_timeout_ms");
             break;
         case DL_BODY:
+            if (c->answered) { /* dropping the rest of an answered body: just go */
+                conn_close(c, FH_HEND_OK);
+                continue;
+            }
             r = conn_fail(c, 408, "request_timeout",
                           "the request body arrived slower than limits.body_min_bytes_per_s");
             break;

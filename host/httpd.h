@@ -61,7 +61,6 @@ typedef struct fh_hsrv_limits {
     uint64_t header_ms; /* the whole head, from its first byte (from accept on a new connection) */
     uint64_t body_min_rate; /* body bytes per second after header_ms; 0: none */
     uint64_t idle_ms;       /* keep-alive wait; a stalled body or write */
-    uint64_t max_body;      /* decoded chunked bodies past this get 413 */
 } fh_hsrv_limits;
 
 typedef int (*fh_hreq_fn)(void *ud, fh_hconn *c, const char *method, const char *url,
@@ -118,7 +117,8 @@ fh_hresp *fh_hresp_buffer(char *data, size_t len);
  * freed, whether or not it was sent. */
 fh_hresp *fh_hresp_reader(fh_hreader_fn fn, void *cls, void (*free_cls)(void *cls));
 /* Adds a header; names and values with CR, LF or NUL are refused (-1).
- * "Connection: close" makes the connection close after this response. */
+ * A Connection header is not copied: "close" in it makes the connection
+ * close after this response (the layer writes the header itself). */
 int fh_hresp_header(fh_hresp *r, const char *name, const char *value);
 void fh_hresp_free(fh_hresp *r);
 

@@ -116,6 +116,16 @@ def read_responses(s, count, timeout=10.0):
     return parse_responses(data), False
 
 
+def answered(s):
+    """Whether the daemon has sent something (or closed), without blocking."""
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def health_ok():
     try:
         with urllib.request.urlopen(f"http://{HOST}:{PORT}/health", timeout=5) as r:
@@ -203,6 +213,8 @@ CASES = [
     ("413 on an announced body over the limit with Expect: 100-continue, no 100",
      b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
      b"Content-Length: 9000000\r\n\r\n", [413], True),
+    ("a GET with a small body: answered, the body dropped, the connection kept",
+     b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789", [200], False),
     ("pipelined chat requests answered in order",
      post(CHAT) + post(b"{bad json") + post(CHAT), [200, 400, 200], False),
     ("empty lines before a request are allowed",
@@ -256,7 +268,7 @@ for case in CASES:
 
 # ---- half-close after a complete request, with other connections open -----
 idle = [connect() for _ in range(3)]
-answered = 0
+n_answered = 0
 for i in range(10):
     s = connect()
     s.sendall(post(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
@@ -265,11 +277,57 @@ for i in range(10):
     data, _ = read_until_close(s, timeout=10)
     got = parse_responses(data)
     if got and got[0][0] == 200 and b"choices" in got[0][2]:
-        answered += 1
+        n_answered += 1
     s.close()
-report(answered == 10, f"half-closed clients with other connections open: {answered} of 10 answered")
+report(n_answered == 10,
+       f"half-closed clients with other connections open: {n_answered} of 10 answered")
 for s in idle:
     s.close()
+
+# ---- review regressions -----------------------------------------------------------
+# An early answer whose announced body never comes: the connection goes at
+# the body deadline (it once freed the answer twice and crashed).
+s = connect()
+t0 = time.time()
+s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+data, closed = read_until_close(s, timeout=6)
+got = parse_responses(data)
+report([r[0] for r in got] == [200] and closed and time.time() - t0 < 4,
+       f"an answered request whose body never comes: 200, closed at the body deadline "
+       f"({time.time() - t0:.2f} s, {[r[0] for r in got]})")
+s.close()
+report(health_ok(), "still serving after it")
+
+# Requests pipelined before a half-close are all answered.
+s = connect()
+s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n" * 2 + b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+s.shutdown(socket.SHUT_WR)
+data, closed = read_until_close(s, timeout=5)
+report([r[0] for r in parse_responses(data)] == [200, 200, 200] and closed,
+       f"three requests pipelined before a half-close: all answered, then closed "
+       f"({[r[0] for r in parse_responses(data)]})")
+s.close()
+
+# The head deadline of a new connection counts from the accept.
+s = connect()
+t0 = time.time()
+time.sleep(1.0)
+try:
+    for b in b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100:
+        s.send(bytes([b]))
+        time.sleep(0.1)
+        if answered(s) or time.time() - t0 > 6:
+            break
+except (BrokenPipeError, ConnectionResetError):
+    pass
+cut = time.time() - t0
+raw, _ = read_until_close(s, timeout=3)
+got = parse_responses(raw)
+report(got and got[0][0] == 408 and cut < 2.2,
+       f"a new connection silent for 1 s, then trickling: cut 1.5 s after the accept ({cut:.2f} s)")
+report(raw.count(b"\r\nConnection: close\r\n") == 1,
+       f"the 408 says Connection: close once ({raw.count(b'Connection: close')} times)")
+s.close()
 
 # ---- Expect: 100-continue -------------------------------------------------------
 s = connect()
@@ -288,16 +346,6 @@ s = connect()
 t0 = time.time()
 head = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200
 status = None
-
-def answered(s):
-    """Whether the daemon has sent something (or closed), without blocking."""
-    try:
-        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
 
 try:
     for b in head:
