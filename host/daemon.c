@@ -23,6 +23,7 @@
 #include "pipeline.h"
 #include "plugindir.h"
 #include "registry.h"
+#include "reload.h"
 #include "snapshot.h"
 #include "upstream.h"
 #include "util.h"
@@ -66,9 +67,11 @@ static void clear_cache(const char *dir)
     closedir(d);
 }
 
-static size_t load_plugins(fh_registry *reg, const char *dir)
+/* Loads every file of dir; `files` (the caller frees it) lists them. */
+static size_t load_plugins(fh_registry *reg, const char *dir, fh_plugin_files *files_out)
 {
-    fh_plugin_files files;
+    fh_plugin_files files = {0};
+    *files_out = files;
     if (fh_plugin_files_list(dir, &files) != 0) {
         fh_error("plugins.dir %s cannot be read: %s; serving the baseline only", dir,
                  strerror(errno));
@@ -83,7 +86,7 @@ static size_t load_plugins(fh_registry *reg, const char *dir)
         else
             fh_error("%s", msg);
     }
-    fh_plugin_files_free(&files);
+    *files_out = files;
     return loaded;
 }
 
@@ -128,20 +131,6 @@ static void listen_host(const char *listen, char *out, size_t len)
     out[n] = '\0';
 }
 
-/* The front door's settings from a configuration. */
-static void http_opts(const fh_config *cfg, unsigned nworkers, fh_http_opts *ho)
-{
-    *ho = (fh_http_opts){.listen = cfg->listen,
-                         .max_connections = (unsigned)cfg->limits.max_connections,
-                         .max_connections_per_ip = (unsigned)cfg->limits.max_connections_per_ip,
-                         .max_body_bytes = (size_t)cfg->limits.max_body_bytes,
-                         .max_header_bytes = (size_t)cfg->limits.max_header_bytes,
-                         .header_timeout_ms = (uint64_t)cfg->limits.header_timeout_ms,
-                         .body_min_bytes_per_s = (uint64_t)cfg->limits.body_min_bytes_per_s,
-                         .idle_timeout_ms = (uint64_t)cfg->limits.idle_timeout_ms,
-                         .workers = nworkers};
-}
-
 /* Watchdog pings (main thread): one per interval while the workers and the
  * monitor are responsive. */
 typedef struct watchdog {
@@ -174,211 +163,16 @@ static void drain(fh_pipeline *p, watchdog *wd, fh_workers *ws, uint64_t timeout
     }
 }
 
-/* What each overlay's current generation was initialised with (a hash of
- * its config and texts, fh_inputs_fingerprint): the texts are files, read
- * again at every load, so the running ones can only be known this way. */
-typedef struct fp_entry {
-    char name[FUSION_NAME_MAX + 1];
-    uint64_t fp;
-} fp_entry;
+typedef struct watchdog_ctx {
+    watchdog *wd;
+    fh_workers *ws;
+} watchdog_ctx;
 
-typedef struct fp_table {
-    fp_entry *items;
-    size_t count, cap;
-} fp_table;
-
-static uint64_t *fp_slot(fp_table *t, const char *name)
+/* The reload's tick between plugin loads. */
+static void watchdog_tick_cb(void *ud)
 {
-    for (size_t i = 0; i < t->count; i++)
-        if (strcmp(t->items[i].name, name) == 0)
-            return &t->items[i].fp;
-    if (t->count == t->cap) {
-        size_t cap = t->cap ? 2 * t->cap : 8;
-        fp_entry *g = realloc(t->items, cap * sizeof(*g));
-        if (!g)
-            return NULL;
-        t->items = g;
-        t->cap = cap;
-    }
-    fp_entry *e = &t->items[t->count++];
-    fh_strlcpy(e->name, name, sizeof(e->name));
-    e->fp = 0;
-    return &e->fp;
-}
-
-/* Remembers what every loaded overlay got from `inputs`. */
-static void fp_record_all(fp_table *t, fh_registry *reg, fh_inputs_provider *inputs)
-{
-    fh_overlay_info *list = NULL;
-    size_t n = fh_registry_list(reg, &list);
-    for (size_t i = 0; i < n; i++) {
-        if (list[i].state == FH_STATE_FAILED)
-            continue;
-        uint64_t *slot = fp_slot(t, list[i].name);
-        if (slot && !*slot)
-            *slot = fh_inputs_fingerprint(inputs, list[i].name);
-    }
-    fh_inputs_provider_clear(inputs);
-    free(list);
-}
-
-/* What a reload touches besides the snapshot holder. */
-typedef struct live {
-    fp_table *fps;
-    fh_snapshot_holder *snaps;
-    fh_registry *reg;
-    fh_http *http;
-    fh_workers *workers;
-    fh_inputs_provider *inputs;
-    fh_snapshot **inputs_snap; /* the snapshot `inputs` points into */
-    unsigned nworkers;
-    const char *config_path;
-} live;
-
-static bool under_dir(const char *path, const char *dir)
-{
-    size_t n = strlen(dir);
-    return strncmp(path, dir, n) == 0 && path[n] == '/';
-}
-
-static void upstream_opts(const fh_config *cfg, fh_upstream_opts *o)
-{
-    const char *key_env = cfg->upstream.api_key_env;
-    *o = (fh_upstream_opts){.base_url = cfg->upstream.base_url,
-                            .api_key = key_env && *key_env ? getenv(key_env) : NULL,
-                            .timeout_ms = cfg->upstream.timeout_ms,
-                            .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
-}
-
-/* Points the init inputs at snapshot s (what the last load handed out is
- * freed first). */
-static void use_inputs(fh_inputs_provider *inputs, const fh_snapshot *s)
-{
-    fh_inputs_provider_clear(inputs);
-    *inputs = (fh_inputs_provider){.cfg = s->cfg, .flags = s->flags};
-}
-
-/* Overlays after a reload: those whose config or texts changed get a new
- * generation (init with the new inputs; the old one drains), a new plugin
- * folder replaces the old one's overlays, and files not seen yet load. */
-static void reload_overlays(live *L, fh_snapshot *old, fh_snapshot *next)
-{
-    fh_overlay_info *list = NULL;
-    size_t n = fh_registry_list(L->reg, &list);
-    bool moved = strcmp(old->cfg->plugins.dir, next->cfg->plugins.dir) != 0;
-    for (size_t i = 0; i < n; i++) {
-        fh_overlay_info *o = &list[i];
-        if (moved && under_dir(o->path, old->cfg->plugins.dir)) {
-            if (o->state == FH_STATE_FAILED) {
-                fh_registry_forget_failed(L->reg, o->path);
-            } else {
-                fh_info("overlay %s: plugins.dir moved to %s; unloading it (requests in flight "
-                        "finish first)",
-                        o->name, next->cfg->plugins.dir);
-                fh_registry_unload(L->reg, o->name, 0); /* reap closes it once drained */
-                uint64_t *fp = fp_slot(L->fps, o->name);
-                if (fp)
-                    *fp = 0; /* a later load records its own */
-            }
-            o->path[0] = '\0';
-            continue;
-        }
-        if (o->state == FH_STATE_FAILED || !o->path[0])
-            continue;
-        use_inputs(L->inputs, next);
-        uint64_t after = fh_inputs_fingerprint(L->inputs, o->name);
-        fh_inputs_provider_clear(L->inputs);
-        uint64_t *before = fp_slot(L->fps, o->name);
-        if (!before || *before == after)
-            continue;
-        *before = after;
-        char msg[1024] = "";
-        if (fh_registry_load(L->reg, o->path, msg, sizeof(msg), NULL) == FH_LOAD_OK)
-            fh_info("overlay %s: its config or directive texts changed; re-initialised as a new "
-                    "generation (requests in flight finish on the old one)",
-                    o->name);
-        else
-            fh_error("overlay %s: its new config or texts were refused (above); the running "
-                     "generation keeps serving",
-                     o->name);
-    }
-    use_inputs(L->inputs, next);
-    fh_snapshot_unref(*L->inputs_snap);
-    *L->inputs_snap = fh_snapshot_ref(next);
-    /* Files of the (new) folder that are not loaded or refused yet. */
-    fh_plugin_files files;
-    if (fh_plugin_files_list(next->cfg->plugins.dir, &files) == 0) {
-        for (size_t f = 0; f < files.count; f++) {
-            bool known = false;
-            for (size_t i = 0; i < n && !known; i++)
-                known = strcmp(list[i].path, files.paths[f]) == 0;
-            char msg[1024] = "";
-            if (!known &&
-                fh_registry_load(L->reg, files.paths[f], msg, sizeof(msg), NULL) != FH_LOAD_OK)
-                fh_error("%s", msg);
-        }
-        fh_plugin_files_free(&files);
-    }
-    free(list);
-    fp_record_all(L->fps, L->reg, L->inputs); /* the overlays loaded just now */
-}
-
-/* The reload, all or nothing: a setting that needs a restart, a plugin
- * folder that cannot be read or an unusable upstream URL refuses it and
- * the running configuration stays. Requests in flight keep the snapshot,
- * upstream target and limits they started with. */
-static void reload(live *L)
-{
-    fh_notify_reloading();
-    fh_info("reloading %s", L->config_path);
-    fh_diag diag = {0};
-    fh_snapshot *s = fh_snapshot_load(L->config_path, getenv("RESON_FEATURES"), &diag);
-    fh_snapshot *old = fh_snapshot_get(L->snaps);
-    char status[700], why[600] = "";
-    const char *key = s ? fh_config_restart_key(old->cfg, s->cfg) : NULL;
-    struct stat st;
-    fh_upstream_opts uo;
-    if (!s) {
-        for (size_t i = 0; i < diag.count; i++)
-            fh_error("%s", diag.items[i]);
-        snprintf(why, sizeof(why), "%s%s", diag.count ? diag.items[0] : "unknown error",
-                 diag.count > 1 ? " (and more, logged)" : "");
-    } else if (key) {
-        snprintf(why, sizeof(why),
-                 "%s changed, and it cannot change while running: restart fusion-host "
-                 "(systemctl restart fusion-host) to apply it",
-                 key);
-    } else if (stat(s->cfg->plugins.dir, &st) != 0) {
-        snprintf(why, sizeof(why), "plugins.dir %s cannot be read: %s", s->cfg->plugins.dir,
-                 strerror(errno));
-    } else if (!S_ISDIR(st.st_mode)) {
-        snprintf(why, sizeof(why), "plugins.dir %s is not a folder", s->cfg->plugins.dir);
-    } else {
-        upstream_opts(s->cfg, &uo);
-        char err[512];
-        if (fh_workers_retarget(L->workers, &uo, err, sizeof(err)) != 0)
-            snprintf(why, sizeof(why), "%s", err);
-    }
-    fh_diag_clear(&diag);
-    if (why[0]) {
-        fh_error("reload failed: %s; still serving with the previous configuration", why);
-        snprintf(status, sizeof(status),
-                 "reload failed: %s; serving with the previous configuration", why);
-        fh_notify_ready(status);
-        fh_snapshot_unref(s);
-        fh_snapshot_unref(old);
-        return;
-    }
-    fh_http_opts ho;
-    http_opts(s->cfg, L->nworkers, &ho);
-    fh_http_apply(L->http, &ho);
-    fh_snapshot_install(L->snaps, fh_snapshot_ref(s));
-    reload_overlays(L, old, s);
-    fh_snapshot_unref(s);
-    fh_snapshot_unref(old);
-    status_line(L->reg, "reloaded; ", status, sizeof(status));
-    fh_info("%s", status);
-    fh_notify_ready(status);
+    watchdog_ctx *c = ud;
+    watchdog_tick(c->wd, c->ws);
 }
 
 int fh_serve(const fh_serve_opts *o)
@@ -428,7 +222,8 @@ int fh_serve(const fh_serve_opts *o)
      * configured with; keep it alive for as long as the registry. */
     fh_snapshot *inputs_snap = fh_snapshot_ref(snap);
     fh_inputs_provider inputs = {.cfg = cfg, .flags = snap->flags};
-    fp_table fps = {0};
+    fh_plugin_files tried = {0};
+    fh_reloader *reloader = NULL;
     char err[512];
 
     if (asprintf(&cache, "%s/plugin-cache", cfg->state_dir) < 0 ||
@@ -448,19 +243,19 @@ int fh_serve(const fh_serve_opts *o)
         fh_error("out of memory");
         goto out;
     }
-    load_plugins(reg, cfg->plugins.dir);
+    load_plugins(reg, cfg->plugins.dir, &tried);
 
     fh_pipeline_init(&pipeline, reg, &snaps, metrics, cfg->hooks.deadline_ms);
     unsigned nworkers = (unsigned)fh_config_workers(cfg);
     fh_http_opts ho;
-    http_opts(cfg, nworkers, &ho);
+    fh_http_opts_of(cfg, nworkers, &ho);
     http = fh_http_listen(&ho, &pipeline, metrics, reg, err, sizeof(err));
     if (!http) {
         fh_error("%s", err);
         goto out;
     }
     fh_workers_opts wo = {.count = nworkers, .hook_deadline_ms = cfg->hooks.deadline_ms};
-    upstream_opts(cfg, &wo.upstream);
+    fh_upstream_opts_of(cfg, &wo.upstream);
     workers = fh_workers_start(&wo, &pipeline, http, err, sizeof(err));
     if (!workers) {
         fh_error("%s", err);
@@ -482,16 +277,19 @@ int fh_serve(const fh_serve_opts *o)
     fh_workers_responsive(workers, UINT64_MAX); /* the first ping */
     wd.next_ping = fh_now_ms() + wd.interval;
     uint64_t next_reap = fh_now_ms() + 1000;
-    fp_record_all(&fps, reg, &inputs);
-    live L = {.fps = &fps,
-              .snaps = &snaps,
-              .reg = reg,
-              .http = http,
-              .workers = workers,
-              .inputs = &inputs,
-              .inputs_snap = &inputs_snap,
-              .nworkers = nworkers,
-              .config_path = o->config_path};
+    watchdog_ctx wctx = {&wd, workers};
+    fh_reload_env re = {.config_path = o->config_path,
+                        .snaps = &snaps,
+                        .reg = reg,
+                        .http = http,
+                        .nworkers = nworkers,
+                        .inputs = &inputs,
+                        .inputs_snap = &inputs_snap,
+                        .tick = watchdog_tick_cb,
+                        .tick_ud = &wctx};
+    reloader = fh_reloader_new(&re, &tried);
+    if (!reloader)
+        fh_warn("out of memory: SIGHUP will not reload");
     for (;;) {
         struct timespec tick = {0, LOOP_TICK_MS * 1000000L};
         if (wd.interval && wd.interval < LOOP_TICK_MS)
@@ -499,8 +297,8 @@ int fh_serve(const fh_serve_opts *o)
         int sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT)
             break;
-        if (sig == SIGHUP)
-            reload(&L);
+        if (sig == SIGHUP && reloader)
+            fh_reloader_reload(reloader);
         watchdog_tick(&wd, workers);
         uint64_t now = fh_now_ms();
         if (now >= next_reap) {
@@ -535,7 +333,8 @@ out:
     fh_http_close(http);
     fh_registry_free(reg, 1000);
     fh_inputs_provider_clear(&inputs);
-    free(fps.items);
+    fh_reloader_free(reloader);
+    fh_plugin_files_free(&tried); /* when the reloader never took it */
     fh_snapshot_unref(inputs_snap);
     fh_host_api_set_metric_sink(NULL);
     fh_metrics_free(metrics);

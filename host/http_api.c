@@ -166,7 +166,7 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
     if (*ctx) {
         fh_txn *t = *ctx;
         if (*upload_size) {
-            int over = fh_txn_feed(t, upload, *upload_size, atomic_load(&h->max_body));
+            int over = fh_txn_feed(t, upload, *upload_size);
             *upload_size = 0;
             /* Over the limit: answer now; the connection drops the rest. */
             return over ? fh_txn_reject_too_large(t) : 0;
@@ -182,10 +182,11 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         const char *cl = fh_hconn_header(c, "Content-Length");
         unsigned long long announced = cl ? strtoull(cl, NULL, 10) : 0;
-        if (announced > atomic_load(&h->max_body))
+        size_t max_body = atomic_load(&h->max_body);
+        if (announced > max_body)
             return fh_http_error(c, 413, "invalid_request_error", "request_too_large",
                                  "request body is larger than limits.max_body_bytes");
-        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_CHAT);
+        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_CHAT, max_body);
         if (!t)
             return -1;
         if (cl)
@@ -198,7 +199,7 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
             return method_not_allowed(c, "GET");
         if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
-        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_MODELS);
+        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_MODELS, atomic_load(&h->max_body));
         if (!t)
             return -1;
         *ctx = t;
@@ -428,6 +429,19 @@ static void set_limits(fh_http *h, const fh_http_opts *o)
     h->limits = l;
     pthread_mutex_unlock(&h->limits_mu);
     atomic_fetch_add(&h->limits_gen, 1);
+}
+
+void fh_http_opts_of(const fh_config *cfg, unsigned nworkers, fh_http_opts *o)
+{
+    *o = (fh_http_opts){.listen = cfg->listen,
+                        .max_connections = (unsigned)cfg->limits.max_connections,
+                        .max_connections_per_ip = (unsigned)cfg->limits.max_connections_per_ip,
+                        .max_body_bytes = (size_t)cfg->limits.max_body_bytes,
+                        .max_header_bytes = (size_t)cfg->limits.max_header_bytes,
+                        .header_timeout_ms = (uint64_t)cfg->limits.header_timeout_ms,
+                        .body_min_bytes_per_s = (uint64_t)cfg->limits.body_min_bytes_per_s,
+                        .idle_timeout_ms = (uint64_t)cfg->limits.idle_timeout_ms,
+                        .workers = nworkers};
 }
 
 fh_http *fh_http_listen(const fh_http_opts *o, fh_pipeline *p, fh_metrics *m, fh_registry *reg,

@@ -16,6 +16,7 @@
 #ifndef FH_HTTP_API_H
 #define FH_HTTP_API_H
 
+#include "config.h"
 #include "metrics.h"
 #include "pipeline.h"
 #include "registry.h"
@@ -41,6 +42,9 @@ typedef struct fh_http_opts {
     uint64_t idle_timeout_ms;      /* keep-alive wait; a stalled body or write */
     unsigned workers;
 } fh_http_opts;
+
+/* The front door's settings of a configuration. */
+void fh_http_opts_of(const fh_config *cfg, unsigned nworkers, fh_http_opts *o);
 
 typedef struct fh_http fh_http;
 typedef struct fh_http_worker fh_http_worker;

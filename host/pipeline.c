@@ -78,9 +78,13 @@ typedef enum { HOOK_OK, HOOK_LEFT } hook_result;
 
 /* A worker's view of the config snapshot: one shared reference, many
  * requests counted without atomics. */
+/* A snapshot as this worker uses it: with the upstream target built from
+ * it, so a request's config and its upstream (URL, key, timeouts) are
+ * always the same reload's, retries included. */
 typedef struct snap_ref {
     fh_snapshot *snap;
-    unsigned users; /* the pipe's (while current) + one per request */
+    fh_upstream_target *tg; /* NULL: the upstream's current one */
+    unsigned users;         /* the pipe's (while current) + one per request */
 } snap_ref;
 
 struct fh_pipe {
@@ -108,6 +112,7 @@ struct fh_txn {
 
     /* Request. */
     buf in;
+    size_t max_body; /* limits.max_body_bytes when the request came */
     bool in_too_large;
     bool bad_status; /* the upstream's status was not a usable final answer */
     char request_id[48];
@@ -219,8 +224,19 @@ static void snap_release(snap_ref *s)
 {
     if (s && --s->users == 0) {
         fh_snapshot_unref(s->snap);
+        fh_upstream_target_free(s->tg);
         free(s);
     }
+}
+
+/* The upstream settings of a config (the API key read from its variable). */
+void fh_upstream_opts_of(const fh_config *cfg, fh_upstream_opts *o)
+{
+    const char *key_env = cfg->upstream.api_key_env;
+    *o = (fh_upstream_opts){.base_url = cfg->upstream.base_url,
+                            .api_key = key_env && *key_env ? getenv(key_env) : NULL,
+                            .timeout_ms = cfg->upstream.timeout_ms,
+                            .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
 }
 
 /* The worker's current snapshot, refreshed when a reload installed one. */
@@ -231,6 +247,14 @@ static snap_ref *snap_take(fh_pipe *pp)
         snap_ref *s = malloc(sizeof(*s));
         if (s && (s->snap = fh_snapshot_get(h)) != NULL) {
             s->users = 1;
+            /* The reload checked the URL; a failure here is memory, and
+             * the previous target then serves. */
+            fh_upstream_opts o;
+            char err[256];
+            fh_upstream_opts_of(s->snap->cfg, &o);
+            s->tg = fh_upstream_target_new(&o, err, sizeof(err));
+            if (s->tg)
+                fh_upstream_retarget(pp->up, fh_upstream_target_ref(s->tg));
             snap_release(pp->snap);
             pp->snap = s;
         } else {
@@ -292,7 +316,8 @@ void fh_pipe_probe_upstream(fh_pipe *pp)
     if (pp->probe || now - pp->probe_at < 1000000000u || atomic_load(&pp->p->closing))
         return;
     pp->probe_at = now;
-    pp->probe = fh_upstream_submit(pp->up, "GET", "/models", NULL, 0, 0, &probe_handler, pp);
+    snap_release(snap_take(pp)); /* the upstream of the running config */
+    pp->probe = fh_upstream_submit(pp->up, NULL, "GET", "/models", NULL, 0, 0, &probe_handler, pp);
 }
 
 size_t fh_pipeline_in_flight(const fh_pipeline *p)
@@ -323,7 +348,7 @@ static void txn_unref(fh_txn *t)
     free(t);
 }
 
-fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind)
+fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind, size_t max_body)
 {
     fh_txn *t = calloc(1, sizeof(*t));
     if (!t)
@@ -334,6 +359,7 @@ fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind)
     t->pp = pp;
     t->conn = conn;
     t->kind = kind;
+    t->max_body = max_body;
     t->t_start_ns = fh_now_ns();
     t->reason = FH_REASON_NO_MATCH;
     /* "fh-" + the process's salt in hex (fixed per process) + "-" + a
@@ -359,9 +385,9 @@ void fh_txn_expect(fh_txn *t, size_t len)
     }
 }
 
-int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body)
+int fh_txn_feed(fh_txn *t, const char *data, size_t len)
 {
-    if (!t->in_too_large && t->in.len + len <= max_body && buf_add(&t->in, data, len) == 0)
+    if (!t->in_too_large && t->in.len + len <= t->max_body && buf_add(&t->in, data, len) == 0)
         return 0;
     t->in_too_large = true; /* over the limit (or out of memory): 413 */
     return -1;
@@ -646,9 +672,12 @@ static int submit(fh_txn *t, char *body, size_t len)
     t->overflow = false;
     t->done = false; /* a retry: the exchange is open again */
     t->t_submit_ns = fh_now_ns();
+    if (!t->snap)
+        t->snap = snap_take(t->pp); /* /v1/models: its upstream */
+    fh_upstream_target *tg = t->snap ? t->snap->tg : NULL;
     t->call = t->kind == FH_TXN_MODELS
-                  ? fh_upstream_submit(t->pp->up, "GET", "/models", NULL, 0, 0, &handler, t)
-                  : fh_upstream_submit(t->pp->up, "POST", "/chat/completions", body, len,
+                  ? fh_upstream_submit(t->pp->up, tg, "GET", "/models", NULL, 0, 0, &handler, t)
+                  : fh_upstream_submit(t->pp->up, tg, "POST", "/chat/completions", body, len,
                                        t->client_stream, &handler, t);
     return t->call ? 0 : -1;
 }
@@ -1482,12 +1511,14 @@ void fh_txn_completed(fh_txn *t, fh_hend toe)
     t->completed = true;
     t->toe = toe;
     if (t->call && !t->done) {
-        /* The client left (or the connection failed) before the answer was
-         * all in: nobody will read the rest of an expensive call. */
+        /* The connection ended before the answer was all in: nobody will
+         * read the rest of an expensive call. */
         fh_upstream_cancel(t->pp->up, t->call);
         t->call = NULL;
-        fh_metrics_client_cancelled(t->pp->p->metrics);
-        fh_debug("request %s: client left; upstream call cancelled", t->request_id);
+        if (toe == FH_HEND_CLIENT_GONE || toe == FH_HEND_TIMEOUT) {
+            fh_metrics_client_cancelled(t->pp->p->metrics);
+            fh_debug("request %s: client left; upstream call cancelled", t->request_id);
+        }
     }
     queue_job(t, JOB_NONE);
 }

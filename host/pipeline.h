@@ -59,13 +59,14 @@ void fh_pipe_free(fh_pipe *pp);
 bool fh_pipe_busy(const fh_pipe *pp);
 
 /* Runner, from the connection's request callback (httpd.h). */
-fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind);
+fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind, size_t max_body);
 /* The body's announced length (Content-Length), before its bytes. */
 void fh_txn_expect(fh_txn *t, size_t len);
-/* Request body bytes. Returns 0, or -1 once over max_body_bytes (answer
+/* Request body bytes. Returns 0, or -1 once over the max_body the request
+ * came with (a reload does not change it for requests in flight; answer
  * 413 now: fh_txn_reject_too_large; the connection reads and drops the
  * rest before it closes, so the client sees the answer). */
-int fh_txn_feed(fh_txn *t, const char *data, size_t len, size_t max_body);
+int fh_txn_feed(fh_txn *t, const char *data, size_t len);
 /* The request callback's call once the body is complete, and again after
  * every resume. Queues a response or waits. 0, or -1 to close. */
 int fh_txn_step(fh_txn *t);
@@ -75,6 +76,9 @@ int fh_txn_reject_too_large(fh_txn *t);
  * an upstream call still running is cancelled). */
 void fh_txn_completed(fh_txn *t, fh_hend how);
 
+/* The upstream settings of a config (the API key read from its
+ * environment variable). Any thread. */
+void fh_upstream_opts_of(const fh_config *cfg, fh_upstream_opts *o);
 /* Whether the upstream refused connections at the last try. Any thread. */
 bool fh_pipeline_upstream_down(const fh_pipeline *p);
 /* Runner: while it is down, a GET /models to see whether it is back (at

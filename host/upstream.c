@@ -360,11 +360,12 @@ static CURL *take_easy(fh_upstream *u)
     return e;
 }
 
-fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const char *path,
-                                     const char *body, size_t len, int streaming,
+fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, const char *method,
+                                     const char *path, const char *body, size_t len, int streaming,
                                      const fh_upstream_handler *h, void *ud)
 {
-    fh_upstream_target *tg = u->tg;
+    if (!tg)
+        tg = u->tg;
     CURLU *url = strcmp(path, "/chat/completions") == 0 ? tg->url_chat
                  : strcmp(path, "/models") == 0         ? tg->url_models
                                                         : NULL;
@@ -510,6 +511,12 @@ fh_upstream_target *fh_upstream_target_new(const fh_upstream_opts *opts, char *e
 void fh_upstream_target_free(fh_upstream_target *t)
 {
     target_unref(t);
+}
+
+fh_upstream_target *fh_upstream_target_ref(fh_upstream_target *t)
+{
+    t->refs++;
+    return t;
 }
 
 void fh_upstream_retarget(fh_upstream *u, fh_upstream_target *t)

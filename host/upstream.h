@@ -68,10 +68,13 @@ typedef struct fh_upstream_target fh_upstream_target;
  * a header), for fh_upstream_retarget(). Any thread. NULL with a message
  * when the base URL is not one. */
 fh_upstream_target *fh_upstream_target_new(const fh_upstream_opts *opts, char *err, size_t errlen);
-/* One that was never handed to fh_upstream_retarget(). */
+/* Drops a reference (the creator's, or one from fh_upstream_target_ref).
+ * References are counted without a lock: after its creation a target
+ * belongs to one worker's runner. */
 void fh_upstream_target_free(fh_upstream_target *t);
-/* Runner: new calls use t (the upstream takes it); calls in flight finish
- * with the settings they started with. */
+fh_upstream_target *fh_upstream_target_ref(fh_upstream_target *t);
+/* Runner: what calls submitted without a target use from now on (the
+ * upstream takes the reference). */
 void fh_upstream_retarget(fh_upstream *u, fh_upstream_target *t);
 typedef struct fh_upstream_call fh_upstream_call;
 
@@ -79,11 +82,13 @@ fh_upstream *fh_upstream_new(fh_worker *w, const fh_upstream_opts *opts, char *e
 /* Ends every call without callbacks (their owners are gone) and frees. */
 void fh_upstream_free(fh_upstream *u);
 
-/* Starts a request to base_url + path. `body` (NULL for GET) is borrowed:
- * it must stay valid until on_done or fh_upstream_cancel(). `streaming`
+/* Starts a request to the target's base_url + path (tg NULL: the current
+ * target); the call keeps a reference to its target until it ends, so a
+ * reload changes new calls only. `body` (NULL for GET) is borrowed: it
+ * must stay valid until on_done or fh_upstream_cancel(). `streaming`
  * makes the timeout an idle timeout. NULL when out of memory. */
-fh_upstream_call *fh_upstream_submit(fh_upstream *u, const char *method, const char *path,
-                                     const char *body, size_t len, int streaming,
+fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, const char *method,
+                                     const char *path, const char *body, size_t len, int streaming,
                                      const fh_upstream_handler *h, void *ud);
 /* Continues a transfer paused by on_body returning 1. */
 void fh_upstream_resume(fh_upstream *u, fh_upstream_call *c);

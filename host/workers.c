@@ -96,61 +96,6 @@ static int slot_init(slot *s, unsigned i, const fh_workers_opts *o, fh_pipeline 
     return 0;
 }
 
-typedef struct retarget_msg {
-    slot *s;
-    fh_upstream_target *tg;
-} retarget_msg;
-
-static void take_target(fh_worker *w, void *ud)
-{
-    (void)w;
-    retarget_msg *m = ud;
-    if (m->s->up)
-        fh_upstream_retarget(m->s->up, m->tg);
-    else
-        fh_upstream_target_free(m->tg);
-    free(m);
-}
-
-int fh_workers_retarget(fh_workers *ws, const fh_upstream_opts *o, char *err, size_t errlen)
-{
-    retarget_msg **msgs = calloc(ws->n, sizeof(*msgs));
-    if (!msgs) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    /* All prepared before any is applied: one bad URL changes nothing. */
-    unsigned made = 0;
-    for (; made < ws->n; made++) {
-        msgs[made] = malloc(sizeof(**msgs));
-        if (!msgs[made]) {
-            snprintf(err, errlen, "out of memory");
-            break;
-        }
-        msgs[made]->s = &ws->slots[made];
-        msgs[made]->tg = fh_upstream_target_new(o, err, errlen);
-        if (!msgs[made]->tg) {
-            free(msgs[made]);
-            break;
-        }
-    }
-    if (made < ws->n) {
-        for (unsigned i = 0; i < made; i++) {
-            fh_upstream_target_free(msgs[i]->tg);
-            free(msgs[i]);
-        }
-        free(msgs);
-        return -1;
-    }
-    for (unsigned i = 0; i < ws->n; i++)
-        if (fh_worker_post(ws->slots[i].w, take_target, msgs[i]) != 0) {
-            fh_upstream_target_free(msgs[i]->tg); /* stopping: it no longer matters */
-            free(msgs[i]);
-        }
-    free(msgs);
-    return 0;
-}
-
 /* A slot that never ran: torn down here, on the calling thread. */
 static void slot_discard(slot *s)
 {

@@ -35,10 +35,6 @@ typedef struct fh_workers fh_workers;
 fh_workers *fh_workers_start(const fh_workers_opts *o, fh_pipeline *p, fh_http *h, char *err,
                              size_t errlen);
 
-/* New upstream settings (a reload): checked for every worker first, then
- * applied on each worker's runner; calls in flight keep theirs. -1 with a
- * message when they are not usable (nothing changes then). */
-int fh_workers_retarget(fh_workers *ws, const fh_upstream_opts *o, char *err, size_t errlen);
 /* Stop accepting new connections (each worker, asynchronously). */
 void fh_workers_quiesce(fh_workers *ws);
 /* End every request still waiting: 503, or its stream ended. */

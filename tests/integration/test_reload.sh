@@ -58,7 +58,8 @@ wait $INFLIGHT
 check "the request in flight finished on upstream A with the old timeout ($(cat "$FH_TMP/inflight.status"))" \
     bash -c "[ \"\$(cat '$FH_TMP/inflight.status')\" = 200 ] && [ \$(curl -s '$STUB_A/stub/stats' | jq .in_flight) = 0 ]"
 post /v1/chat/completions '{"model":"m","stub":{"delay_ms":1500},"messages":[{"role":"user","content":"x"}]}'
-check "the new upstream.timeout_ms (700 ms) applies: 504" [ "$STATUS" = 504 ]
+check "the new upstream.timeout_ms (700 ms) applies: 504 with X-Fusion-Request-Id" \
+    bash -c "[ $STATUS = 504 ] && grep -qi '^X-Fusion-Request-Id: fh-' '$FH_TMP/headers'"
 big=$(head -c 3000 /dev/zero | tr '\0' 'a')
 post /v1/chat/completions "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"$big\"}]}"
 check "the smaller limits.max_body_bytes applies: 413" [ "$STATUS" = 413 ]
@@ -97,6 +98,52 @@ check "a refund request no longer gets refund_lot_switch ($(header X-Fusion-Over
     bash -c "[ $STATUS = 200 ] && [ '$(header X-Fusion-Overlay)' != refund_lot_switch/1.0.0 ]"
 check "/health counts the new folder's overlay only" \
     bash -c "curl -s '$FH/health' | jq -e '.overlays.enabled == 1' >/dev/null"
+# Files are loaded once; a refused one is tried again at the next reload;
+# two versions of one overlay in the folder do not swap at every reload.
+printf 'not a plugin\n' >"$dir/plugins2/good_a.so"
+cp "$FH_TEST_PLUGIN_DIR/good_a_v2.so" "$dir/plugins2/good_a_v2.so"
+hup
+check "a refused file is reported failed" \
+    bash -c "curl -s '$FH/health' | jq -e '.overlays.failed == 1' >/dev/null"
+cp "$FH_TEST_PLUGIN_DIR/good_a.so" "$dir/plugins2/good_a.so.tmp"
+mv "$dir/plugins2/good_a.so.tmp" "$dir/plugins2/good_a.so"
+hup
+check "fixed, it loads at the next reload (no failed left)" \
+    bash -c "curl -s '$FH/health' | jq -e '.overlays.failed == 0' >/dev/null"
+swaps=$(grep -c 'overlay good_a: swapped' "$FH_TMP/daemon.log")
+hup
+hup
+check "two versions of one overlay in the folder: reloads swap nothing ($swaps swap(s) before, $(grep -c 'overlay good_a: swapped' "$FH_TMP/daemon.log") after)" \
+    test "$(grep -c 'overlay good_a: swapped' "$FH_TMP/daemon.log")" = "$swaps"
+
+# A body on its way when the limit shrinks: the request keeps its limit.
+sed -i 's|^limits: .*|limits: { max_body_bytes: 65536, max_connections: 10000 }|' "$cfg"
+hup
+python3 - "${FH##*:}" "$FH_TMP" >"$FH_TMP/inflight_body.out" <<'PY' &
+import json, os, socket, sys, time
+port, tmp = int(sys.argv[1]), sys.argv[2]
+body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]}).encode()
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000])
+open(tmp + "/body.sent", "w").close()
+deadline = time.time() + 10
+while not os.path.exists(tmp + "/body.go") and time.time() < deadline:
+    time.sleep(0.02)
+s.sendall(body[1000:])
+s.settimeout(10)
+print(s.recv(100).split(b"\r\n")[0].decode())
+PY
+BODY=$!
+wait_for 5 test -e "$FH_TMP/body.sent"
+sed -i 's|^limits: .*|limits: { max_body_bytes: 2048, max_connections: 10000 }|' "$cfg"
+hup
+touch "$FH_TMP/body.go"
+wait $BODY
+check "a body on its way when max_body_bytes shrinks keeps its limit ($(cat "$FH_TMP/inflight_body.out"))" \
+    grep -q '^HTTP/1.1 200' "$FH_TMP/inflight_body.out"
+post /v1/chat/completions "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"$big\"}]}"
+check "while a new request gets the new limit: 413" [ "$STATUS" = 413 ]
 stop_daemon
 check "exit 0" [ $? = 0 ]
 finish
