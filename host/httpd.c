@@ -819,7 +819,7 @@ static step chunked_step(fh_hconn *c)
         }
         const char *nl = memchr(p, '\n', avail);
         if (!nl) {
-            if (avail > CHUNK_LINE || c->rlen == c->rcap)
+            if (avail > CHUNK_LINE) /* (the buffer, at least 4 KiB, holds more) */
                 why = "malformed chunked body (line too long)";
             break;
         }

@@ -202,6 +202,11 @@ CASES = [
     ("a chunked body within the limit is served",
      b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
      b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked(CHAT, 7), [200], True),
+    ("a body of 20,000 one-byte chunks (size lines across read-buffer ends)",
+     b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+     chunked(json.dumps({"model": "m", "messages": [{"role": "user", "content": "y" * 20000}]})
+             .encode(), 1), [200], True),
     ("pipelined /health, /metrics, 404, 405 answered in order, kept alive",
      b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
      b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\nDELETE /health HTTP/1.1\r\nHost: t\r\n\r\n",
