@@ -326,6 +326,8 @@ static void read_overlay(loader *L, const char *name, yaml_node_t *node, fh_over
         fh_yaml_get_int(y, b, kp.buf, "failure_threshold", 1, 1000, &o->breaker.failure_threshold);
         fh_yaml_get_int(y, b, kp.buf, "recovery_timeout_s", 1, 86400,
                         &o->breaker.recovery_timeout_s);
+        o->breaker_set.failure_threshold = fh_yaml_get(y, b, "failure_threshold") != NULL;
+        o->breaker_set.recovery_timeout_s = fh_yaml_get(y, b, "recovery_timeout_s") != NULL;
         fh_yaml_get_int(y, b, kp.buf, "half_open_max_calls", 1, 1000,
                         &o->breaker.half_open_max_calls);
     }
@@ -336,9 +338,9 @@ static void read_overlay(loader *L, const char *name, yaml_node_t *node, fh_over
     if (g && fh_yaml_check_map(y, g, kp.buf, budget_keys, true)) {
         fh_budget_cfg *bu = &o->budget;
         fh_yaml_get_int(y, g, kp.buf, "hook_latency_ms", 1, 60000, &bu->hook_latency_ms);
-        bool w = fh_yaml_get_double(y, g, kp.buf, "token_delta_warn_pct", 0, 1000,
+        bool w = fh_yaml_get_double(y, g, kp.buf, "token_delta_warn_pct", 0, 100000,
                                     &bu->token_delta_warn_pct);
-        bool x = fh_yaml_get_double(y, g, kp.buf, "token_delta_max_pct", 0, 1000,
+        bool x = fh_yaml_get_double(y, g, kp.buf, "token_delta_max_pct", 0, 100000,
                                     &bu->token_delta_max_pct);
         fh_yaml_get_int(y, g, kp.buf, "token_window", 1, 1000, &bu->token_window);
         fh_yaml_get_int(y, g, kp.buf, "consecutive_breaches", 1, 1000, &bu->consecutive_breaches);
@@ -356,6 +358,7 @@ static void read_overlay(loader *L, const char *name, yaml_node_t *node, fh_over
     fh_keypath_pop(&kp, mark);
 
     fh_yaml_get_double(y, node, kp.buf, "quality_threshold", 0, 1, &o->quality_threshold);
+    o->quality_set = fh_yaml_get(y, node, "quality_threshold") != NULL;
 
     mark = fh_keypath_push(&kp, "config");
     char *json = fh_yaml_to_json(y, fh_yaml_get(y, node, "config"), kp.buf, true);

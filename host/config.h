@@ -39,7 +39,13 @@ typedef struct fh_overlay_cfg {
     fh_breaker_cfg breaker;
     fh_budget_cfg budget;
     double quality_threshold; /* default 0.8, 0..1 */
-    char *config_json;        /* `config:` as a JSON object text, "{}" if absent */
+    /* Which the file set: the others come from the flags file's global
+     * circuit_breaker and environment (gates.c). */
+    struct {
+        bool failure_threshold, recovery_timeout_s;
+    } breaker_set;
+    bool quality_set;
+    char *config_json; /* `config:` as a JSON object text, "{}" if absent */
 } fh_overlay_cfg;
 
 typedef struct fh_config {

@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "directives.h"
+#include "gates.h"
 #include "hostapi.h"
 #include "http_api.h"
 #include "log.h"
@@ -218,6 +219,7 @@ int fh_serve(const fh_serve_opts *o)
     fh_http *http = NULL;
     fh_workers *workers = NULL;
     fh_pipeline pipeline;
+    memset(&pipeline, 0, sizeof(pipeline)); /* gates: NULL until made */
     /* Plugins loaded later get their inputs from the snapshot they were
      * configured with; keep it alive for as long as the registry. */
     fh_snapshot *inputs_snap = fh_snapshot_ref(snap);
@@ -246,6 +248,9 @@ int fh_serve(const fh_serve_opts *o)
     load_plugins(reg, cfg->plugins.dir, &tried);
 
     fh_pipeline_init(&pipeline, reg, &snaps, metrics, cfg->hooks.deadline_ms);
+    pipeline.gates = fh_gates_new(metrics);
+    if (!pipeline.gates)
+        fh_warn("out of memory: serving without breakers and budget gates");
     unsigned nworkers = (unsigned)fh_config_workers(cfg);
     fh_http_opts ho;
     fh_http_opts_of(cfg, nworkers, &ho);
@@ -331,6 +336,7 @@ out:
         return rc;
     }
     fh_http_close(http);
+    fh_gates_free(pipeline.gates);
     fh_registry_free(reg, 1000);
     fh_inputs_provider_clear(&inputs);
     fh_reloader_free(reloader);

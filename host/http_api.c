@@ -23,11 +23,13 @@
 
 #include "apierror.h"
 #include "config.h"
+#include "gates.h"
 #include "iplimit.h"
 #include "log.h"
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -99,41 +101,60 @@ static int respond_text(fh_hconn *c, unsigned status, const char *ctype, char *t
     return fh_hconn_respond(c, status, r);
 }
 
+/* GET /health: ok, or degraded with its reasons (SPEC 4 and 7): the upstream
+ * refusing connections, a quarantined overlay, an open breaker, a tripped
+ * gate, a runbook threshold crossed; every overlay's breaker and gate. */
 static int health(fh_http_worker *hw, fh_hconn *c)
 {
     fh_http *h = hw->h;
     int state = atomic_load(&h->state);
+    json_t *reasons = json_array();
+    bool unreachable = fh_pipeline_upstream_down(h->p);
+    if (unreachable) {
+        fh_pipe_probe_upstream(hw->pipe); /* so it turns ok again without traffic */
+        json_array_append_new(reasons, json_string("upstream_unreachable"));
+    }
     fh_overlay_info *list = NULL;
     size_t n = fh_registry_list(h->reg, &list);
     size_t enabled = 0, quarantined = 0, failed = 0;
     for (size_t i = 0; i < n; i++) {
         enabled += list[i].state == FH_STATE_ENABLED;
-        quarantined += list[i].state == FH_STATE_QUARANTINED;
         failed += list[i].state == FH_STATE_FAILED;
+        if (list[i].state == FH_STATE_QUARANTINED) {
+            char r[96];
+            snprintf(r, sizeof(r), "overlay_quarantined:%s", list[i].name);
+            json_array_append_new(reasons, json_string(r));
+            quarantined++;
+        }
     }
     free(list);
-    bool unreachable = fh_pipeline_upstream_down(h->p);
-    if (unreachable)
-        fh_pipe_probe_upstream(hw->pipe); /* so it turns ok again without traffic */
-    const char *status = state == FH_HTTP_STARTING    ? "starting"
-                         : state == FH_HTTP_DRAINING  ? "draining"
-                         : quarantined || unreachable ? "degraded"
-                                                      : "ok";
-    const char *reason = state != FH_HTTP_SERVING ? NULL
-                         : unreachable            ? "upstream_unreachable"
-                         : quarantined            ? "overlay_quarantined"
-                                                  : NULL;
-    char *text = NULL;
-    int len = asprintf(&text,
-                       "{\"status\":\"%s\",%s%s%s\"overlays\":{\"enabled\":%zu,\"quarantined\":%zu,"
-                       "\"failed\":%zu},\"in_flight\":%zu,\"stuck_threads\":%u}",
-                       status, reason ? "\"reason\":\"" : "", reason ? reason : "",
-                       reason ? "\"," : "", enabled, quarantined, failed,
-                       fh_pipeline_in_flight(h->p), fh_door_stuck_threads());
-    if (len < 0)
+    char *gate_reasons = NULL;
+    char *gates = h->p->gates ? fh_gates_json(h->p->gates, fh_now_ms(), &gate_reasons) : NULL;
+    json_t *more = gate_reasons ? json_loads(gate_reasons, 0, NULL) : NULL;
+    if (more)
+        json_array_extend(reasons, more);
+    json_decref(more);
+    free(gate_reasons);
+    json_t *gj = gates ? json_loads(gates, 0, NULL) : NULL;
+    free(gates);
+    bool degraded = json_array_size(reasons) > 0;
+    const char *status = state == FH_HTTP_STARTING   ? "starting"
+                         : state == FH_HTTP_DRAINING ? "draining"
+                         : degraded                  ? "degraded"
+                                                     : "ok";
+    json_t *o = json_pack(
+        "{s:s, s:{s:I, s:I, s:I}, s:I, s:I, s:o, s:o}", "status", status, "overlays", "enabled",
+        (json_int_t)enabled, "quarantined", (json_int_t)quarantined, "failed", (json_int_t)failed,
+        "in_flight", (json_int_t)fh_pipeline_in_flight(h->p), "stuck_threads",
+        (json_int_t)fh_door_stuck_threads(), "reasons", reasons, "gates", gj ? gj : json_object());
+    if (o && state == FH_HTTP_SERVING && degraded)
+        json_object_set(o, "reason", json_array_get(reasons, 0)); /* the first, for scripts */
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text)
         return -1;
     return respond_text(c, state == FH_HTTP_SERVING ? 200 : 503, "application/json", text,
-                        (size_t)len);
+                        strlen(text));
 }
 
 static int metrics(fh_http *h, fh_hconn *c)

@@ -48,11 +48,6 @@
 #define INDEX_EMPTY UINT32_MAX
 
 /* Runbook thresholds (SPEC 8, docs/operations.md "Metrics"). */
-#define LATENCY_P95_WARN_MS     2000.0
-#define LATENCY_P95_CRITICAL_MS 5000.0
-#define TOKEN_DELTA_WARN_PCT    12.0
-#define TOKEN_DELTA_CRIT_PCT    25.0
-#define QUALITY_MIN_WARN        0.8
 
 /* Mutex calls that cannot fail in a correct program: a failure is a bug. */
 #define LOCK(m)                                                                                    \
@@ -660,13 +655,13 @@ char *fh_metrics_render(fh_metrics *m, size_t *len)
     render_threshold(
         &b, "fusion_threshold_latency_ms",
         "Runbook thresholds for the p95 of fusion_execution_latency_ms, in milliseconds.",
-        LATENCY_P95_WARN_MS, LATENCY_P95_CRITICAL_MS);
+        FH_RUNBOOK_LATENCY_P95_WARN_MS, FH_RUNBOOK_LATENCY_P95_CRITICAL_MS);
     render_threshold(&b, "fusion_threshold_token_delta_pct",
-                     "Runbook average token delta thresholds in percent.", TOKEN_DELTA_WARN_PCT,
-                     TOKEN_DELTA_CRIT_PCT);
+                     "Runbook average token delta thresholds in percent.",
+                     FH_RUNBOOK_TOKEN_DELTA_WARN_PCT, FH_RUNBOOK_TOKEN_DELTA_CRITICAL_PCT);
     render_threshold(&b, "fusion_threshold_quality_min",
                      "Runbook minimum average quality score (below is a warning).",
-                     QUALITY_MIN_WARN, 0);
+                     FH_RUNBOOK_QUALITY_MIN_WARN, 0);
     if (b.failed) {
         free(b.p);
         return NULL;

@@ -17,6 +17,14 @@
 
 typedef struct fh_metrics fh_metrics;
 
+/* The runbook's thresholds (SPEC 8), built in: rendered as gauges here and
+ * checked over each overlay's recent requests by gates.c for /health. */
+#define FH_RUNBOOK_LATENCY_P95_WARN_MS      2000.0
+#define FH_RUNBOOK_LATENCY_P95_CRITICAL_MS  5000.0
+#define FH_RUNBOOK_TOKEN_DELTA_WARN_PCT     12.0
+#define FH_RUNBOOK_TOKEN_DELTA_CRITICAL_PCT 25.0
+#define FH_RUNBOOK_QUALITY_MIN_WARN         0.8
+
 fh_metrics *fh_metrics_new(size_t max_series_per_metric);
 void fh_metrics_free(fh_metrics *m);
 

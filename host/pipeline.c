@@ -32,6 +32,7 @@
 #include "pipeline.h"
 
 #include "apierror.h"
+#include "gates.h"
 #include "jfast.h"
 #include "log.h"
 #include "reason.h"
@@ -115,6 +116,13 @@ struct fh_txn {
     size_t max_body; /* limits.max_body_bytes when the request came */
     bool in_too_large;
     bool bad_status; /* the upstream's status was not a usable final answer */
+    /* Gates: the overlay's admission, its settings, and what the budget
+     * needs (the baseline request's prompt estimate, the token delta). */
+    fh_gate_ticket ticket;
+    fh_gate_cfg gcfg;
+    long prompt_est;
+    double delta_pct;
+    bool have_delta;
     char request_id[48];
     fusion_request *req;
     snap_ref *snap;
@@ -609,10 +617,37 @@ static void route(fh_txn *t)
         return;
     }
     const fusion_overlay_descriptor *d = fh_generation_descriptor(g);
+    fh_gate *gate = t->pp->p->gates ? fh_gates_get(t->pp->p->gates, d->name) : NULL;
+    if (gate) {
+        /* Before any hook: an open breaker or a tripped gate keeps the
+         * overlay's code and its upstream call out of this request. */
+        fh_gate_cfg_of(s, d->name, &t->gcfg);
+        fh_reason why = fh_gate_admit(gate, &t->gcfg, fh_now_ms(), &t->ticket);
+        if (why != FH_REASON_APPLIED) {
+            fh_generation_release(g);
+            t->reason = why;
+            return;
+        }
+        t->prompt_est = fh_estimate_prompt_tokens(json_object_get(r->body, "messages"));
+    }
     fh_strlcpy(t->overlay_name, d->name, sizeof(t->overlay_name));
     fh_strlcpy(t->overlay_version, d->version, sizeof(t->overlay_version));
     t->gen = g;
     t->reason = FH_REASON_APPLIED;
+}
+
+/* Tokens an overlaid call may use, reserved against tokens_per_minute
+ * before it goes upstream: its prompt as estimated, plus its completion
+ * limit (max_completion_tokens or max_tokens), else 1024. */
+static long spend_estimate(const fusion_request *r)
+{
+    long completion = 1024;
+    json_t *mt = json_object_get(r->body, "max_completion_tokens");
+    if (!json_is_integer(mt))
+        mt = json_object_get(r->body, "max_tokens");
+    if (json_is_integer(mt) && json_integer_value(mt) > 0)
+        completion = (long)json_integer_value(mt);
+    return fh_estimate_prompt_tokens(json_object_get(r->body, "messages")) + completion;
 }
 
 /* Sets t->baseline_body: the caller's request as the upstream must see it
@@ -728,6 +763,12 @@ static void after_apply(fh_txn *t)
         fh_warn("overlay %s/%s: apply failed for request %s; serving the baseline", t->overlay_name,
                 t->overlay_version, t->request_id);
         t->reason = FH_REASON_HOOK_ERROR;
+    } else if (t->ticket.gate && t->hook_ns > (uint64_t)t->gcfg.budget.hook_latency_ms * 1000000u) {
+        free(body);
+        t->reason = FH_REASON_BUDGET_LATENCY; /* match + apply over budget.hook_latency_ms */
+    } else if (!fh_gate_reserve(&t->ticket, &t->gcfg, spend_estimate(t->req), fh_now_ms())) {
+        free(body);
+        t->reason = FH_REASON_BUDGET_RATE;
     } else {
         t->overlaid = true;
         log_routed(t);
@@ -1180,7 +1221,12 @@ static size_t fusion_object(fh_txn *t, char *text, size_t size)
     put_text(text, size, &n, fh_reason_name(t->reason));
     put_text(text, size, &n, "\",\"quality_score\":");
     put_text(text, size, &n, quality);
-    put_text(text, size, &n, ",\"token_delta_pct\":null,\"latency_ms\":");
+    char delta[40] = "null";
+    if (t->have_delta)
+        fh_json_real(delta, sizeof(delta), round(t->delta_pct * 10) / 10, 12);
+    put_text(text, size, &n, ",\"token_delta_pct\":");
+    put_text(text, size, &n, delta);
+    put_text(text, size, &n, ",\"latency_ms\":");
     put_text(text, size, &n, latency);
     put_text(text, size, &n, ",\"request_id\":\"");
     put_text(text, size, &n, t->request_id);
@@ -1281,8 +1327,28 @@ static fh_hresp *relayed_response(fh_txn *t, const char *content_type)
 
 /* Builds the response from a complete upstream answer in t->resp, with the
  * evaluation (if any) done. `object`: the answer is a JSON object. */
+/* The token delta of an overlaid answer (SPEC 7): its total tokens against
+ * the scenario type's baseline reference, or, while that is warming up,
+ * against this request's own prompt estimated without the overlay plus
+ * its completion tokens. */
+static void compute_delta(fh_txn *t)
+{
+    fh_gates *g = t->pp->p->gates;
+    if (t->have_delta || !g || !t->overlaid || !t->have_usage || t->usage_total <= 0 ||
+        t->status < 200 || t->status >= 300)
+        return;
+    long ref = fh_gates_baseline_ref(g, t->scenario);
+    if (ref <= 0)
+        ref = t->prompt_est + t->usage_completion;
+    if (ref <= 0)
+        return;
+    t->delta_pct = (double)(t->usage_total - ref) * 100.0 / (double)ref;
+    t->have_delta = true;
+}
+
 static void respond(fh_txn *t, bool object)
 {
+    compute_delta(t);
     unsigned status = answer_status(t);
     /* Upstream errors, and answers the object cannot be spliced into: as
      * received, with the upstream's content type. */
@@ -1525,12 +1591,62 @@ void fh_txn_completed(fh_txn *t, fh_hend toe)
 
 /* ---- finish ------------------------------------------------------------------------------ */
 
+/* How an overlaid request ended, decided here once (gates.h): the breaker
+ * and the budget only count it. */
+static fh_outcome classify(const fh_txn *t)
+{
+    switch (t->reason) {
+    case FH_REASON_HOOK_ERROR:
+        return FH_OUT_HOOK_ERROR;
+    case FH_REASON_HOOK_TIMEOUT:
+        return FH_OUT_HOOK_TIMEOUT;
+    case FH_REASON_BUDGET_LATENCY:
+        return FH_OUT_LATENCY;
+    case FH_REASON_OVERLAY_REJECTED_UPSTREAM:
+        return FH_OUT_REJECTED;
+    case FH_REASON_APPLIED:
+        break;
+    default:
+        return FH_OUT_NEUTRAL; /* declined by match(), over its spend, ... */
+    }
+    if (!t->overlaid || !t->done || t->result != FH_UPSTREAM_OK)
+        return FH_OUT_NEUTRAL; /* the client left first, or the upstream is down */
+    if (t->status >= 500 || t->status == 408 || t->status == 429)
+        return FH_OUT_NEUTRAL; /* the upstream's trouble, not the overlay's */
+    if (t->status >= 400)
+        return FH_OUT_REJECTED;
+    if (t->have_quality && t->quality < t->gcfg.quality_threshold)
+        return FH_OUT_QUALITY;
+    if (t->hook_ns > (uint64_t)t->gcfg.budget.hook_latency_ms * 1000000u)
+        return FH_OUT_LATENCY; /* evaluate() pushed it over */
+    return FH_OUT_SUCCESS;
+}
+
+static void settle_gates(fh_txn *t, double latency)
+{
+    fh_gates *g = t->pp->p->gates;
+    if (!g)
+        return;
+    if (!t->overlaid && t->status == 200 && t->have_usage && t->usage_total > 0)
+        fh_gates_baseline_add(g, t->scenario, t->usage_total); /* the reference */
+    if (!t->ticket.gate)
+        return;
+    compute_delta(t); /* streams: their usage came with the last chunk */
+    long used = t->overlaid && t->have_usage ? t->usage_total : t->overlaid ? -1 : 0;
+    fh_gate_finish(&t->ticket, &t->gcfg, classify(t), used, t->have_delta ? t->delta_pct : NAN,
+                   latency, t->have_quality ? t->quality : NAN, fh_now_ms());
+}
+
 static void record(fh_txn *t)
 {
     fh_pipeline *p = t->pp->p;
     if (t->kind != FH_TXN_CHAT || !t->snap)
         return;
     double latency = (double)(fh_now_ns() - t->t_start_ns) / 1e6;
+    settle_gates(t, latency);
+    if (t->have_delta)
+        fh_metrics_token_delta(p->metrics, t->overlaid ? t->overlay_name : "baseline", t->scenario,
+                               t->delta_pct);
     const char *overlay = t->overlaid ? t->overlay_name : "baseline";
     /* Errors the host answered itself have no overhead figure. */
     fh_metrics_request_done(p->metrics, overlay, t->scenario, fh_reason_name(t->reason), latency,

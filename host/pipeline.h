@@ -43,6 +43,7 @@ typedef struct fh_pipeline {
     size_t id_prefix_len;
     uint64_t hook_deadline_ns;
     atomic_bool upstream_down; /* the last call (or probe) could not connect */
+    struct fh_gates *gates;    /* every overlay's breaker and budget gate; NULL: none */
 } fh_pipeline;
 
 typedef enum fh_txn_kind { FH_TXN_CHAT, FH_TXN_MODELS } fh_txn_kind;

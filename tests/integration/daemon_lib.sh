@@ -46,6 +46,7 @@ make_config() {
     cp -r "$FH_SOURCE_DIR/config/micro_overlays" "$dir/"
     cp "$FH_PLUGIN_DIR"/*.so "$dir/plugins/"
     local limits=${FH_TEST_LIMITS:-"{ max_body_bytes: 65536, max_connections: 10000 }"}
+    local budget=${FH_TEST_BUDGET:-"{ hook_latency_ms: 60000, token_delta_warn_pct: 100000, token_delta_max_pct: 100000, consecutive_breaches: 1000 }"}
     cat >"$dir/fusion-host.yaml" <<YAML
 listen: "127.0.0.1:0"
 admin:
@@ -64,6 +65,13 @@ micro_overlays_dir: "micro_overlays"
 environment: "production"
 limits: $limits
 drain_timeout_ms: ${FH_TEST_DRAIN_MS:-1500}
+# The stub follows every directive, so overlaid answers are several times
+# the baseline's tokens: the token gate would trip after a few requests.
+# Tests that are not about the gates lift it (test_gates sets its own).
+overlays:
+  refund_lot_switch: { budget: $budget }
+  state_model_first: { budget: $budget }
+${FH_TEST_OVERLAYS_EXTRA:-}
 YAML
     echo "$dir/fusion-host.yaml"
 }

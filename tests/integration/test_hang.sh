@@ -20,12 +20,12 @@ trigger='{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scen
 hang() {
     local hook=$1 dir=$FH_TMP/$1
     local cfg
+    FH_TEST_OVERLAYS_EXTRA=$(printf '  wedge:\n    config: { block_ms: -1, hook: "%s" }' "$hook")
     cfg=$(make_config "$dir")
     cp "$FH_TEST_PLUGIN_DIR/wedge.so" "$dir/plugins/"
     sed -i 's/^features:.*/features:\n  wedge:\n    description: "test overlay that hangs"\n    enabled_overlays: []\n    rollout_percentage: 100\n    conditions:\n      scenario_types: ["wedge"]/' \
         "$dir/overlay_feature_flags.yaml"
-    printf 'workers: 2\nhooks: { deadline_ms: %d }\noverlays:\n  wedge:\n    config: { block_ms: -1, hook: "%s" }\n' \
-        "$DEADLINE_MS" "$hook" >>"$cfg"
+    printf 'workers: 2\nhooks: { deadline_ms: %d }\n' "$DEADLINE_MS" >>"$cfg"
     : >"$notes"
     NOTIFY_SOCKET=$FH_TMP/notify.sock WATCHDOG_USEC=400000 start_daemon "$cfg"
     wait_for 5 grep -q 'WATCHDOG=1' "$notes"

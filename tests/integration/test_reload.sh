@@ -45,7 +45,7 @@ cp "$cfg" "$cfg.orig"
 sed -i -e "s|base_url: .*|base_url: \"$STUB_B/v1\"|" -e 's|timeout_ms: .*|timeout_ms: 700|' \
     -e 's|^limits: .*|limits: { max_body_bytes: 2048, max_connections: 10000 }|' "$cfg"
 for f in "$dir"/micro_overlays/*.md; do printf '\nReload marker: MARKER-7731.\n' >>"$f"; done
-printf 'overlays:\n  refund_lot_switch:\n    config: { temperature: 0.2 }\n' >>"$cfg"
+sed -i 's|^  refund_lot_switch: {|  refund_lot_switch: { config: { temperature: 0.2 },|' "$cfg"
 hup
 check "SIGHUP with a new upstream, timeout, limits and texts: reloaded" grep -q 'reloaded;' "$FH_TMP/daemon.log"
 check "the overlay whose texts and config changed is re-initialised" \
