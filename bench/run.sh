@@ -70,7 +70,7 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-FH_BIN=$PWD/build/bin/fusion-host
+FH_BIN=${FH_BIN:-$PWD/build/bin/fusion-host} # FH_BIN=...: another build, for an A/B run
 [ -x "$FH_BIN" ] || { echo "bench: build first (scripts/test.sh or cmake --build build)" >&2; exit 1; }
 
 T=$(mktemp -d /tmp/fh-bench-XXXXXX)
@@ -143,6 +143,13 @@ feature_flags: "overlay_feature_flags.yaml"
 micro_overlays_dir: "micro_overlays"
 environment: "production"
 limits: { max_connections: 20000, max_connections_per_ip: 20000 }
+# The gates run (their cost is part of the figures) but must not trip: the
+# fixed answer is the same for the overlay and the baseline (so its quality
+# score is not the overlay's), and the token reference warms up on the
+# overlaid requests' own estimate.
+overlays:
+  refund_lot_switch: { quality_threshold: 0, budget: { token_delta_warn_pct: 1000, token_delta_max_pct: 1000 } }
+  state_model_first: { quality_threshold: 0, budget: { token_delta_warn_pct: 1000, token_delta_max_pct: 1000 } }
 ${2:-}
 YAML
 }

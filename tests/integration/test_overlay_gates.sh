@@ -77,6 +77,22 @@ check "circuit_breaker_enabled: false: three failures later the overlay still ap
     bash -c "[ '$(header X-Fusion-Reason)' = applied ]"
 stop_daemon
 
+# The flags file's global.circuit_breaker decides what overlays.<name>.breaker
+# does not set: failure_threshold 2 there opens it at the second failure.
+cfg=$(make_config "$FH_TMP/b2")
+sed -i 's|^  circuit_breaker: .*|  circuit_breaker: { enabled: true, failure_threshold: 2, recovery_timeout: 300 }|' \
+    "$(dirname "$cfg")/overlay_feature_flags.yaml"
+start_daemon "$cfg"
+for i in 1 2; do
+    post /v1/chat/completions "$(refund '"stub":{"reject_if_system":1}')"
+    expect_200
+done
+post /v1/chat/completions "$(refund)"
+expect_200
+check "global.circuit_breaker.failure_threshold 2 (not set per overlay): open after two failures" \
+    bash -c "[ '$(header X-Fusion-Reason)' = breaker_open ] && curl -s '$FH/health' | jq -e '.gates.refund_lot_switch.breaker.failure_threshold == 2' >/dev/null"
+stop_daemon
+
 # ---- the token gate, the estimator, the latency and spend gates ------------------------
 FH_TEST_BUDGET="{ hook_latency_ms: 60000 }" # the runbook's token budgets: warn 12 %, max 25 %
 cfg=$(make_config "$FH_TMP/c")
