@@ -157,6 +157,28 @@ check "and it counts as a failure: two open the breaker (breaker_open)" \
     bash -c "[ '$(header X-Fusion-Reason)' = breaker_open ]"
 stop_daemon
 
+# Answers under quality_threshold are failures: the good_a test plugin
+# scores every answer 0.1.
+FH_TEST_OVERLAYS_EXTRA='  good_a: { breaker: { failure_threshold: 2 }, budget: { token_delta_warn_pct: 100000, token_delta_max_pct: 100000 } }'
+cfg=$(make_config "$FH_TMP/q")
+cp "$FH_TEST_PLUGIN_DIR/good_a.so" "$FH_TMP/q/plugins/"
+sed -i 's/^features:.*/features:\n  good_a:\n    description: "scores low"\n    enabled_overlays: []\n    rollout_percentage: 100\n    conditions:\n      scenario_types: ["quality_probe"]/' \
+    "$FH_TMP/q/overlay_feature_flags.yaml"
+start_daemon "$cfg"
+low='{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"quality_probe"}}'
+post /v1/chat/completions "$low"
+expect_200
+check "an overlaid answer scoring 0.1 is served (applied, quality_score 0.1)" \
+    bash -c "[ '$(header X-Fusion-Reason)' = applied ] && jq -e '.fusion.quality_score == 0.1' '$FH_TMP/body' >/dev/null"
+post /v1/chat/completions "$low"
+expect_200
+post /v1/chat/completions "$low"
+expect_200
+check "two answers under quality_threshold 0.8 open the breaker (quality)" \
+    bash -c "[ '$(header X-Fusion-Reason)' = breaker_open ] && curl -s '$FH/health' | jq -e '.gates.good_a.breaker.last_failure_reason == \"quality\"' >/dev/null"
+stop_daemon
+FH_TEST_OVERLAYS_EXTRA=
+
 # ---- metrics under 5,000 scenario types -------------------------------------------------
 cfg=$(make_config "$FH_TMP/e")
 sed -i 's|^metrics: .*||' "$cfg"
