@@ -210,6 +210,13 @@ fh_reason fh_gate_admit(fh_gate *gate, const fh_gate_cfg *cfg, uint64_t now_ms, 
     pthread_mutex_lock(&gate->mu);
     gate->cfg = *cfg;
     bool probe = false;
+    if (!cfg->breaker_enabled && gate->brk.state != FH_BRK_CLOSED) {
+        /* Turned off (a reload): it must not keep the overlay fenced off. */
+        fh_brk_change ch = {gate->brk.state, FH_BRK_CLOSED};
+        gate->brk.state = FH_BRK_CLOSED;
+        gate->brk.consecutive = gate->brk.probes = 0;
+        note_change(gate, ch, "circuit breakers are disabled");
+    }
     if (cfg->breaker_enabled) {
         fh_brk_change ch;
         bool ok = fh_breaker_allow(&gate->brk, &cfg->breaker, now_ms, &probe, &ch);

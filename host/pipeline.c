@@ -120,7 +120,12 @@ struct fh_txn {
      * needs (the baseline request's prompt estimate, the token delta). */
     fh_gate_ticket ticket;
     fh_gate_cfg gcfg;
-    long prompt_est;
+    long prompt_est;         /* the caller's prompt, estimated */
+    long prompt_est_overlay; /* the overlaid prompt, estimated (after apply) */
+    long overlay_used;       /* tokens of the overlaid call: -1 unknown (charge the estimate) */
+    bool overlay_called;     /* an overlaid call went upstream */
+    long rejected_status;    /* the overlaid call's 4xx, when retried as the baseline */
+    bool hook_failed;        /* a hook errored or passed its deadline (evaluate included) */
     double delta_pct;
     bool have_delta;
     char request_id[48];
@@ -532,6 +537,7 @@ static void frame_resumed(fh_worker *w, fh_door_frame *f, bool timed_out)
          * reference; the request is served from the caller's bytes. At a
          * stop the call was only cut short, not late: no quarantine. */
         t->hook_timed_out = true;
+        t->hook_failed = true;
         t->hook_ns += t->pp->p->hook_deadline_ns;
         if (!fh_worker_stopping(w))
             quarantine(t, c);
@@ -639,7 +645,7 @@ static void route(fh_txn *t)
 /* Tokens an overlaid call may use, reserved against tokens_per_minute
  * before it goes upstream: its prompt as estimated, plus its completion
  * limit (max_completion_tokens or max_tokens), else 1024. */
-static long spend_estimate(const fusion_request *r)
+static long spend_estimate(const fusion_request *r, long *prompt)
 {
     long completion = 1024;
     json_t *mt = json_object_get(r->body, "max_completion_tokens");
@@ -647,7 +653,8 @@ static long spend_estimate(const fusion_request *r)
         mt = json_object_get(r->body, "max_tokens");
     if (json_is_integer(mt) && json_integer_value(mt) > 0)
         completion = (long)json_integer_value(mt);
-    return fh_estimate_prompt_tokens(json_object_get(r->body, "messages")) + completion;
+    *prompt = fh_estimate_prompt_tokens(json_object_get(r->body, "messages"));
+    return *prompt + completion;
 }
 
 /* Sets t->baseline_body: the caller's request as the upstream must see it
@@ -731,6 +738,13 @@ static void send_baseline(fh_txn *t, bool pristine)
         fh_generation_release(t->gen);
         t->gen = NULL;
     }
+    if (t->overlaid) {
+        /* A retry after the overlaid call: what that call used is the
+         * overlay's spend, whatever the baseline's answer says. */
+        t->overlay_used = t->have_usage ? t->usage_total : -1;
+        t->have_usage = false;
+        t->usage_total = t->usage_prompt = t->usage_completion = 0;
+    }
     t->overlaid = false;
     if (make_baseline(t, pristine) != 0) {
         prepare_error(t, 500, "server_error", "out_of_memory", "out of memory");
@@ -766,11 +780,14 @@ static void after_apply(fh_txn *t)
     } else if (t->ticket.gate && t->hook_ns > (uint64_t)t->gcfg.budget.hook_latency_ms * 1000000u) {
         free(body);
         t->reason = FH_REASON_BUDGET_LATENCY; /* match + apply over budget.hook_latency_ms */
-    } else if (!fh_gate_reserve(&t->ticket, &t->gcfg, spend_estimate(t->req), fh_now_ms())) {
+    } else if (!fh_gate_reserve(&t->ticket, &t->gcfg,
+                                spend_estimate(t->req, &t->prompt_est_overlay), fh_now_ms())) {
         free(body);
         t->reason = FH_REASON_BUDGET_RATE;
     } else {
         t->overlaid = true;
+        t->overlay_called = true;
+        t->overlay_used = -1;
         log_routed(t);
         submit_or_fail(t, body, strlen(body));
         return;
@@ -1126,6 +1143,7 @@ static void up_done(void *ud, const fh_upstream_done *d)
                 t->overlay_name, t->overlay_version, t->request_id, t->status);
         t->retried = true;
         t->reason = FH_REASON_OVERLAY_REJECTED_UPSTREAM;
+        t->rejected_status = t->status;
         send_baseline(t, false);
         return;
     }
@@ -1338,8 +1356,18 @@ static void compute_delta(fh_txn *t)
         t->status < 200 || t->status >= 300)
         return;
     long ref = fh_gates_baseline_ref(g, t->scenario);
-    if (ref <= 0)
-        ref = t->prompt_est + t->usage_completion;
+    if (ref <= 0) {
+        /* Warming up: the caller's prompt without the overlay. Scaled from
+         * the reported overlaid prompt by the two estimates' ratio, so the
+         * estimator's own error cancels out (it is never compared with a
+         * real tokenizer's count directly). */
+        long prompt = t->prompt_est;
+        if (t->prompt_est_overlay > 0 && t->usage_prompt > 0)
+            prompt = (long)((double)t->usage_prompt * (double)t->prompt_est /
+                                (double)t->prompt_est_overlay +
+                            0.5);
+        ref = prompt + t->usage_completion;
+    }
     if (ref <= 0)
         return;
     t->delta_pct = (double)(t->usage_total - ref) * 100.0 / (double)ref;
@@ -1369,10 +1397,12 @@ static void take_evaluation(fh_txn *t)
     if (t->hook_rc != 0) {
         fh_warn("overlay %s/%s: evaluate failed for request %s", t->overlay_name,
                 t->overlay_version, t->request_id);
+        t->hook_failed = true;
         return;
     }
     double q = t->hook_quality;
     if (!isfinite(q)) {
+        t->hook_failed = true;
         fh_warn("overlay %s/%s: evaluate returned a quality that is not a number for request "
                 "%s; ignoring it",
                 t->overlay_name, t->overlay_version, t->request_id);
@@ -1595,6 +1625,15 @@ void fh_txn_completed(fh_txn *t, fh_hend toe)
  * and the budget only count it. */
 static fh_outcome classify(const fh_txn *t)
 {
+    if (t->hook_timed_out)
+        return FH_OUT_HOOK_TIMEOUT; /* whichever hook, whatever happened after */
+    if (t->hook_failed)
+        return FH_OUT_HOOK_ERROR;
+    if (t->reason == FH_REASON_OVERLAY_REJECTED_UPSTREAM)
+        /* Only when the caller's own request was accepted: a 4xx both get
+         * (a bad key, a retired model, the caller's mistake) is not the
+         * overlay's doing. */
+        return t->status >= 200 && t->status < 300 ? FH_OUT_REJECTED : FH_OUT_NEUTRAL;
     switch (t->reason) {
     case FH_REASON_HOOK_ERROR:
         return FH_OUT_HOOK_ERROR;
@@ -1602,8 +1641,6 @@ static fh_outcome classify(const fh_txn *t)
         return FH_OUT_HOOK_TIMEOUT;
     case FH_REASON_BUDGET_LATENCY:
         return FH_OUT_LATENCY;
-    case FH_REASON_OVERLAY_REJECTED_UPSTREAM:
-        return FH_OUT_REJECTED;
     case FH_REASON_APPLIED:
         break;
     default:
@@ -1632,7 +1669,15 @@ static void settle_gates(fh_txn *t, double latency)
     if (!t->ticket.gate)
         return;
     compute_delta(t); /* streams: their usage came with the last chunk */
-    long used = t->overlaid && t->have_usage ? t->usage_total : t->overlaid ? -1 : 0;
+    /* The overlaid call's tokens: reported; unknown (-1: the reservation is
+     * charged) when it was answered without usage or cut off; 0 when it
+     * never reached the upstream or none was made. */
+    long used = 0;
+    if (t->overlay_called) {
+        used = t->overlaid ? (t->have_usage ? t->usage_total : -1) : t->overlay_used;
+        if (used == -1 && t->overlaid && t->result == FH_UPSTREAM_CONNECT)
+            used = 0;
+    }
     fh_gate_finish(&t->ticket, &t->gcfg, classify(t), used, t->have_delta ? t->delta_pct : NAN,
                    latency, t->have_quality ? t->quality : NAN, fh_now_ms());
 }

@@ -60,6 +60,16 @@ check "/health ok again, breaker closed" \
     bash -c "health | jq -e '.status == \"ok\" and .gates.refund_lot_switch.breaker.state == \"closed\"' >/dev/null"
 check "every transition logged once: open, half_open, open, half_open, closed" \
     bash -c "[ \$(grep -c 'circuit breaker .* -> ' '$FH_TMP/daemon.log') = 5 ]"
+# A 4xx the caller's own request gets too (a bad key, a retired model, the
+# caller's mistake) is not the overlay's failure: the breaker stays closed.
+for i in 1 2 3 4; do
+    post /v1/chat/completions "$(refund '"stub":{"status":400}')"
+done
+check "four 4xx answers the baseline got as well: relayed as they are ($STATUS)" [ "$STATUS" = 400 ]
+post /v1/chat/completions "$(refund)"
+expect_200
+check "and they do not open the breaker: the overlay still applies" \
+    bash -c "[ '$(header X-Fusion-Reason)' = applied ] && curl -s '$FH/health' | jq -e '.gates.refund_lot_switch.breaker.state == \"closed\"' >/dev/null"
 stop_daemon
 
 # With the environment's circuit_breaker_enabled: false, failures never open it.
