@@ -419,10 +419,14 @@ static void put_value(obuf *o, const json_t *v)
     }
     case JSON_STRING: {
         const shared_str *sh = shared_find(v);
+        size_t len = json_string_length(v);
+        const char *str = json_string_value(v);
         if (sh)
             put(o, sh->escaped, sh->escaped_len);
+        else if (len > 1 && str[0] == '\0')
+            put(o, str + 1, len - 1); /* a number kept as written (build_number) */
         else
-            put_string(o, json_string_value(v), json_string_length(v));
+            put_string(o, str, len);
         break;
     }
     case JSON_INTEGER: {
@@ -906,23 +910,36 @@ static json_t *build_number(build *b)
     memcpy(text, start, n);
     text[n] = '\0';
     errno = 0;
+    json_t *v = NULL;
+    bool big = false;
     if (!memchr(text, '.', n) && !memchr(text, 'e', n) && !memchr(text, 'E', n)) {
         json_int_t i = strtoll(text, NULL, 10);
-        bool range = errno == ERANGE;
-        if (text != small)
-            free(text);
-        if (range)
-            return build_fail(b, "integer out of range");
-        json_t *v = json_integer(i);
-        return v ? v : build_fail(b, "out of memory");
+        if (errno == ERANGE)
+            big = true;
+        else
+            v = json_integer(i);
+    } else {
+        double d = strtod(text, NULL);
+        if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+            big = true;
+        else
+            v = json_real(d);
     }
-    double d = strtod(text, NULL);
-    bool overflow = errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL);
+    if (big) {
+        /* A number no C type holds (a seed of 2^64-1, 1e400): the host has
+         * no use for its value, and the upstream must get it as written.
+         * Kept as its text behind a NUL byte (fh_json_raw_number), which
+         * no parsed string can start with: \u0000 is refused. */
+        char *raw = malloc(n + 1);
+        if (raw) {
+            raw[0] = '\0';
+            memcpy(raw + 1, text, n);
+            v = json_stringn_nocheck(raw, n + 1);
+            free(raw);
+        }
+    }
     if (text != small)
         free(text);
-    if (overflow)
-        return build_fail(b, "real number overflow");
-    json_t *v = json_real(d);
     return v ? v : build_fail(b, "out of memory");
 }
 

@@ -83,9 +83,12 @@ bool fh_json_scan_paths(const char *s, size_t n, fh_jval *top, const char *const
                         fh_jval *found, size_t npaths);
 
 /* Parses a document into a jansson tree, accepting what json_loadb(s, n,
- * 0) accepts (an object or array at the top; no \u0000; integers that fit
- * json_int_t, reals that do not overflow) and building the same tree (a
- * repeated key keeps its last value), at a fraction of the cost. NULL on
+ * 0) accepts (an object or array at the top; no \u0000) and building the
+ * same tree (a repeated key keeps its last value), at a fraction of the
+ * cost. A number no C type holds (an integer past json_int_t, a real that
+ * overflows) is not an error: it is kept as its text in a string that
+ * starts with a NUL byte, which fh_json_dump writes back as the number it
+ * was. NULL on
  * error, with the offset of the problem in *err_at and a short reason in
  * *why (static text). */
 json_t *fh_json_parse(const char *s, size_t n, size_t *err_at, const char **why);

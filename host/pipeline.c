@@ -158,8 +158,10 @@ struct fh_txn {
     bool suspended;
     long status;
     char content_type[128];
-    bool streaming; /* relaying SSE to the client */
-    bool done;      /* the upstream exchange is over */
+    bool streaming;    /* relaying SSE to the client */
+    bool stream_bad;   /* the upstream sent an event that is not one: relaying stopped */
+    bool stream_ended; /* the final error event is queued */
+    bool done;         /* the upstream exchange is over */
     fh_upstream_result result;
     char error[256];
     bool paused; /* upstream paused by backpressure */
@@ -834,7 +836,11 @@ static int parse_request(fh_txn *t, char *err, size_t errlen, const char **code)
     fh_strlcpy(t->scenario,
                t->req->scenario_type && *t->req->scenario_type ? t->req->scenario_type : "none",
                sizeof(t->scenario));
+    /* `null` is "not given" wherever the OpenAI schema allows it (the SDKs
+     * send stream_options: null with stream=True). */
     json_t *stream = json_object_get(t->req->body, "stream");
+    if (json_is_null(stream))
+        stream = NULL;
     if (stream && !json_is_boolean(stream)) {
         snprintf(err, errlen, "'stream' must be true or false");
         *code = "invalid_stream";
@@ -844,6 +850,8 @@ static int parse_request(fh_txn *t, char *err, size_t errlen, const char **code)
     if (t->client_stream) {
         /* Token accounting needs usage; ask for it and hide it again. */
         json_t *so = json_object_get(t->req->body, "stream_options");
+        if (json_is_null(so))
+            so = NULL; /* replaced below when usage is asked for */
         if (so && !json_is_object(so)) {
             snprintf(err, errlen, "'stream_options' must be an object");
             *code = "invalid_stream_options";
@@ -1002,10 +1010,24 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
     }
     static const char *const paths[] = {"choices", "choices.0.delta.content", "usage"};
     fh_jval top, found[3];
-    if (!data || *data != '{' ||
-        !fh_json_scan_paths(data, (size_t)(data_end - data), &top, paths, found, 3) ||
+    if (!data) {
+        buf_add(&t->resp, ev, len); /* comments, `event:`/`id:` only: as is */
+        return;
+    }
+    size_t dlen = (size_t)(data_end - data);
+    if (dlen == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        buf_add(&t->resp, ev, len);
+        return;
+    }
+    if (*data != '{' || !fh_json_scan_paths(data, dlen, &top, paths, found, 3) ||
         top.type != FH_J_OBJECT) {
-        buf_add(&t->resp, ev, len); /* [DONE], comments, anything else: as is */
+        /* Never passed on as if it were valid: the stream ends here with
+         * an error event the SDKs turn into their API error. */
+        if (!t->stream_bad)
+            fh_warn("request %s: the upstream sent a malformed stream event; ending the stream "
+                    "with an error event",
+                    t->request_id);
+        t->stream_bad = true;
         return;
     }
     if (found[1].type == FH_J_STRING && !t->text_truncated) {
@@ -1049,6 +1071,8 @@ static int relay_bytes(fh_txn *t, const char *d, size_t n)
             relay_event(t, t->sse.data + start, end - start);
             start = end;
             i = end - 1;
+            if (t->stream_bad)
+                break; /* nothing after a malformed event is relayed */
         }
     }
     memmove(t->sse.data, t->sse.data + start, t->sse.len - start);
@@ -1074,9 +1098,15 @@ static int up_body(void *ud, const char *data, size_t len)
         t->paused = true; /* curl keeps the data and gives it again */
         return 1;
     }
+    if (t->stream_bad)
+        return -1; /* stop the transfer: nothing more is relayed */
     uint64_t t0 = fh_now_ns();
     int rc = relay_bytes(t, data, len);
     t->relay_ns += fh_now_ns() - t0;
+    if (t->stream_bad) {
+        wake(t);
+        return -1;
+    }
     if (rc != 0) {
         fh_warn("request %s: the upstream stream has an event over 1 MiB or we are out of "
                 "memory; ending the stream",
@@ -1151,11 +1181,10 @@ static void up_done(void *ud, const fh_upstream_done *d)
     t->result = d->result;
     fh_strlcpy(t->error, d->error, sizeof(t->error));
     if (t->streaming) {
-        if (t->sse.len) {
-            buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated tail */
-            t->sse.len = 0;
-        }
-        wake(t); /* the reader ends the stream */
+        if (t->sse.len && d->result == FH_UPSTREAM_OK && !t->stream_bad)
+            buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated last event */
+        t->sse.len = 0; /* after a failure: a partial event, never passed on */
+        wake(t);        /* the reader ends the stream */
     } else if (t->kind == FH_TXN_MODELS) {
         if (t->result != FH_UPSTREAM_OK || t->overflow)
             upstream_failed(t);
@@ -1496,6 +1525,36 @@ static hook_result txn_answer(fh_txn *t)
 /* ---- the connection: queueing, streams
  * --------------------------------------------------------------- */
 
+/* The final SSE event of a stream whose upstream failed, into t->resp. */
+static void stream_error_event(fh_txn *t)
+{
+    const char *code = "upstream_broken", *type = "upstream_error";
+    char msg[400];
+    if (t->stream_bad) {
+        snprintf(msg, sizeof(msg), "the upstream sent a malformed stream event");
+        code = "upstream_invalid";
+    } else if (t->result == FH_UPSTREAM_TIMEOUT) {
+        snprintf(msg, sizeof(msg), "the upstream stream stalled (%s)", t->error);
+        code = "upstream_timeout";
+    } else if (t->result == FH_UPSTREAM_CANCELLED) {
+        snprintf(msg, sizeof(msg), "fusion-host is stopping");
+        code = "shutting_down";
+        type = "server_error";
+    } else {
+        snprintf(msg, sizeof(msg), "the upstream broke the stream (%s)", t->error);
+    }
+    json_t *o = json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", msg, "type", type,
+                          "param", "code", code);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (text) {
+        buf_add(&t->resp, "data: ", 6);
+        buf_add(&t->resp, text, strlen(text));
+        buf_add(&t->resp, "\n\n", 2);
+        free(text);
+    }
+}
+
 static ssize_t stream_reader(void *cls, char *out, size_t max)
 {
     fh_txn *t = cls;
@@ -1521,8 +1580,16 @@ static ssize_t stream_reader(void *cls, char *out, size_t max)
         }
         return (ssize_t)n;
     }
-    if (t->done)
-        return t->result == FH_UPSTREAM_OK ? FH_HRESP_END : FH_HRESP_ERROR;
+    if (t->done) {
+        if ((t->result == FH_UPSTREAM_OK && !t->stream_bad) || t->stream_ended)
+            return FH_HRESP_END;
+        /* The upstream failed after the stream began: one last event in the
+         * OpenAI error shape, then a clean end, so a client's SDK raises
+         * its API error rather than a transport or JSON one. */
+        t->stream_ended = true;
+        stream_error_event(t);
+        return stream_reader(cls, out, max);
+    }
     suspend(t); /* nothing yet: park instead of being polled in a loop */
     return 0;
 }

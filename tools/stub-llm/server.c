@@ -644,7 +644,7 @@ static int decide(struct stub_server *s, struct req *q, json_t *root, const stru
     const char *invalid = stub_messages_invalid(messages);
     if (invalid)
         return outcome_error(o, 400, "invalid_messages", invalid);
-    if (stream_v && !json_is_boolean(stream_v))
+    if (stream_v && !json_is_boolean(stream_v) && !json_is_null(stream_v)) /* null: not given */
         return outcome_error(o, 400, "invalid_stream", "'stream' must be a boolean");
     const json_t *model_v = json_object_get(root, "model");
     if (model_v && !json_is_string(model_v) && !json_is_null(model_v))
@@ -840,6 +840,10 @@ static enum MHD_Result chat_complete(struct stub_server *s, struct MHD_Connectio
 
     json_error_t jerr;
     json_t *root = json_loadb(q->body ? q->body : "", q->len, 0, &jerr);
+    if (!root && strstr(jerr.text, "too big integer"))
+        /* An integer past 2^63 (a seed of 2^64-1) is valid JSON the API
+         * takes; as a real here (the stub reads no such field). */
+        root = json_loadb(q->body ? q->body : "", q->len, JSON_DECODE_INT_AS_REAL, &jerr);
     if (!root || !json_is_object(root)) {
         q->phase = P_DONE;
         logf_req(s, "#%llu 400 bad JSON", (unsigned long long)q->id);

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# OpenAI conformance (issue 9), as an SDK user meets it: null fields taken as
+# "not given", numbers the host does not read passed on as written, and a
+# stream whose upstream fails after it began ends with one error event in
+# the OpenAI shape and a clean end, never a transport error or an invalid
+# event passed on.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/daemon_lib.sh"
+
+start_stub
+FH_TEST_TIMEOUT_MS=1000 start_daemon "$(make_config "$FH_TMP/d")"
+
+# ---- request fields --------------------------------------------------------------------
+post /v1/chat/completions '{"model":"m","stream":null,"messages":[{"role":"user","content":"hi"}]}'
+check "\"stream\": null is \"not given\": a plain answer" \
+    bash -c "[ $STATUS = 200 ] && jq -e '.object == \"chat.completion\"' '$FH_TMP/body' >/dev/null"
+post /v1/chat/completions '{"model":"m","stream":true,"stream_options":null,"messages":[{"role":"user","content":"hi"}]}'
+check "stream=True with stream_options=None (what the SDK sends): a stream" \
+    bash -c "[ $STATUS = 200 ] && grep -q '^data: \[DONE\]' '$FH_TMP/body'"
+check "and usage, asked for by the host, is not shown to the client" \
+    bash -c "! grep -q '\"usage\":{' '$FH_TMP/body'"
+body='{"model":"m","seed":18446744073709551615,"messages":[{"role":"user","content":"hi"}],"fusion":{"scenario_type":"none"}}'
+post /v1/chat/completions "$body"
+check "a seed of 2^64-1: 200, not a 400" [ "$STATUS" = 200 ]
+check "and the upstream gets it as written" bash -c "curl -s '$STUB/stub/last' | grep -q '\"seed\":18446744073709551615[,}]'"
+body='{"model":"m","x_vendor":1e400,"logit_bias":{"50256":-100},"messages":[{"role":"user","content":"hi"}]}'
+post /v1/chat/completions "$body"
+check "a vendor field of 1e400: the gateway does not refuse it (the stub's own JSON parser does: $(jq -r .error.code "$FH_TMP/body"))" \
+    bash -c "[ \"\$(jq -r .error.code '$FH_TMP/body')\" != invalid_body ]"
+check "a baseline request goes upstream byte for byte" bash -c "[ \"\$(curl -s '$STUB/stub/last')\" = '$body' ]"
+
+# ---- streams that fail after they began --------------------------------------------------
+stream() { # stream FAULTS: the daemon's SSE body in $FH_TMP/sse, curl's exit in $CURL_RC
+    curl -s -N -o "$FH_TMP/sse" --max-time 10 -H 'Content-Type: application/json' \
+        --data-binary "{\"model\":\"m\",\"stream\":true,\"stub\":{$1},\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" \
+        "$FH/v1/chat/completions"
+    CURL_RC=$?
+}
+error_event() { # the last event is an OpenAI error with CODE, all four fields
+    tail -n 2 "$FH_TMP/sse" | sed -n 's/^data: //p' | jq -e --arg c "$1" \
+        '.error | (.code == $c) and has("message") and has("type") and (.param == null)' >/dev/null
+}
+stream '"break_after_chunks":2'
+check "upstream cut mid-stream: the events so far, then one error event (upstream_broken)" \
+    bash -c "[ \$(grep -c '^data: {\"id\"' '$FH_TMP/sse') = 2 ] && $(declare -f error_event); error_event upstream_broken"
+check "and a clean end of the stream (curl exit $CURL_RC), no [DONE]" \
+    bash -c "[ $CURL_RC = 0 ] && ! grep -q '\[DONE\]' '$FH_TMP/sse'"
+stream '"malformed":1'
+check "a malformed event from the upstream is not passed on" \
+    bash -c "grep '^data: ' '$FH_TMP/sse' | sed 's/^data: //' | while read -r l; do echo \"\$l\" | jq -e . >/dev/null || exit 1; done"
+check "nor anything after it ([DONE] included)" bash -c "! grep -q '\[DONE\]' '$FH_TMP/sse'"
+check "it ends the stream with an error event (upstream_invalid), cleanly (curl exit $CURL_RC)" \
+    bash -c "[ $CURL_RC = 0 ] && $(declare -f error_event); error_event upstream_invalid"
+stream '"stall_after_chunks":2'
+check "a stream that stalls past the timeout ends with an error event (upstream_timeout)" \
+    bash -c "[ $CURL_RC = 0 ] && $(declare -f error_event); error_event upstream_timeout"
+finish
