@@ -60,8 +60,8 @@ static const char *const top_keys[] = {"listen",
                                        "hooks",
                                        NULL};
 static const char *const admin_keys[] = {"listen", "token_file", NULL};
-static const char *const upstream_keys[] = {"base_url", "api_key_env", "timeout_ms",
-                                            "connect_timeout_ms", NULL};
+static const char *const upstream_keys[] = {
+    "base_url", "api_key_env", "timeout_ms", "connect_timeout_ms", "forward_client_key", NULL};
 static const char *const plugins_keys[] = {"dir", "watch", NULL};
 static const char *const overlay_keys[] = {"breaker", "budget", "quality_threshold", "config",
                                            NULL};
@@ -308,6 +308,7 @@ static void read_upstream(loader *L, yaml_node_t *root)
     fh_yaml_get_int(y, m, "upstream", "timeout_ms", 1, 3600000, &c->upstream.timeout_ms);
     fh_yaml_get_int(y, m, "upstream", "connect_timeout_ms", 1, 600000,
                     &c->upstream.connect_timeout_ms);
+    fh_yaml_get_bool(y, m, "upstream", "forward_client_key", &c->upstream.forward_client_key);
 }
 
 static void read_overlay(loader *L, const char *name, yaml_node_t *node, fh_overlay_cfg *o)

@@ -62,6 +62,7 @@ typedef struct fh_config {
         char *api_key_env; /* may be "" */
         int timeout_ms;
         int connect_timeout_ms;
+        bool forward_client_key; /* the caller's Authorization goes upstream */
     } upstream;
     struct {
         char *dir;

@@ -160,6 +160,7 @@ struct fh_txn {
     char content_type[128];
     bool streaming;    /* relaying SSE to the client */
     bool stream_bad;   /* the upstream sent an event that is not one: relaying stopped */
+    char *up_headers;  /* the answer's headers a client reads (upstream.h), or NULL */
     bool stream_ended; /* the final error event is queued */
     bool done;         /* the upstream exchange is over */
     fh_upstream_result result;
@@ -248,8 +249,11 @@ static void snap_release(snap_ref *s)
 void fh_upstream_opts_of(const fh_config *cfg, fh_upstream_opts *o)
 {
     const char *key_env = cfg->upstream.api_key_env;
+    /* With forward_client_key the caller's own key goes instead (submit). */
     *o = (fh_upstream_opts){.base_url = cfg->upstream.base_url,
-                            .api_key = key_env && *key_env ? getenv(key_env) : NULL,
+                            .api_key = key_env && *key_env && !cfg->upstream.forward_client_key
+                                           ? getenv(key_env)
+                                           : NULL,
                             .timeout_ms = cfg->upstream.timeout_ms,
                             .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
 }
@@ -305,9 +309,9 @@ bool fh_pipeline_upstream_down(const fh_pipeline *p)
     return atomic_load(&((fh_pipeline *)p)->upstream_down);
 }
 
-static void probe_response(void *ud, long status, const char *content_type)
+static void probe_response(void *ud, long status, const char *content_type, const char *headers)
 {
-    (void)ud, (void)status, (void)content_type;
+    (void)ud, (void)status, (void)content_type, (void)headers;
 }
 
 static int probe_body(void *ud, const char *data, size_t len)
@@ -332,7 +336,8 @@ void fh_pipe_probe_upstream(fh_pipe *pp)
         return;
     pp->probe_at = now;
     snap_release(snap_take(pp)); /* the upstream of the running config */
-    pp->probe = fh_upstream_submit(pp->up, NULL, "GET", "/models", NULL, 0, 0, &probe_handler, pp);
+    pp->probe =
+        fh_upstream_submit(pp->up, NULL, "GET", "/models", NULL, 0, 0, NULL, &probe_handler, pp);
 }
 
 size_t fh_pipeline_in_flight(const fh_pipeline *p)
@@ -359,6 +364,7 @@ static void txn_unref(fh_txn *t)
     buf_free(&t->in);
     buf_free(&t->resp);
     buf_free(&t->sse);
+    free(t->up_headers);
     buf_free(&t->text);
     free(t);
 }
@@ -719,10 +725,28 @@ static int submit(fh_txn *t, char *body, size_t len)
     if (!t->snap)
         t->snap = snap_take(t->pp); /* /v1/models: its upstream */
     fh_upstream_target *tg = t->snap ? t->snap->tg : NULL;
+    /* The caller's headers OpenAI defines go upstream (X-Fusion-* never
+     * do); its Authorization only with upstream.forward_client_key. */
+    static const char *const fwd[] = {"OpenAI-Organization", "OpenAI-Project",  "User-Agent",
+                                      "X-Request-Id",        "Idempotency-Key", "Authorization"};
+    bool own_key = t->snap && t->snap->snap->cfg->upstream.forward_client_key;
+    char *extra[sizeof(fwd) / sizeof(fwd[0]) + 1];
+    size_t nextra = 0;
+    for (size_t i = 0; t->conn && i < sizeof(fwd) / sizeof(fwd[0]); i++) {
+        if (strcmp(fwd[i], "Authorization") == 0 && !own_key)
+            continue;
+        const char *v = fh_hconn_header(t->conn, fwd[i]);
+        if (v && asprintf(&extra[nextra], "%s: %s", fwd[i], v) >= 0)
+            nextra++;
+    }
+    extra[nextra] = NULL;
     t->call = t->kind == FH_TXN_MODELS
-                  ? fh_upstream_submit(t->pp->up, tg, "GET", "/models", NULL, 0, 0, &handler, t)
+                  ? fh_upstream_submit(t->pp->up, tg, "GET", "/models", NULL, 0, 0,
+                                       (const char *const *)extra, &handler, t)
                   : fh_upstream_submit(t->pp->up, tg, "POST", "/chat/completions", body, len,
-                                       t->client_stream, &handler, t);
+                                       t->client_stream, (const char *const *)extra, &handler, t);
+    for (size_t i = 0; i < nextra; i++)
+        free(extra[i]);
     return t->call ? 0 : -1;
 }
 
@@ -899,10 +923,12 @@ static hook_result txn_start(fh_txn *t)
 
 /* ---- upstream callbacks ------------------------------------------------------------------ */
 
-static void up_response(void *ud, long status, const char *content_type)
+static void up_response(void *ud, long status, const char *content_type, const char *headers)
 {
     fh_txn *t = ud;
     TXN_CHECK(t);
+    free(t->up_headers);
+    t->up_headers = *headers ? strdup(headers) : NULL;
     t->status = status;
     t->t_headers_ns = fh_now_ns();
     fh_strlcpy(t->content_type, content_type, sizeof(t->content_type));
@@ -1360,6 +1386,30 @@ static unsigned answer_status(const fh_txn *t)
 
 /* t->resp's bytes as the response, which frees them: no
  * copy. content_type NULL: the upstream's, or JSON when it gave none. */
+/* The upstream's answer headers a client reads, onto a response. */
+static void add_upstream_headers(const fh_txn *t, fh_hresp *r)
+{
+    for (const char *p = t->up_headers; p && *p;) {
+        const char *eol = strstr(p, "\r\n"), *colon = strchr(p, ':');
+        if (!eol || !colon || colon > eol)
+            break;
+        char name[128], value[1024];
+        size_t nl = (size_t)(colon - p);
+        const char *v = colon + 1;
+        while (v < eol && (*v == ' ' || *v == '\t'))
+            v++;
+        size_t vl = (size_t)(eol - v);
+        if (nl < sizeof(name) && vl < sizeof(value)) {
+            memcpy(name, p, nl);
+            name[nl] = '\0';
+            memcpy(value, v, vl);
+            value[vl] = '\0';
+            fh_hresp_header(r, name, value);
+        }
+        p = eol + 2;
+    }
+}
+
 static fh_hresp *relayed_response(fh_txn *t, const char *content_type)
 {
     fh_hresp *r = fh_hresp_buffer(t->resp.data, t->resp.len);
@@ -1369,6 +1419,7 @@ static fh_hresp *relayed_response(fh_txn *t, const char *content_type)
     if (!content_type)
         content_type = t->content_type[0] ? t->content_type : "application/json";
     fh_hresp_header(r, "Content-Type", content_type);
+    add_upstream_headers(t, r);
     return r;
 }
 
@@ -1607,6 +1658,7 @@ static int start_stream(fh_txn *t)
     t->refs++; /* the response's, dropped in stream_free */
     fh_hresp_header(r, "Content-Type", "text/event-stream");
     fh_hresp_header(r, "Cache-Control", "no-cache");
+    add_upstream_headers(t, r);
     add_fusion_headers(t, r);
     t->ph = PH_STREAMING;
     return fh_hconn_respond(t->conn, 200, r);

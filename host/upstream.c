@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 
 #define IDLE_EASY_MAX 64 /* easy handles kept for reuse */
@@ -43,6 +44,9 @@ struct fh_upstream_call {
     void *ud;
     CURL *easy;
     fh_upstream_target *tg;
+    struct curl_slist *own_headers; /* the target's plus the caller's, when it sent any */
+    char *resp_headers;             /* kept answer headers, "Name: value\r\n"... */
+    size_t resp_len;
     long status;
     bool got_response;
     char error[CURL_ERROR_SIZE];
@@ -229,6 +233,8 @@ static void free_call(fh_upstream *u, fh_upstream_call *c)
     unlink_call(u, c);
     release_easy(u, c->easy);
     target_unref(c->tg);
+    curl_slist_free_all(c->own_headers);
+    free(c->resp_headers);
     u->in_flight--;
     free(c);
 }
@@ -243,13 +249,52 @@ static void deliver_response(fh_upstream_call *c)
     if (curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) != CURLE_OK || !ct)
         ct = "";
     if (c->h.on_response)
-        c->h.on_response(c->ud, c->status, ct);
+        c->h.on_response(c->ud, c->status, ct, c->resp_headers ? c->resp_headers : "");
+}
+
+/* Answer headers a client of the OpenAI API reads (the SDKs' request_id,
+ * rate limits, when to retry); hop-by-hop and everything else stay here. */
+static bool passed_back(const char *name, size_t n)
+{
+    static const char *const exact[] = {
+        "x-request-id",   "openai-processing-ms", "openai-version", "openai-organization",
+        "openai-project", "retry-after",          "retry-after-ms"};
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+        if (strlen(exact[i]) == n && strncasecmp(name, exact[i], n) == 0)
+            return true;
+    return n > 12 && strncasecmp(name, "x-ratelimit-", 12) == 0;
+}
+
+static void keep_header(fh_upstream_call *c, const char *line, size_t len)
+{
+    const char *colon = memchr(line, ':', len);
+    if (!colon || !passed_back(line, (size_t)(colon - line)))
+        return;
+    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == '\n'))
+        len--;
+    if (c->resp_len + len + 3 > 16384)
+        return; /* a flood of them is not worth keeping */
+    char *g = realloc(c->resp_headers, c->resp_len + len + 3);
+    if (!g)
+        return;
+    c->resp_headers = g;
+    memcpy(g + c->resp_len, line, len);
+    memcpy(g + c->resp_len + len, "\r\n", 3); /* NUL included */
+    c->resp_len += len + 2;
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *p)
 {
     fh_upstream_call *c = p;
     size_t len = size * n;
+    if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+        c->resp_len = 0; /* a new block (after a 1xx): only the final one counts */
+        if (c->resp_headers)
+            c->resp_headers[0] = '\0';
+        return len;
+    }
+    if (!c->got_response && len > 2)
+        keep_header(c, data, len);
     /* The blank line ends a header block; skip interim 1xx blocks. */
     if (len <= 2 && (data[0] == '\r' || data[0] == '\n')) {
         long code = 0;
@@ -362,7 +407,8 @@ static CURL *take_easy(fh_upstream *u)
 
 fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, const char *method,
                                      const char *path, const char *body, size_t len, int streaming,
-                                     const fh_upstream_handler *h, void *ud)
+                                     const char *const *extra, const fh_upstream_handler *h,
+                                     void *ud)
 {
     if (!tg)
         tg = u->tg;
@@ -383,7 +429,17 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, con
     /* Everything a previous call on this handle may have set differently
      * (a reload may have changed the target since). */
     curl_easy_setopt(e, CURLOPT_CURLU, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, tg->headers);
+    struct curl_slist *hdrs = tg->headers;
+    if (extra && extra[0]) {
+        /* The caller's headers that go upstream, after the target's own. */
+        for (const struct curl_slist *l = tg->headers; l; l = l->next)
+            c->own_headers = curl_slist_append(c->own_headers, l->data);
+        for (size_t i = 0; extra[i]; i++)
+            c->own_headers = curl_slist_append(c->own_headers, extra[i]);
+        if (c->own_headers)
+            hdrs = c->own_headers;
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, tg->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->error);

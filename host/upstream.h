@@ -45,8 +45,10 @@ typedef struct fh_upstream_done {
  * headers are in (not for failures before that), on_body any number of
  * times, on_done exactly once (after which the call is gone). */
 typedef struct fh_upstream_handler {
-    /* content_type: "" when none; valid during the call only. */
-    void (*on_response)(void *ud, long status, const char *content_type);
+    /* content_type: "" when none; headers: the answer headers a client
+     * reads (x-request-id, openai-*, x-ratelimit-*, retry-after), as
+     * "Name: value\r\n" lines, "" when none; both valid during the call. */
+    void (*on_response)(void *ud, long status, const char *content_type, const char *headers);
     /* Returns 0 when the data was taken, 1 to pause the transfer (the same
      * data comes again after fh_upstream_resume()), -1 to abort it
      * (on_done then reports FH_UPSTREAM_BROKEN). */
@@ -86,10 +88,13 @@ void fh_upstream_free(fh_upstream *u);
  * target); the call keeps a reference to its target until it ends, so a
  * reload changes new calls only. `body` (NULL for GET) is borrowed: it
  * must stay valid until on_done or fh_upstream_cancel(). `streaming`
- * makes the timeout an idle timeout. NULL when out of memory. */
+ * makes the timeout an idle timeout. `extra` (NULL-terminated, may be
+ * NULL) adds "Name: value" request headers after the target's. NULL when
+ * out of memory. */
 fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, const char *method,
                                      const char *path, const char *body, size_t len, int streaming,
-                                     const fh_upstream_handler *h, void *ud);
+                                     const char *const *extra, const fh_upstream_handler *h,
+                                     void *ud);
 /* Continues a transfer paused by on_body returning 1. */
 void fh_upstream_resume(fh_upstream *u, fh_upstream_call *c);
 /* Ends a call at once, without on_done; `c` is gone afterwards. */

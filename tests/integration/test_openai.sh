@@ -54,4 +54,34 @@ check "it ends the stream with an error event (upstream_invalid), cleanly (curl 
 stream '"stall_after_chunks":2'
 check "a stream that stalls past the timeout ends with an error event (upstream_timeout)" \
     bash -c "[ $CURL_RC = 0 ] && $(declare -f error_event); error_event upstream_timeout"
+# ---- headers, both ways ---------------------------------------------------------------------
+stub_headers() { curl -s "$STUB/stub/requests" | jq -c '.[-1].headers'; }
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' \
+    -H 'OpenAI-Organization: org-42' -H 'OpenAI-Project: proj-7' -H 'User-Agent: OpenAI/Python 1.99' \
+    -H 'X-Request-Id: caller-rid-1' -H 'Idempotency-Key: idem-9' -H 'Authorization: Bearer sk-caller' \
+    -H 'X-Fusion-Scenario-Type: none' -H 'X-Other: not-forwarded'
+h=$(stub_headers)
+check "OpenAI-Organization, -Project, User-Agent, X-Request-Id, Idempotency-Key go upstream" \
+    bash -c "echo '$h' | jq -e '.\"openai-organization\" == \"org-42\" and .\"openai-project\" == \"proj-7\" and .\"user-agent\" == \"OpenAI/Python 1.99\" and .\"x-request-id\" == \"caller-rid-1\" and .\"idempotency-key\" == \"idem-9\"' >/dev/null"
+check "X-Fusion-* and other caller headers do not" \
+    bash -c "echo '$h' | jq -e '(keys | map(select(startswith(\"x-fusion\"))) | length == 0) and (has(\"x-other\") | not)' >/dev/null"
+check "the upstream gets the operator's key, never the caller's" \
+    bash -c "echo '$h' | jq -e '.authorization == \"Bearer sk-test-secret-42\"' >/dev/null"
+check "the answer headers a client reads come back (x-request-id, openai-processing-ms, x-ratelimit-*)" \
+    bash -c "grep -qi '^x-request-id: req_stub_' '$FH_TMP/headers' && grep -qi '^openai-processing-ms: 1' '$FH_TMP/headers' && grep -qi '^x-ratelimit-remaining-requests: 99' '$FH_TMP/headers'"
+check "hop-by-hop ones do not (Keep-Alive)" bash -c "! grep -qi '^keep-alive:' '$FH_TMP/headers'"
+post /v1/chat/completions '{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+check "a stream carries them too" bash -c "grep -qi '^x-request-id: req_stub_' '$FH_TMP/headers'"
+post /v1/chat/completions '{"model":"m","stub":{"status":429},"messages":[{"role":"user","content":"hi"}]}'
+check "a 429 with Retry-After: 7 reaches the client with it" \
+    bash -c "[ $STATUS = 429 ] && grep -qi '^retry-after: 7' '$FH_TMP/headers'"
+stop_daemon
+
+# upstream.forward_client_key: the caller's own key goes upstream instead.
+cfg=$(make_config "$FH_TMP/k")
+sed -i 's|^  api_key_env: .*|&\n  forward_client_key: true|' "$cfg"
+start_daemon "$cfg"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Authorization: Bearer sk-caller-own'
+check "forward_client_key: true: the caller's Authorization goes upstream, the operator's does not" \
+    bash -c "[ $STATUS = 200 ] && curl -s '$STUB/stub/requests' | jq -e '.[-1].headers.authorization == \"Bearer sk-caller-own\"' >/dev/null"
 finish

@@ -64,6 +64,7 @@ struct record {
     char *body; /* raw bytes plus a NUL for convenience */
     size_t len;
     char *authorization, *content_type, *fault_header; /* NULL when absent */
+    json_t *headers;                                   /* every request header, names lower-cased */
 };
 
 struct stub_server {
@@ -169,6 +170,23 @@ static int peer_gone(struct MHD_Connection *c)
 }
 
 /* Queues `body` (malloc'ed, ownership passes to MHD, also on failure). */
+/* The answer headers the OpenAI API sends and clients read (the SDKs'
+ * request_id, rate limits, when to retry a 429), plus a hop-by-hop one a
+ * gateway must not pass on. */
+static void add_api_headers(struct MHD_Response *r, unsigned status)
+{
+    static unsigned long next_id;
+    char id[48];
+    snprintf(id, sizeof id, "req_stub_%lu", ++next_id);
+    MHD_add_response_header(r, "x-request-id", id);
+    MHD_add_response_header(r, "openai-processing-ms", "1");
+    MHD_add_response_header(r, "openai-version", "2020-10-01");
+    MHD_add_response_header(r, "x-ratelimit-remaining-requests", "99");
+    MHD_add_response_header(r, "Keep-Alive", "timeout=5");
+    if (status == 429)
+        MHD_add_response_header(r, "Retry-After", "7");
+}
+
 static enum MHD_Result send_owned(struct MHD_Connection *c, unsigned status, char *body, size_t len,
                                   const char *ctype)
 {
@@ -178,6 +196,7 @@ static enum MHD_Result send_owned(struct MHD_Connection *c, unsigned status, cha
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    add_api_headers(r, status);
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
@@ -354,6 +373,7 @@ static void record_free(struct record *r)
     free(r->authorization);
     free(r->content_type);
     free(r->fault_header);
+    json_decref(r->headers);
     memset(r, 0, sizeof *r);
 }
 
@@ -365,9 +385,25 @@ static void ring_clear(struct stub_server *s)
 }
 
 /* Keeps a copy of the body and headers; on out-of-memory keeps nothing. */
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    char lower[128];
+    size_t i = 0;
+    for (; key[i] && i + 1 < sizeof lower; i++)
+        lower[i] = (char)((key[i] >= 'A' && key[i] <= 'Z') ? key[i] + 32 : key[i]);
+    lower[i] = '\0';
+    json_object_set_new(cls, lower, json_string(value ? value : ""));
+    return MHD_YES;
+}
+
 static void ring_add(struct stub_server *s, struct MHD_Connection *c, const struct req *q)
 {
     struct record r = {.seq = q->id, .len = q->len};
+    r.headers = json_object();
+    if (r.headers)
+        MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, r.headers);
     r.body = malloc(q->len + 1);
     r.authorization = dup_or_null(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization"));
     r.content_type = dup_or_null(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"));
@@ -400,11 +436,11 @@ static enum MHD_Result send_requests(struct stub_server *s, struct MHD_Connectio
         const struct record *r = &s->ring[(s->ring_start + i) % RING_SIZE];
         json_t *body = json_loadb(r->body, r->len, 0, NULL);
         json_t *raw = json_stringn(r->body, r->len); /* NULL when not UTF-8 */
-        json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:I, s:o, s:o}", "seq", (json_int_t)r->seq,
-                              "authorization", str_or_null(r->authorization), "content_type",
-                              str_or_null(r->content_type), "x_stub_fault",
-                              str_or_null(r->fault_header), "bytes", (json_int_t)r->len, "body",
-                              body ? body : json_null(), "raw", raw ? raw : json_null());
+        json_t *o = json_pack(
+            "{s:I, s:O?, s:o, s:o, s:o, s:I, s:o, s:o}", "seq", (json_int_t)r->seq, "headers",
+            r->headers, "authorization", str_or_null(r->authorization), "content_type",
+            str_or_null(r->content_type), "x_stub_fault", str_or_null(r->fault_header), "bytes",
+            (json_int_t)r->len, "body", body ? body : json_null(), "raw", raw ? raw : json_null());
         if (!o || json_array_append_new(arr, o) != 0) {
             json_decref(arr);
             arr = NULL;
@@ -807,6 +843,7 @@ static enum MHD_Result deliver(struct stub_server *s, struct MHD_Connection *c, 
         o->stream = NULL;  /* owned by the response from here on */
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        add_api_headers(r, 200);
         enum MHD_Result ret = MHD_queue_response(c, 200, r);
         MHD_destroy_response(r);
         logf_req(s, "#%llu 200 stream (%zu events)", (unsigned long long)q->id, st->nev);
