@@ -61,7 +61,8 @@ static const char *const top_keys[] = {"listen",
                                        NULL};
 static const char *const admin_keys[] = {"listen", "token_file", NULL};
 static const char *const upstream_keys[] = {
-    "base_url", "api_key_env", "timeout_ms", "connect_timeout_ms", "forward_client_key", NULL};
+    "base_url",           "api_key_env",        "timeout_ms", "idle_timeout_ms",
+    "connect_timeout_ms", "forward_client_key", NULL};
 static const char *const plugins_keys[] = {"dir", "watch", NULL};
 static const char *const overlay_keys[] = {"breaker", "budget", "quality_threshold", "config",
                                            NULL};
@@ -306,6 +307,7 @@ static void read_upstream(loader *L, yaml_node_t *root)
                       "got \"%s\"",
                       c->upstream.api_key_env);
     fh_yaml_get_int(y, m, "upstream", "timeout_ms", 1, 3600000, &c->upstream.timeout_ms);
+    fh_yaml_get_int(y, m, "upstream", "idle_timeout_ms", 1, 3600000, &c->upstream.idle_timeout_ms);
     fh_yaml_get_int(y, m, "upstream", "connect_timeout_ms", 1, 600000,
                     &c->upstream.connect_timeout_ms);
     fh_yaml_get_bool(y, m, "upstream", "forward_client_key", &c->upstream.forward_client_key);
@@ -462,6 +464,7 @@ static int set_defaults(fh_config *c)
     c->upstream.base_url = strdup(DEF_BASE_URL);
     c->upstream.api_key_env = strdup(DEF_API_KEY_ENV);
     c->upstream.timeout_ms = 60000;
+    c->upstream.idle_timeout_ms = 30000;
     c->upstream.connect_timeout_ms = 2000;
     c->plugins.dir = strdup(DEF_PLUGINS_DIR);
     c->plugins.watch = true;

@@ -59,8 +59,9 @@ typedef struct fh_config {
     } admin;
     struct {
         char *base_url;
-        char *api_key_env; /* may be "" */
-        int timeout_ms;
+        char *api_key_env;   /* may be "" */
+        int timeout_ms;      /* the answer's head; a whole non-streamed answer */
+        int idle_timeout_ms; /* the longest gap between a stream's bytes */
         int connect_timeout_ms;
         bool forward_client_key; /* the caller's Authorization goes upstream */
     } upstream;

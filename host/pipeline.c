@@ -255,6 +255,7 @@ void fh_upstream_opts_of(const fh_config *cfg, fh_upstream_opts *o)
                                            ? getenv(key_env)
                                            : NULL,
                             .timeout_ms = cfg->upstream.timeout_ms,
+                            .idle_timeout_ms = cfg->upstream.idle_timeout_ms,
                             .connect_timeout_ms = cfg->upstream.connect_timeout_ms};
 }
 

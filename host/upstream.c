@@ -35,7 +35,8 @@ struct fh_upstream_target {
     char *base_url;
     struct curl_slist *headers;   /* curl only reads it */
     CURLU *url_chat, *url_models; /* parsed once: curl reads them, never writes */
-    long timeout_ms;
+    long timeout_ms;              /* the answer's head; a whole non-streamed answer */
+    long idle_timeout_ms;         /* the longest gap between a stream's bytes */
     long connect_timeout_ms;
 };
 
@@ -47,6 +48,11 @@ struct fh_upstream_call {
     struct curl_slist *own_headers; /* the target's plus the caller's, when it sent any */
     char *resp_headers;             /* kept answer headers, "Name: value\r\n"... */
     size_t resp_len;
+    /* A stream's own timing (curl's low-speed check counts in whole
+     * seconds and waits up to twice the limit): the head by timeout_ms,
+     * then every gap by idle_timeout_ms; not while we paused it. */
+    bool streaming, paused;
+    uint64_t deadline_ns;
     long status;
     bool got_response;
     char error[CURL_ERROR_SIZE];
@@ -64,7 +70,9 @@ struct fh_upstream {
     CURLM *multi;
     fh_upstream_target *tg; /* what new calls use */
     uint64_t deadline_ns;   /* curl's timer; 0: none */
-    bool in_turn;           /* inside our own turn or fd event: it reads the timer */
+    size_t nstreams;        /* running streaming calls (their deadlines are ours) */
+    uint64_t next_sweep_ns;
+    bool in_turn; /* inside our own turn or fd event: it reads the timer */
     fh_upstream_call *running;
     size_t in_flight;
     CURL *idle[IDLE_EASY_MAX];
@@ -173,10 +181,49 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
 }
 
 /* The worker's turn: curl's timer, then what completed. */
+#define SWEEP_NS (20u * 1000000u) /* streams' deadlines are checked this often */
+
+static uint64_t upstream_wait_ns(CURL *e);
+static void free_call(fh_upstream *u, fh_upstream_call *c);
+
+/* Ends the streams past their deadline, as curl ends a timed-out call. */
+static void sweep_streams(fh_upstream *u, uint64_t now)
+{
+    fh_upstream_call *c = u->running, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (!c->streaming || c->paused || now < c->deadline_ns)
+            continue;
+        char error[CURL_ERROR_SIZE];
+        long ms = c->got_response ? c->tg->idle_timeout_ms : c->tg->timeout_ms;
+        snprintf(error, sizeof(error),
+                 c->got_response ? "no data from the stream for %ld ms (upstream.idle_timeout_ms)"
+                                 : "no answer within %ld ms (upstream.timeout_ms)",
+                 ms);
+        fh_upstream_done d = {.result = FH_UPSTREAM_TIMEOUT,
+                              .status = c->status,
+                              .error = error,
+                              .wait_ns = upstream_wait_ns(c->easy)};
+        fh_upstream_handler h = c->h;
+        void *ud = c->ud;
+        free_call(u, c);
+        if (h.on_done)
+            h.on_done(ud, &d);
+        next = u->running; /* on_done may have submitted or cancelled: start over */
+    }
+}
+
 static int upstream_turn(fh_worker *w, void *ud)
 {
     (void)w;
     fh_upstream *u = ud;
+    if (u->nstreams) {
+        uint64_t now = fh_now_ns();
+        if (now >= u->next_sweep_ns) {
+            u->next_sweep_ns = now + SWEEP_NS;
+            sweep_streams(u, now);
+        }
+    }
     if (u->deadline_ns && fh_now_ns() >= u->deadline_ns) {
         u->deadline_ns = 0;
         int running = 0;
@@ -185,10 +232,13 @@ static int upstream_turn(fh_worker *w, void *ud)
         u->in_turn = false;
         drain_done(u);
     }
-    if (!u->deadline_ns)
-        return -1;
     uint64_t now = fh_now_ns();
-    return u->deadline_ns <= now ? 0 : (int)((u->deadline_ns - now + 999999u) / 1000000u);
+    uint64_t next = u->deadline_ns;
+    if (u->nstreams && (!next || u->next_sweep_ns < next))
+        next = u->next_sweep_ns;
+    if (!next)
+        return -1;
+    return next <= now ? 0 : (int)((next - now + 999999u) / 1000000u);
 }
 
 /* ---- calls -------------------------------------------------------------------- */
@@ -230,6 +280,8 @@ static void target_unref(fh_upstream_target *t)
 
 static void free_call(fh_upstream *u, fh_upstream_call *c)
 {
+    if (c->streaming)
+        u->nstreams--;
     unlink_call(u, c);
     release_easy(u, c->easy);
     target_unref(c->tg);
@@ -244,6 +296,8 @@ static void deliver_response(fh_upstream_call *c)
     if (c->got_response)
         return;
     c->got_response = true;
+    if (c->streaming)
+        c->deadline_ns = fh_now_ns() + (uint64_t)c->tg->idle_timeout_ms * 1000000u;
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
     char *ct = NULL; /* curl's, valid during the callback: the caller copies it */
     if (curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct) != CURLE_OK || !ct)
@@ -311,8 +365,12 @@ static size_t on_write(char *data, size_t size, size_t n, void *p)
     size_t len = size * n;
     deliver_response(c);
     int rc = c->h.on_body ? c->h.on_body(c->ud, data, len) : 0;
-    if (rc > 0)
+    if (c->streaming)
+        c->deadline_ns = fh_now_ns() + (uint64_t)c->tg->idle_timeout_ms * 1000000u;
+    if (rc > 0) {
+        c->paused = true;
         return CURL_WRITEFUNC_PAUSE;
+    }
     if (rc < 0)
         return 0; /* CURLE_WRITE_ERROR: the handler refused the answer */
     return len;
@@ -446,11 +504,15 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, con
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     if (streaming) {
-        /* A stream may last long; what must not last is silence. */
-        long idle_s = (tg->timeout_ms + 999) / 1000;
+        /* A stream may last long; what must not last is silence. Our own
+         * deadlines (upstream_turn): the head within timeout_ms, then no
+         * gap over idle_timeout_ms. */
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
+        c->streaming = true;
+        c->deadline_ns = fh_now_ns() + (uint64_t)tg->timeout_ms * 1000000u;
+        u->nstreams++;
     } else {
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
@@ -479,6 +541,9 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, con
 void fh_upstream_resume(fh_upstream *u, fh_upstream_call *c)
 {
     (void)u;
+    c->paused = false;
+    if (c->streaming)
+        c->deadline_ns = fh_now_ns() + (uint64_t)c->tg->idle_timeout_ms * 1000000u;
     curl_easy_pause(c->easy, CURLPAUSE_CONT);
 }
 
@@ -536,6 +601,7 @@ fh_upstream_target *fh_upstream_target_new(const fh_upstream_opts *opts, char *e
         n--;
     t->base_url = strndup(opts->base_url, n);
     t->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
+    t->idle_timeout_ms = opts->idle_timeout_ms > 0 ? opts->idle_timeout_ms : 30000;
     t->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 2000;
     /* "Expect:" off: 100-continue costs a round trip on bodies over 1 KiB. */
     t->headers = curl_slist_append(NULL, "Content-Type: application/json");

@@ -59,7 +59,8 @@ typedef struct fh_upstream_handler {
 typedef struct fh_upstream_opts {
     const char *base_url; /* e.g. "http://127.0.0.1:8000/v1", no trailing / needed */
     const char *api_key;  /* sent as "Authorization: Bearer"; NULL/"" for none */
-    long timeout_ms;      /* whole answer (non-streaming) / idle gap (streaming) */
+    long timeout_ms;      /* the answer's head; a whole non-streamed answer */
+    long idle_timeout_ms; /* the longest gap between a stream's bytes */
     long connect_timeout_ms;
 } fh_upstream_opts;
 

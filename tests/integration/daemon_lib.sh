@@ -55,6 +55,7 @@ upstream:
   base_url: "$upstream"
   api_key_env: "FH_TEST_UPSTREAM_KEY"
   timeout_ms: ${FH_TEST_TIMEOUT_MS:-3000}
+  idle_timeout_ms: ${FH_TEST_IDLE_MS:-${FH_TEST_TIMEOUT_MS:-3000}}
   connect_timeout_ms: 1000
 plugins:
   dir: "plugins"

@@ -13,7 +13,8 @@ N=${FH_CONCURRENCY:-2000}
 start_stub
 # One load generator stands for many clients: lift the per-address cap.
 FH_TEST_LIMITS='{ max_body_bytes: 65536, max_connections: 10000, max_connections_per_ip: 10000 }'
-FH_TEST_TIMEOUT_MS=30000 FH_TEST_LOG_LEVEL=warn start_daemon "$(make_config "$FH_TMP/d")"
+FH_TEST_TIMEOUT_MS=30000 # (make_config reads it: not as a prefix of start_daemon)
+FH_TEST_LOG_LEVEL=warn start_daemon "$(make_config "$FH_TMP/d")"
 threads_before=$(ls "/proc/$FH_PID/task" | wc -l)
 
 echo '{"model":"m","stub":{"delay_ms":1000},"messages":[{"role":"user","content":"refund twice"}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}' >"$FH_TMP/req.json"

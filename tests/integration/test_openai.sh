@@ -8,7 +8,8 @@
 . "$(dirname "$0")/daemon_lib.sh"
 
 start_stub
-FH_TEST_TIMEOUT_MS=1000 start_daemon "$(make_config "$FH_TMP/d")"
+FH_TEST_TIMEOUT_MS=1000 # timeout_ms and idle_timeout_ms
+start_daemon "$(make_config "$FH_TMP/d")"
 
 # ---- request fields --------------------------------------------------------------------
 post /v1/chat/completions '{"model":"m","stream":null,"messages":[{"role":"user","content":"hi"}]}'
@@ -51,9 +52,26 @@ check "a malformed event from the upstream is not passed on" \
 check "nor anything after it ([DONE] included)" bash -c "! grep -q '\[DONE\]' '$FH_TMP/sse'"
 check "it ends the stream with an error event (upstream_invalid), cleanly (curl exit $CURL_RC)" \
     bash -c "[ $CURL_RC = 0 ] && $(declare -f error_event); error_event upstream_invalid"
+# Timeouts that fit long generations (timeout_ms and idle_timeout_ms are
+# both 1000 here): a stall ends within 10% of the idle timeout; a healthy
+# stream slower than timeout_ms in all is never cut; a head that does not
+# come within timeout_ms is a 504.
+t0=$(date +%s.%N)
 stream '"stall_after_chunks":2'
-check "a stream that stalls past the timeout ends with an error event (upstream_timeout)" \
+took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b - a}')
+check "a stream that stalls ends with an error event (upstream_timeout)" \
     bash -c "[ $CURL_RC = 0 ] && $(declare -f error_event); error_event upstream_timeout"
+check "after idle_timeout_ms 1000 within 10% ($took s)" awk -v t="$took" 'BEGIN{exit !(t >= 0.95 && t <= 1.15)}'
+t0=$(date +%s.%N)
+stream '"chunk_delay_ms":300'
+took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b - a}')
+check "a healthy stream of $took s (13 events 300 ms apart, over timeout_ms 1000) is not cut" \
+    bash -c "[ $CURL_RC = 0 ] && grep -q '^data: \[DONE\]' '$FH_TMP/sse' && ! grep -q '\"error\"' '$FH_TMP/sse' && awk -v t=$took 'BEGIN{exit !(t > 3)}'"
+t0=$(date +%s.%N)
+stream '"delay_ms":3000'
+took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b - a}')
+check "a stream whose head does not come within timeout_ms 1000: 504 after $took s" \
+    bash -c "jq -e '.error.code == \"upstream_timeout\"' '$FH_TMP/sse' >/dev/null && awk -v t=$took 'BEGIN{exit !(t >= 0.95 && t <= 1.15)}'"
 # ---- headers, both ways ---------------------------------------------------------------------
 stub_headers() { curl -s "$STUB/stub/requests" | jq -c '.[-1].headers'; }
 post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' \
