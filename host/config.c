@@ -12,9 +12,12 @@
  * error per run.
  */
 #include "config.h"
+
+#include "auth.h"
 #include "yamlutil.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdio.h>
@@ -58,8 +61,10 @@ static const char *const top_keys[] = {"listen",
                                        "drain_timeout_ms",
                                        "workers",
                                        "hooks",
+                                       "auth",
                                        NULL};
 static const char *const admin_keys[] = {"listen", "token_file", NULL};
+static const char *const auth_keys[] = {"keys_file", "allow_anonymous", NULL};
 static const char *const upstream_keys[] = {
     "base_url",           "api_key_env",        "timeout_ms", "idle_timeout_ms",
     "connect_timeout_ms", "forward_client_key", NULL};
@@ -424,6 +429,44 @@ static void resolve(loader *L, char **field)
     *field = abs;
 }
 
+static bool loopback_host(const char *listen)
+{
+    const char *colon = strrchr(listen, ':');
+    size_t n = colon ? (size_t)(colon - listen) : strlen(listen);
+    char host[64];
+    if (n >= sizeof(host))
+        return false;
+    memcpy(host, listen, n);
+    host[n] = '\0';
+    if (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0)
+        return true;
+    struct in_addr a4;
+    return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
+}
+
+/* The client keys, and the rule that a gateway others can reach is not an
+ * open one (it would spend the operator's upstream key for anyone). */
+static void read_auth(loader *L, yaml_node_t *au, yaml_node_t *root)
+{
+    fh_yaml *y = &L->y;
+    fh_config *c = L->cfg;
+    if (c->auth.keys_file && c->auth.keys_file[0]) {
+        fh_diag d = {0};
+        c->auth.keys = fh_keys_load(c->auth.keys_file, &d);
+        for (size_t i = 0; i < d.count; i++)
+            fh_yaml_error(y, fh_yaml_get(y, au, "keys_file"), "auth.keys_file", "%s", d.items[i]);
+        fh_diag_clear(&d);
+        return;
+    }
+    if (c->listen && !hostport_problem(c->listen) && !c->auth.allow_anonymous &&
+        !loopback_host(c->listen))
+        fh_yaml_error(y, fh_yaml_get(y, root, "listen"), "listen",
+                      "%s is reachable beyond this host, and auth.keys_file is not set: anyone "
+                      "who reaches it would spend the upstream key. Set auth.keys_file, or "
+                      "auth.allow_anonymous: true to mean it",
+                      c->listen);
+}
+
 static void resolve_paths(loader *L, yaml_node_t *root)
 {
     fh_config *c = L->cfg;
@@ -432,6 +475,7 @@ static void resolve_paths(loader *L, yaml_node_t *root)
     resolve(L, &c->feature_flags);
     resolve(L, &c->micro_overlays_dir);
     resolve(L, &c->admin.token_file);
+    resolve(L, &c->auth.keys_file);
     if (c->admin.listen && !strncmp(c->admin.listen, "unix:", 5) && c->admin.listen[5]) {
         char *abs = fh_path_resolve(c->dir, c->admin.listen + 5);
         char *full = NULL;
@@ -461,6 +505,7 @@ static int set_defaults(fh_config *c)
     c->listen = strdup(DEF_LISTEN);
     c->admin.listen = strdup(DEF_ADMIN_LISTEN);
     c->admin.token_file = strdup("");
+    c->auth.keys_file = strdup("");
     c->upstream.base_url = strdup(DEF_BASE_URL);
     c->upstream.api_key_env = strdup(DEF_API_KEY_ENV);
     c->upstream.timeout_ms = 60000;
@@ -595,7 +640,12 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
     yaml_node_t *hk = section(&L, root, "hooks", hooks_keys);
     fh_yaml_get_int(y, hk, "hooks", "deadline_ms", 10, 60000, &c->hooks.deadline_ms);
 
+    yaml_node_t *au = section(&L, root, "auth", auth_keys);
+    fh_yaml_get_string(y, au, "auth", "keys_file", true, &c->auth.keys_file);
+    fh_yaml_get_bool(y, au, "auth", "allow_anonymous", &c->auth.allow_anonymous);
+
     resolve_paths(&L, root);
+    read_auth(&L, au, root);
 
     size_t errors = y->errors;
     fh_yaml_close(y);
@@ -645,6 +695,8 @@ void fh_config_free(fh_config *cfg)
     free(cfg->listen);
     free(cfg->admin.listen);
     free(cfg->admin.token_file);
+    free(cfg->auth.keys_file);
+    fh_keys_free(cfg->auth.keys);
     free(cfg->upstream.base_url);
     free(cfg->upstream.api_key_env);
     free(cfg->plugins.dir);

@@ -89,6 +89,11 @@ typedef struct fh_config {
     struct {
         long max_series_per_metric;
     } metrics;
+    struct {
+        char *keys_file; /* absolute, or "" */
+        bool allow_anonymous;
+        struct fh_keys *keys; /* loaded from keys_file; NULL: no client auth */
+    } auth;
     int drain_timeout_ms;
     int workers; /* 0: the CPUs the process may run on (fh_config_workers) */
     struct {

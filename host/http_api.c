@@ -22,6 +22,7 @@
 #include "http_api.h"
 
 #include "apierror.h"
+#include "auth.h"
 #include "config.h"
 #include "gates.h"
 #include "iplimit.h"
@@ -196,6 +197,17 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
     }
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     bool draining = atomic_load(&h->state) == FH_HTTP_DRAINING;
+    const char *client = NULL;
+    if (strncmp(url, "/v1/", 4) == 0) {
+        const fh_config *cfg = fh_pipe_config(hw->pipe);
+        if (cfg && cfg->auth.keys) {
+            client = fh_keys_check(cfg->auth.keys, fh_hconn_header(c, "Authorization"));
+            if (!client) /* the key itself is never echoed or logged */
+                return fh_http_error(c, 401, "invalid_request_error", "invalid_api_key",
+                                     "Incorrect or missing API key: send Authorization: Bearer "
+                                     "with a key listed in auth.keys_file");
+        }
+    }
     if (strcmp(url, "/v1/chat/completions") == 0) {
         if (strcmp(method, "POST") != 0)
             return method_not_allowed(c, "POST");
@@ -210,6 +222,7 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
         fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_CHAT, max_body);
         if (!t)
             return -1;
+        fh_txn_set_client(t, client);
         if (cl)
             fh_txn_expect(t, (size_t)announced);
         *ctx = t;

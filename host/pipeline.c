@@ -129,6 +129,7 @@ struct fh_txn {
     double delta_pct;
     bool have_delta;
     char request_id[48];
+    char client[65]; /* the client key's name (auth.keys_file), "" when none */
     fusion_request *req;
     snap_ref *snap;
     fh_generation *gen; /* the overlay in use, referenced until the finish */
@@ -304,6 +305,21 @@ void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snap
 }
 
 static void note_reachable(fh_pipeline *p, const fh_upstream_done *d);
+
+const fh_config *fh_pipe_config(fh_pipe *pp)
+{
+    snap_ref *s = snap_take(pp);
+    if (!s)
+        return NULL;
+    const fh_config *c = s->snap->cfg;
+    snap_release(s); /* pp->snap still holds it until a reload is seen here */
+    return c;
+}
+
+void fh_txn_set_client(fh_txn *t, const char *name)
+{
+    fh_strlcpy(t->client, name ? name : "", sizeof(t->client));
+}
 
 bool fh_pipeline_upstream_down(const fh_pipeline *p)
 {
@@ -609,10 +625,13 @@ static void route(fh_txn *t)
 {
     fusion_request *r = t->req;
     fh_snapshot *s = t->snap->snap;
+    /* The rollout key: key, else scenario_id, else the client key's name,
+     * else the request id (SPEC 4). */
     fh_route_ctx ctx = {.scenario_type = r->scenario_type,
                         .scenario_id = r->scenario_id,
                         .confidence = r->confidence,
-                        .key = r->key,
+                        .key =
+                            r->key ? r->key : (!r->scenario_id && t->client[0] ? t->client : NULL),
                         .request_id = t->request_id};
     fh_route rt;
     fh_flags_route(s->flags, s->cfg->environment, &s->ovr, &ctx, &rt);
@@ -790,7 +809,9 @@ static void log_routed(fh_txn *t)
     snprintf(f_ovl, sizeof(f_ovl), "FUSION_DECISION=%s",
              t->overlaid ? t->overlay_name : "baseline");
     snprintf(f_rsn, sizeof(f_rsn), "FUSION_REASON=%s", fh_reason_name(t->reason));
-    const char *fields[] = {f_id, f_scn, f_ovl, f_rsn, NULL};
+    char f_cli[90];
+    snprintf(f_cli, sizeof(f_cli), "FUSION_CLIENT=%s", t->client); /* a name, never the key */
+    const char *fields[] = {f_id, f_scn, f_ovl, f_rsn, t->client[0] ? f_cli : NULL, NULL};
     fh_log_fields(FH_LOG_DEBUG, fields, "request routed");
 }
 

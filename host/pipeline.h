@@ -61,6 +61,12 @@ bool fh_pipe_busy(const fh_pipe *pp);
 
 /* Runner, from the connection's request callback (httpd.h). */
 fh_txn *fh_txn_new(fh_pipe *pp, fh_hconn *conn, fh_txn_kind kind, size_t max_body);
+/* Runner: the configuration this worker serves new requests with (valid
+ * during the current callback). */
+const fh_config *fh_pipe_config(fh_pipe *pp);
+/* The client key's name that authenticated the request (logged; the
+ * rollout key when the request names none). */
+void fh_txn_set_client(fh_txn *t, const char *name);
 /* The body's announced length (Content-Length), before its bytes. */
 void fh_txn_expect(fh_txn *t, size_t len);
 /* Request body bytes. Returns 0, or -1 once over the max_body the request

@@ -102,4 +102,45 @@ start_daemon "$cfg"
 post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Authorization: Bearer sk-caller-own'
 check "forward_client_key: true: the caller's Authorization goes upstream, the operator's does not" \
     bash -c "[ $STATUS = 200 ] && curl -s '$STUB/stub/requests' | jq -e '.[-1].headers.authorization == \"Bearer sk-caller-own\"' >/dev/null"
+stop_daemon
+
+# ---- caller authentication (auth.keys_file) ---------------------------------------------------
+keys=$FH_TMP/clients.keys
+{
+    echo "# name  sha256 of the key"
+    echo "alice $(printf %s sk-alice-1 | sha256sum | cut -d' ' -f1)"
+    echo "bob   $(printf %s sk-bob-2 | sha256sum | cut -d' ' -f1)"
+} >"$keys"
+cfg=$(make_config "$FH_TMP/a")
+printf 'auth: { keys_file: "%s" }\n' "$keys" >>"$cfg"
+FH_TEST_LOG_LEVEL=debug start_daemon "$cfg"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+check "no key: 401 in the OpenAI shape (invalid_api_key, param null)" \
+    bash -c "[ $STATUS = 401 ] && jq -e '.error.code == \"invalid_api_key\" and .error.param == null and .error.type == \"invalid_request_error\"' '$FH_TMP/body' >/dev/null"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Authorization: Bearer sk-mallory'
+check "an unknown key: 401" [ "$STATUS" = 401 ]
+post /v1/models '' -X GET -H 'Authorization: Bearer sk-bob-2'
+check "/v1/models needs a key too, and bob's works" [ "$STATUS" = 200 ]
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Authorization: Bearer sk-alice-1'
+check "alice's key: 200" [ "$STATUS" = 200 ]
+check "the upstream gets the operator's key, not alice's" \
+    bash -c "curl -s '$STUB/stub/requests' | jq -e '.[-1].headers.authorization == \"Bearer sk-test-secret-42\"' >/dev/null"
+check "/health and /metrics need no key" \
+    bash -c "[ \$(curl -s -o /dev/null -w '%{http_code}' '$FH/health') = 200 ] && [ \$(curl -s -o /dev/null -w '%{http_code}' '$FH/metrics') = 200 ]"
+check "the client's name is logged (FUSION_CLIENT=alice)" grep -q 'alice' "$FH_TMP/daemon.log"
+check "no key, the client's or the operator's, appears in the log or the metrics" \
+    bash -c "! grep -qE 'sk-alice-1|sk-bob-2|sk-mallory|sk-test-secret-42' '$FH_TMP/daemon.log' && ! curl -s '$FH/metrics' | grep -qE 'sk-|alice'"
+stop_daemon
+# An open gateway beyond loopback is refused; a bad keys file names its line.
+cfg=$(make_config "$FH_TMP/o")
+sed -i 's|^listen: .*|listen: "0.0.0.0:0"|' "$cfg"
+run "listen 0.0.0.0 without auth.keys_file: check refuses it" 1 "$FH_BIN" check -c "$cfg"
+expect "and says what to do" 'auth.keys_file, or auth.allow_anonymous: true'
+printf 'auth: { allow_anonymous: true }\n' >>"$cfg"
+run "with auth.allow_anonymous: true it is accepted" 0 "$FH_BIN" check -c "$cfg"
+printf 'carol not-a-digest\n' >>"$keys"
+cfg=$(make_config "$FH_TMP/b")
+printf 'auth: { keys_file: "%s" }\n' "$keys" >>"$cfg"
+run "a malformed keys file is refused" 1 "$FH_BIN" check -c "$cfg"
+expect "naming its line" 'clients.keys:4: expected `NAME SHA256-HEX`'
 finish

@@ -486,6 +486,38 @@ static void test_restart_keys(void **state)
     free(dir);
 }
 
+/* A gateway others can reach is not an open one by accident: without
+ * auth.keys_file, only loopback listens unless allow_anonymous says so. */
+static void test_open_gateway_refused(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    static const char *loop[] = {"127.0.0.1:8080", "127.8.9.10:1", "[::1]:80", "localhost:9"};
+    static const char *open[] = {"0.0.0.0:8080", "[::]:80", "10.0.0.1:80", "my-host.example:80"};
+    for (size_t i = 0; i < 4; i++) {
+        char *text = NULL;
+        assert_true(asprintf(&text, "listen: \"%s\"\n", loop[i]) > 0);
+        char *path = write_file(dir, "c.yaml", text, strlen(text));
+        fh_diag d = {0};
+        fh_config *c = fh_config_load(path, &d);
+        assert_non_null(c);
+        fh_config_free(c);
+        free(path);
+        free(text);
+        assert_true(asprintf(&text, "listen: \"%s\"\n", open[i]) > 0);
+        path = write_file(dir, "c.yaml", text, strlen(text));
+        c = fh_config_load(path, &d);
+        assert_null(c);
+        assert_int_equal(d.count, 1);
+        assert_non_null(strstr(d.items[0], "auth.keys_file"));
+        fh_diag_clear(&d);
+        free(path);
+        free(text);
+    }
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_valid_listen_forms(void **state)
 {
     (void)state;
@@ -495,7 +527,9 @@ static void test_valid_listen_forms(void **state)
     char *dir = make_tmpdir();
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         char *text = NULL;
-        assert_true(asprintf(&text, "listen: \"%s\"\n", ok[i]) > 0);
+        /* Beyond loopback without client keys needs allow_anonymous (below). */
+        assert_true(asprintf(&text, "listen: \"%s\"\nauth: { allow_anonymous: true }\n", ok[i]) >
+                    0);
         char *path = write_file(dir, "c.yaml", text, strlen(text));
         fh_diag d = {0};
         fh_config *c = fh_config_load(path, &d);
@@ -1000,6 +1034,7 @@ int main(void)
         cmocka_unit_test(test_overlay_config_json),
         cmocka_unit_test(test_thread_keys),
         cmocka_unit_test(test_valid_listen_forms),
+        cmocka_unit_test(test_open_gateway_refused),
         cmocka_unit_test(test_door_limits),
         cmocka_unit_test(test_restart_keys),
         cmocka_unit_test(test_bad_inputs),
