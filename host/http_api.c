@@ -195,6 +195,17 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
         }
         return fh_txn_step(t);
     }
+    /* Routed on the path alone: a query string and one trailing slash
+     * are tolerated (/v1/models/?x=1 is /v1/models). */
+    char path[256];
+    size_t plen = strcspn(url, "?");
+    if (plen >= sizeof(path))
+        plen = sizeof(path) - 1;
+    memcpy(path, url, plen);
+    path[plen] = '\0';
+    if (plen > 1 && path[plen - 1] == '/')
+        path[plen - 1] = '\0';
+    url = path;
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     bool draining = atomic_load(&h->state) == FH_HTTP_DRAINING;
     const char *client = NULL;

@@ -11,6 +11,12 @@ start_stub
 FH_TEST_TIMEOUT_MS=1000 # timeout_ms and idle_timeout_ms
 start_daemon "$(make_config "$FH_TMP/d")"
 
+# ---- paths --------------------------------------------------------------------------------
+post /v1/chat/completions/ '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+check "a trailing slash is tolerated (/v1/chat/completions/)" [ "$STATUS" = 200 ]
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' "$FH/v1/models/?limit=1")
+check "and a query string (/v1/models/?limit=1)" [ "$STATUS" = 200 ]
+
 # ---- request fields --------------------------------------------------------------------
 post /v1/chat/completions '{"model":"m","stream":null,"messages":[{"role":"user","content":"hi"}]}'
 check "\"stream\": null is \"not given\": a plain answer" \
