@@ -180,6 +180,21 @@ static int method_not_allowed(fh_hconn *c, const char *allow)
     return fh_http_error_allow(c, 405, "invalid_request_error", "method_not_allowed", msg, allow);
 }
 
+/* The metrics label of a proxied path: its first segment when it is an
+ * OpenAI endpoint family, else "other", so clients cannot grow the series. */
+static const char *route_label(const char *rest)
+{
+    static const char *const known[] = {"models",      "embeddings",    "completions", "responses",
+                                        "moderations", "files",         "uploads",     "audio",
+                                        "images",      "batches",       "fine_tuning", "assistants",
+                                        "threads",     "vector_stores", "realtime",    "chat"};
+    size_t n = strcspn(rest, "/?");
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strlen(known[i]) == n && strncmp(rest, known[i], n) == 0)
+            return known[i];
+    return "other";
+}
+
 static int on_request(void *cls, fh_hconn *c, const char *method, const char *url,
                       const char *upload, size_t *upload_size, void **ctx)
 {
@@ -197,6 +212,7 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
     }
     /* Routed on the path alone: a query string and one trailing slash
      * are tolerated (/v1/models/?x=1 is /v1/models). */
+    const char *full_url = url;
     char path[256];
     size_t plen = strcspn(url, "?");
     if (plen >= sizeof(path))
@@ -247,6 +263,22 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
         fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_MODELS, atomic_load(&h->max_body));
         if (!t)
             return -1;
+        *ctx = t;
+        return 0;
+    }
+    if (strncmp(url, "/v1/", 4) == 0) {
+        /* Every other /v1/ path: relayed to the upstream unchanged. */
+        if (draining)
+            return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
+        fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_PROXY, atomic_load(&h->max_body));
+        if (!t)
+            return -1;
+        const char *raw = full_url + 3; /* "/v1" off, the query kept */
+        if (fh_txn_set_proxy(t, method, raw, route_label(url + 4)) != 0) {
+            *ctx = t; /* completed (and freed) with the connection */
+            return -1;
+        }
+        fh_txn_set_client(t, client);
         *ctx = t;
         return 0;
     }

@@ -129,7 +129,10 @@ struct fh_txn {
     double delta_pct;
     bool have_delta;
     char request_id[48];
-    char client[65]; /* the client key's name (auth.keys_file), "" when none */
+    char client[65];       /* the client key's name (auth.keys_file), "" when none */
+    char *proxy_path;      /* PROXY: the path after /v1, query included */
+    char proxy_method[16]; /* PROXY: the caller's method */
+    char proxy_route[24];  /* PROXY: the metrics label */
     fusion_request *req;
     snap_ref *snap;
     fh_generation *gen; /* the overlay in use, referenced until the finish */
@@ -316,6 +319,18 @@ const fh_config *fh_pipe_config(fh_pipe *pp)
     return c;
 }
 
+int fh_txn_set_proxy(fh_txn *t, const char *method, const char *path, const char *route)
+{
+    free(t->proxy_path);
+    t->proxy_path = strdup(path);
+    /* HEAD is sent as GET: the connection drops the body for the client. */
+    fh_strlcpy(t->proxy_method, strcmp(method, "HEAD") == 0 ? "GET" : method,
+               sizeof(t->proxy_method));
+    fh_strlcpy(t->proxy_route, route, sizeof(t->proxy_route));
+    fh_strlcpy(t->scenario, route, sizeof(t->scenario));
+    return t->proxy_path ? 0 : -1;
+}
+
 void fh_txn_set_client(fh_txn *t, const char *name)
 {
     fh_strlcpy(t->client, name ? name : "", sizeof(t->client));
@@ -382,6 +397,7 @@ static void txn_unref(fh_txn *t)
     buf_free(&t->resp);
     buf_free(&t->sse);
     free(t->up_headers);
+    free(t->proxy_path);
     buf_free(&t->text);
     free(t);
 }
@@ -748,23 +764,34 @@ static int submit(fh_txn *t, char *body, size_t len)
     /* The caller's headers OpenAI defines go upstream (X-Fusion-* never
      * do); its Authorization only with upstream.forward_client_key. */
     static const char *const fwd[] = {"OpenAI-Organization", "OpenAI-Project",  "User-Agent",
-                                      "X-Request-Id",        "Idempotency-Key", "Authorization"};
+                                      "X-Request-Id",        "Idempotency-Key", "Authorization",
+                                      "Content-Type",        "Accept"};
     bool own_key = t->snap && t->snap->snap->cfg->upstream.forward_client_key;
     char *extra[sizeof(fwd) / sizeof(fwd[0]) + 1];
     size_t nextra = 0;
     for (size_t i = 0; t->conn && i < sizeof(fwd) / sizeof(fwd[0]); i++) {
         if (strcmp(fwd[i], "Authorization") == 0 && !own_key)
             continue;
+        if ((strcmp(fwd[i], "Content-Type") == 0 || strcmp(fwd[i], "Accept") == 0) &&
+            t->kind != FH_TXN_PROXY)
+            continue; /* chat and models: JSON, the target's header */
         const char *v = fh_hconn_header(t->conn, fwd[i]);
         if (v && asprintf(&extra[nextra], "%s: %s", fwd[i], v) >= 0)
             nextra++;
     }
     extra[nextra] = NULL;
-    t->call = t->kind == FH_TXN_MODELS
-                  ? fh_upstream_submit(t->pp->up, tg, "GET", "/models", NULL, 0, 0,
-                                       (const char *const *)extra, &handler, t)
-                  : fh_upstream_submit(t->pp->up, tg, "POST", "/chat/completions", body, len,
-                                       t->client_stream, (const char *const *)extra, &handler, t);
+    if (t->kind == FH_TXN_PROXY)
+        /* Relayed as it comes: timed like a stream (the head within
+         * timeout_ms, then no gap over idle_timeout_ms). */
+        t->call = fh_upstream_submit(t->pp->up, tg, t->proxy_method, t->proxy_path, t->in.data,
+                                     t->in.len, 1, (const char *const *)extra, &handler, t);
+    else
+        t->call =
+            t->kind == FH_TXN_MODELS
+                ? fh_upstream_submit(t->pp->up, tg, "GET", "/models", NULL, 0, 0,
+                                     (const char *const *)extra, &handler, t)
+                : fh_upstream_submit(t->pp->up, tg, "POST", "/chat/completions", body, len,
+                                     t->client_stream, (const char *const *)extra, &handler, t);
     for (size_t i = 0; i < nextra; i++)
         free(extra[i]);
     return t->call ? 0 : -1;
@@ -954,8 +981,8 @@ static void up_response(void *ud, long status, const char *content_type, const c
     t->status = status;
     t->t_headers_ns = fh_now_ns();
     fh_strlcpy(t->content_type, content_type, sizeof(t->content_type));
-    if (t->client_stream && status == 200 &&
-        strncasecmp(t->content_type, "text/event-stream", 17) == 0) {
+    if (t->kind == FH_TXN_PROXY || (t->client_stream && status == 200 &&
+                                    strncasecmp(t->content_type, "text/event-stream", 17) == 0)) {
         t->streaming = true;
         wake(t); /* the request callback queues the streaming response */
     }
@@ -1146,6 +1173,17 @@ static int up_body(void *ud, const char *data, size_t len)
         t->paused = true; /* curl keeps the data and gives it again */
         return 1;
     }
+    if (t->kind == FH_TXN_PROXY) {
+        /* Bytes as they come, whatever they are. */
+        if (t->resp.len - t->resp_off > STREAM_HIGH) {
+            t->paused = true;
+            return 1;
+        }
+        if (buf_add(&t->resp, data, len) != 0)
+            return -1;
+        wake(t);
+        return 0;
+    }
     if (t->stream_bad)
         return -1; /* stop the transfer: nothing more is relayed */
     uint64_t t0 = fh_now_ns();
@@ -1233,7 +1271,7 @@ static void up_done(void *ud, const fh_upstream_done *d)
             buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated last event */
         t->sse.len = 0; /* after a failure: a partial event, never passed on */
         wake(t);        /* the reader ends the stream */
-    } else if (t->kind == FH_TXN_MODELS) {
+    } else if (t->kind == FH_TXN_MODELS || t->kind == FH_TXN_PROXY) {
         if (t->result != FH_UPSTREAM_OK || t->overflow)
             upstream_failed(t);
         else
@@ -1656,6 +1694,8 @@ static ssize_t stream_reader(void *cls, char *out, size_t max)
     if (t->done) {
         if ((t->result == FH_UPSTREAM_OK && !t->stream_bad) || t->stream_ended)
             return FH_HRESP_END;
+        if (t->kind == FH_TXN_PROXY)
+            return FH_HRESP_ERROR; /* not an event stream: cut, as the upstream did */
         /* The upstream failed after the stream began: one last event in the
          * OpenAI error shape, then a clean end, so a client's SDK raises
          * its API error rather than a transport or JSON one. */
@@ -1678,11 +1718,18 @@ static int start_stream(fh_txn *t)
     if (!r)
         return -1;
     t->refs++; /* the response's, dropped in stream_free */
+    t->ph = PH_STREAMING;
+    if (t->kind == FH_TXN_PROXY) {
+        if (t->content_type[0])
+            fh_hresp_header(r, "Content-Type", t->content_type);
+        add_upstream_headers(t, r);
+        fh_hresp_header(r, "X-Fusion-Request-Id", t->request_id);
+        return fh_hconn_respond(t->conn, answer_status(t), r);
+    }
     fh_hresp_header(r, "Content-Type", "text/event-stream");
     fh_hresp_header(r, "Cache-Control", "no-cache");
     add_upstream_headers(t, r);
     add_fusion_headers(t, r);
-    t->ph = PH_STREAMING;
     return fh_hconn_respond(t->conn, 200, r);
 }
 
@@ -1706,7 +1753,7 @@ static int body_complete(fh_txn *t)
     if (t->in_too_large)
         return fh_txn_reject_too_large(t);
     t->ph = PH_WAITING;
-    if (t->kind == FH_TXN_MODELS) {
+    if (t->kind == FH_TXN_MODELS || t->kind == FH_TXN_PROXY) {
         if (submit(t, NULL, 0) != 0) {
             t->ph = PH_ANSWERED;
             return fh_http_error(t->conn, 503, "server_error", "shutting_down",
@@ -1826,6 +1873,9 @@ static void settle_gates(fh_txn *t, double latency)
 static void record(fh_txn *t)
 {
     fh_pipeline *p = t->pp->p;
+    if (t->kind == FH_TXN_PROXY) /* counted by its bounded route label */
+        fh_metrics_request_done(p->metrics, "baseline", t->proxy_route, "proxied",
+                                (double)(fh_now_ns() - t->t_start_ns) / 1e6, NAN, NAN);
     if (t->kind != FH_TXN_CHAT || !t->snap)
         return;
     double latency = (double)(fh_now_ns() - t->t_start_ns) / 1e6;

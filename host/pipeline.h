@@ -46,7 +46,9 @@ typedef struct fh_pipeline {
     struct fh_gates *gates;    /* every overlay's breaker and budget gate; NULL: none */
 } fh_pipeline;
 
-typedef enum fh_txn_kind { FH_TXN_CHAT, FH_TXN_MODELS } fh_txn_kind;
+/* CHAT: the overlaid path. MODELS: GET /v1/models relayed. PROXY: any
+ * other /v1/ path, relayed as it is (method, body, status, bytes). */
+typedef enum fh_txn_kind { FH_TXN_CHAT, FH_TXN_MODELS, FH_TXN_PROXY } fh_txn_kind;
 
 void fh_pipeline_init(fh_pipeline *p, fh_registry *reg, fh_snapshot_holder *snaps,
                       fh_metrics *metrics, int hook_deadline_ms);
@@ -67,6 +69,9 @@ const fh_config *fh_pipe_config(fh_pipe *pp);
 /* The client key's name that authenticated the request (logged; the
  * rollout key when the request names none). */
 void fh_txn_set_client(fh_txn *t, const char *name);
+/* A PROXY request's method, its path after /v1 (query included) and the
+ * bounded label it is counted under in the metrics. Right after fh_txn_new. */
+int fh_txn_set_proxy(fh_txn *t, const char *method, const char *path, const char *route);
 /* The body's announced length (Content-Length), before its bytes. */
 void fh_txn_expect(fh_txn *t, size_t len);
 /* Request body bytes. Returns 0, or -1 once over the max_body the request

@@ -473,10 +473,16 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, con
     CURLU *url = strcmp(path, "/chat/completions") == 0 ? tg->url_chat
                  : strcmp(path, "/models") == 0         ? tg->url_models
                                                         : NULL;
-    fh_upstream_call *c = url ? calloc(1, sizeof(*c)) : NULL;
+    /* Any other path (the proxied endpoints): base_url + path, parsed by
+     * curl for this call. */
+    char *text = NULL;
+    if (!url && (path[0] != '/' || asprintf(&text, "%s%s", tg->base_url, path) < 0))
+        return NULL;
+    fh_upstream_call *c = calloc(1, sizeof(*c));
     CURL *e = c ? take_easy(u) : NULL;
     if (!e) {
         free(c);
+        free(text);
         return NULL;
     }
     c->h = *h;
@@ -487,11 +493,20 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, con
     /* Everything a previous call on this handle may have set differently
      * (a reload may have changed the target since). */
     curl_easy_setopt(e, CURLOPT_CURLU, url);
+    if (!url) {
+        curl_easy_setopt(e, CURLOPT_URL, text); /* curl copies it */
+        free(text);
+    }
     struct curl_slist *hdrs = tg->headers;
     if (extra && extra[0]) {
-        /* The caller's headers that go upstream, after the target's own. */
+        /* The caller's headers that go upstream, after the target's own
+         * (its Content-Type replaces the target's JSON one). */
+        bool own_type = false;
+        for (size_t i = 0; extra[i]; i++)
+            own_type = own_type || strncasecmp(extra[i], "Content-Type:", 13) == 0;
         for (const struct curl_slist *l = tg->headers; l; l = l->next)
-            c->own_headers = curl_slist_append(c->own_headers, l->data);
+            if (!own_type || strncasecmp(l->data, "Content-Type:", 13) != 0)
+                c->own_headers = curl_slist_append(c->own_headers, l->data);
         for (size_t i = 0; extra[i]; i++)
             c->own_headers = curl_slist_append(c->own_headers, extra[i]);
         if (c->own_headers)

@@ -17,6 +17,33 @@ check "a trailing slash is tolerated (/v1/chat/completions/)" [ "$STATUS" = 200 
 STATUS=$(curl -s -o /dev/null -w '%{http_code}' "$FH/v1/models/?limit=1")
 check "and a query string (/v1/models/?limit=1)" [ "$STATUS" = 200 ]
 
+# ---- every other /v1/ endpoint, relayed -------------------------------------------------------
+post /v1/embeddings '{"model":"text-embedding-3-small","input":"hello"}'
+check "POST /v1/embeddings reaches the upstream as sent; its status (201) comes back" \
+    bash -c "[ $STATUS = 201 ] && jq -e '.method == \"POST\" and .path == \"/v1/embeddings\" and .bytes == 50 and .content_type == \"application/json\"' '$FH_TMP/body' >/dev/null"
+check "with the upstream's x-request-id and our X-Fusion-Request-Id" \
+    bash -c "grep -qi '^x-request-id: req_stub_' '$FH_TMP/headers' && grep -qi '^X-Fusion-Request-Id: fh-' '$FH_TMP/headers'"
+head -c 60000 /dev/urandom >"$FH_TMP/upload.bin"
+want=$(python3 -c "import sys; h=2166136261
+for b in open(sys.argv[1],'rb').read(): h=((h^b)*16777619)&0xffffffff
+print(h)" "$FH_TMP/upload.bin")
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' -H 'Content-Type: application/octet-stream' \
+    --data-binary @"$FH_TMP/upload.bin" "$FH/v1/files?q=upload")
+check "a 60 kB binary upload arrives byte for byte (FNV-1a $want), with its content type and query" \
+    bash -c "[ $STATUS = 201 ] && jq -e '.bytes == 60000 and .fnv1a == $want and .content_type == \"application/octet-stream\" and .q == \"upload\"' '$FH_TMP/body' >/dev/null"
+curl -s -o "$FH_TMP/download.bin" -D "$FH_TMP/headers" "$FH/v1/files/file-abc/content"
+python3 -c "import sys; sys.stdout.buffer.write(bytes(i & 255 for i in range(4096)))" >"$FH_TMP/want.bin"
+check "a binary download comes back byte for byte (application/octet-stream)" \
+    bash -c "cmp -s '$FH_TMP/download.bin' '$FH_TMP/want.bin' && grep -qi '^content-type: application/octet-stream' '$FH_TMP/headers'"
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' -X DELETE "$FH/v1/files/file-abc")
+check "DELETE /v1/files/ID is relayed" bash -c "[ $STATUS = 201 ] && jq -e '.method == \"DELETE\"' '$FH_TMP/body' >/dev/null"
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/models/gpt-x?q=1")
+check "GET /v1/models/ID with a query is relayed" \
+    bash -c "[ $STATUS = 201 ] && jq -e '.path == \"/v1/models/gpt-x\" and .q == \"1\"' '$FH_TMP/body' >/dev/null"
+curl -s -o /dev/null "$FH/v1/not-yet-invented/thing"
+check "counted in the metrics by a bounded route label (embeddings, files, other)" \
+    bash -c "curl -s '$FH/metrics' | grep -q 'fusion_requests_total{overlay=\"baseline\",scenario=\"embeddings\",result=\"proxied\"} 1' && curl -s '$FH/metrics' | grep -q 'scenario=\"other\",result=\"proxied\"'"
+
 # ---- request fields --------------------------------------------------------------------
 post /v1/chat/completions '{"model":"m","stream":null,"messages":[{"role":"user","content":"hi"}]}'
 check "\"stream\": null is \"not given\": a plain answer" \

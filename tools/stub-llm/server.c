@@ -88,7 +88,17 @@ struct fault {
     long answer_kb;     /* the answer repeated to at least this many KiB */
 };
 
-enum route { R_CHAT, R_MODELS, R_REQUESTS, R_LAST, R_STATS, R_HEALTH, R_NOT_FOUND };
+enum route {
+    R_CHAT,
+    R_MODELS,
+    R_REQUESTS,
+    R_LAST,
+    R_STATS,
+    R_HEALTH,
+    R_BYTES, /* GET /v1/files/ID/content: binary bytes */
+    R_ECHO,  /* any other /v1/ path: what arrived, for a gateway's proxy tests */
+    R_NOT_FOUND
+};
 
 enum phase { P_RECEIVING, P_WAITING, P_DONE };
 
@@ -934,6 +944,11 @@ static enum route route_of(const char *url)
         return R_STATS;
     if (strcmp(url, "/health") == 0)
         return R_HEALTH;
+    size_t n = strlen(url);
+    if (strncmp(url, "/v1/files/", 10) == 0 && n > 18 && strcmp(url + n - 8, "/content") == 0)
+        return R_BYTES;
+    if (strncmp(url, "/v1/", 4) == 0)
+        return R_ECHO;
     return R_NOT_FOUND;
 }
 
@@ -941,6 +956,31 @@ static enum MHD_Result method_not_allowed(struct MHD_Connection *c, const char *
                                           const char *url)
 {
     return send_error(c, 405, "method_not_allowed", "%s is not allowed on %s", method, url);
+}
+
+/* A proxied request as it arrived (R_ECHO): method, path, query, content
+ * type and the body's size and FNV-1a hash; or (R_BYTES) 4096 binary bytes
+ * 0, 1, ... 255, 0, ... */
+static enum MHD_Result echo_route(struct MHD_Connection *c, const struct req *q, const char *method,
+                                  const char *url)
+{
+    if (q->route == R_BYTES) {
+        char *b = malloc(4096);
+        if (!b)
+            return MHD_NO;
+        for (int i = 0; i < 4096; i++)
+            b[i] = (char)(i & 0xff);
+        return send_owned(c, 200, b, 4096, "application/octet-stream");
+    }
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < q->len; i++)
+        h = (h ^ (unsigned char)q->body[i]) * 16777619u;
+    const char *query = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "q");
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    return send_json(c, 201,
+                     json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:I, s:I}", "object", "stub.echo",
+                               "method", method, "path", url, "q", query, "content_type", ct,
+                               "bytes", (json_int_t)q->len, "fnv1a", (json_int_t)h));
 }
 
 /* Every route but chat completions, once its (ignored) body is read. */
@@ -1017,9 +1057,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     CHECK_MAGIC(q, REQ_MAGIC);
 
     if (*upload_size > 0) {
-        /* Only chat bodies are kept; beyond the cap they are dropped and
-         * the request ends in 413 once fully read. */
-        if (q->counted && !q->too_large) {
+        /* Only chat and echo bodies are kept; beyond the cap they are
+         * dropped and the request ends in 413 once fully read. */
+        if ((q->counted || q->route == R_ECHO) && !q->too_large) {
             if (q->len + *upload_size > MAX_BODY_BYTES) {
                 q->too_large = 1;
                 free(q->body);
@@ -1046,7 +1086,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
     if (q->route != R_CHAT) {
         q->phase = P_DONE;
-        return other_route(s, c, q->route, method, url);
+        return q->route == R_ECHO || q->route == R_BYTES ? echo_route(c, q, method, url)
+                                                         : other_route(s, c, q->route, method, url);
     }
     if (!q->counted)
         return method_not_allowed(c, method, url);
