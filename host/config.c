@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <arpa/inet.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdio.h>
@@ -66,8 +67,8 @@ static const char *const top_keys[] = {"listen",
 static const char *const admin_keys[] = {"listen", "token_file", NULL};
 static const char *const auth_keys[] = {"keys_file", "allow_anonymous", NULL};
 static const char *const upstream_keys[] = {
-    "base_url",           "api_key_env",        "timeout_ms", "idle_timeout_ms",
-    "connect_timeout_ms", "forward_client_key", NULL};
+    "base_url",           "api_key_env",        "timeout_ms",  "idle_timeout_ms",
+    "connect_timeout_ms", "forward_client_key", "model_rules", NULL};
 static const char *const plugins_keys[] = {"dir", "watch", NULL};
 static const char *const overlay_keys[] = {"breaker", "budget", "quality_threshold", "config",
                                            NULL};
@@ -290,6 +291,74 @@ static void read_admin(loader *L, yaml_node_t *root)
     }
 }
 
+static bool valid_rule_param(const char *s)
+{
+    /* name, or from>to: [a-z0-9_] words */
+    size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_");
+    if (n == 0)
+        return false;
+    if (!s[n])
+        return true;
+    return s[n] == '>' && s[n + 1] &&
+           strspn(s + n + 1, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(s + n + 1);
+}
+
+/* OpenAI's reasoning models take no sampling parameters, and
+ * max_completion_tokens instead of max_tokens. */
+static const char *const default_rule_params[] = {
+    "temperature",       "top_p",      "presence_penalty",
+    "frequency_penalty", "logit_bias", "max_tokens>max_completion_tokens"};
+static const char *const default_rule_patterns[] = {"o1*", "o3*", "o4*", "gpt-5*"};
+
+static void add_rule(loader *L, const char *pattern, char **params, size_t count)
+{
+    fh_config *c = L->cfg;
+    fh_model_rule *g =
+        realloc(c->upstream.model_rules, (c->upstream.model_rule_count + 1) * sizeof(*g));
+    if (g)
+        c->upstream.model_rules = g;
+    char *p = g ? strdup(pattern) : NULL;
+    if (!p) {
+        fh_strv_free(params, count);
+        fh_yaml_error(&L->y, NULL, NULL, "out of memory");
+        return;
+    }
+    g[c->upstream.model_rule_count++] = (fh_model_rule){p, params, count};
+}
+
+static void read_model_rules(loader *L, yaml_node_t *up)
+{
+    fh_yaml *y = &L->y;
+    yaml_node_t *m = up ? fh_yaml_get(y, up, "model_rules") : NULL;
+    if (!m) {
+        size_t n = sizeof(default_rule_params) / sizeof(default_rule_params[0]);
+        for (size_t i = 0; i < sizeof(default_rule_patterns) / sizeof(*default_rule_patterns);
+             i++) {
+            char **v = calloc(n, sizeof(*v));
+            for (size_t k = 0; v && k < n; k++)
+                v[k] = strdup(default_rule_params[k]);
+            if (v)
+                add_rule(L, default_rule_patterns[i], v, n);
+        }
+        return;
+    }
+    if (!fh_yaml_check_map(y, m, "upstream.model_rules", NULL, true))
+        return;
+    for (size_t i = 0; i < fh_yaml_map_size(m); i++) {
+        yaml_node_t *k, *v;
+        const char *pattern = fh_yaml_map_key(y, m, i, &k, &v);
+        if (!pattern || !*pattern)
+            continue;
+        char **params = NULL;
+        size_t count = 0;
+        if (fh_yaml_get_string_list(y, m, "upstream.model_rules", pattern, valid_rule_param,
+                                    "a parameter name, or from>to to rename one", &params, &count))
+            add_rule(L, pattern, params, count);
+        else
+            fh_strv_free(params, count);
+    }
+}
+
 static void read_upstream(loader *L, yaml_node_t *root)
 {
     fh_yaml *y = &L->y;
@@ -316,6 +385,7 @@ static void read_upstream(loader *L, yaml_node_t *root)
     fh_yaml_get_int(y, m, "upstream", "connect_timeout_ms", 1, 600000,
                     &c->upstream.connect_timeout_ms);
     fh_yaml_get_bool(y, m, "upstream", "forward_client_key", &c->upstream.forward_client_key);
+    read_model_rules(L, m);
 }
 
 static void read_overlay(loader *L, const char *name, yaml_node_t *node, fh_overlay_cfg *o)
@@ -656,6 +726,14 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
     return c;
 }
 
+const fh_model_rule *fh_config_model_rule(const fh_config *cfg, const char *model)
+{
+    for (size_t i = 0; model && i < cfg->upstream.model_rule_count; i++)
+        if (fnmatch(cfg->upstream.model_rules[i].pattern, model, 0) == 0)
+            return &cfg->upstream.model_rules[i];
+    return NULL;
+}
+
 const char *fh_config_restart_key(const fh_config *running, const fh_config *next)
 {
     if (strcmp(running->listen, next->listen) != 0)
@@ -696,6 +774,11 @@ void fh_config_free(fh_config *cfg)
     free(cfg->admin.listen);
     free(cfg->admin.token_file);
     free(cfg->auth.keys_file);
+    for (size_t i = 0; i < cfg->upstream.model_rule_count; i++) {
+        free(cfg->upstream.model_rules[i].pattern);
+        fh_strv_free(cfg->upstream.model_rules[i].params, cfg->upstream.model_rules[i].count);
+    }
+    free(cfg->upstream.model_rules);
     fh_keys_free(cfg->auth.keys);
     free(cfg->upstream.base_url);
     free(cfg->upstream.api_key_env);

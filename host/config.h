@@ -48,6 +48,14 @@ typedef struct fh_overlay_cfg {
     char *config_json; /* `config:` as a JSON object text, "{}" if absent */
 } fh_overlay_cfg;
 
+/* upstream.model_rules: the request parameters a model does not take. Each
+ * entry of `params` is a name to drop, or "from>to" to rename. */
+typedef struct fh_model_rule {
+    char *pattern; /* fnmatch(3) on the request's model, e.g. "o1*" */
+    char **params;
+    size_t count;
+} fh_model_rule;
+
 typedef struct fh_config {
     char *path; /* absolute path of the file it was read from */
     char *dir;  /* its folder */
@@ -64,6 +72,8 @@ typedef struct fh_config {
         int idle_timeout_ms; /* the longest gap between a stream's bytes */
         int connect_timeout_ms;
         bool forward_client_key; /* the caller's Authorization goes upstream */
+        fh_model_rule *model_rules;
+        size_t model_rule_count;
     } upstream;
     struct {
         char *dir;
@@ -116,6 +126,8 @@ void fh_overlay_cfg_defaults(fh_overlay_cfg *o);
 /* The worker count to run: `workers`, or when 0 the CPUs this process may
  * run on (sched_getaffinity), capped at FH_WORKERS_MAX. */
 int fh_config_workers(const fh_config *cfg);
+/* The first rule whose pattern matches `model`, or NULL. */
+const fh_model_rule *fh_config_model_rule(const fh_config *cfg, const char *model);
 /* The keys a reload cannot change (the listening socket, the worker
  * threads, the state folder and what lives in it, the admin socket, the
  * hook deadline the workers' monitor and the loader run on, the metrics'

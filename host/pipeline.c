@@ -126,6 +126,8 @@ struct fh_txn {
     bool overlay_called;     /* an overlaid call went upstream */
     long rejected_status;    /* the overlaid call's 4xx, when retried as the baseline */
     bool hook_failed;        /* a hook errored or passed its deadline (evaluate included) */
+    json_t *pre_apply;       /* the caller's values of the model's refused parameters */
+    const fh_model_rule *model_rule;
     double delta_pct;
     bool have_delta;
     char request_id[48];
@@ -398,6 +400,7 @@ static void txn_unref(fh_txn *t)
     buf_free(&t->sse);
     free(t->up_headers);
     free(t->proxy_path);
+    json_decref(t->pre_apply);
     buf_free(&t->text);
     free(t);
 }
@@ -842,13 +845,15 @@ static void log_routed(fh_txn *t)
     fh_log_fields(FH_LOG_DEBUG, fields, "request routed");
 }
 
+static void enforce_model_rule(fh_txn *t);
+
 /* After apply(): the overlaid body goes upstream, or the baseline. */
 static void after_apply(fh_txn *t)
 {
     char *body = NULL;
     if (t->hook_timed_out) {
         t->reason = FH_REASON_HOOK_TIMEOUT;
-    } else if (t->hook_rc != 0 || !(body = fh_request_dump(t->req, 0))) {
+    } else if (t->hook_rc != 0 || (enforce_model_rule(t), !(body = fh_request_dump(t->req, 0)))) {
         fh_warn("overlay %s/%s: apply failed for request %s; serving the baseline", t->overlay_name,
                 t->overlay_version, t->request_id);
         t->reason = FH_REASON_HOOK_ERROR;
@@ -871,8 +876,72 @@ static void after_apply(fh_txn *t)
     send_baseline(t, false);
 }
 
+/* The name a model rule entry is about ("a" or "a>b" -> "a"), into buf. */
+static const char *rule_name(const char *entry, char *out, size_t len, const char **to)
+{
+    const char *gt = strchr(entry, '>');
+    size_t n = gt ? (size_t)(gt - entry) : strlen(entry);
+    if (n >= len)
+        n = len - 1;
+    memcpy(out, entry, n);
+    out[n] = '\0';
+    *to = gt ? gt + 1 : NULL;
+    return out;
+}
+
+/* Before apply(): when the model refuses some parameters, remember the
+ * caller's own values of them (what the caller sent is its business). */
+static void remember_caller_params(fh_txn *t)
+{
+    json_t *model = json_object_get(t->req->body, "model");
+    t->model_rule = json_is_string(model)
+                        ? fh_config_model_rule(t->snap->snap->cfg, json_string_value(model))
+                        : NULL;
+    if (!t->model_rule)
+        return;
+    t->pre_apply = json_object();
+    for (size_t i = 0; t->pre_apply && i < t->model_rule->count; i++) {
+        char name[64];
+        const char *to;
+        rule_name(t->model_rule->params[i], name, sizeof(name), &to);
+        json_t *v = json_object_get(t->req->body, name);
+        if (v)
+            json_object_set(t->pre_apply, name, v);
+    }
+}
+
+/* After apply(): what the overlay set that the model does not take is
+ * dropped (or renamed), so an overlay never turns a valid request into one
+ * the model refuses; the retry as the baseline stays the last defence. */
+static void enforce_model_rule(fh_txn *t)
+{
+    const fh_model_rule *rule = t->model_rule;
+    for (size_t i = 0; rule && i < rule->count; i++) {
+        char name[64];
+        const char *to;
+        rule_name(rule->params[i], name, sizeof(name), &to);
+        json_t *now = json_object_get(t->req->body, name);
+        json_t *before = json_object_get(t->pre_apply, name);
+        if (!now || (before && json_equal(now, before)))
+            continue; /* not the overlay's doing */
+        if (to && !json_object_get(t->req->body, to)) {
+            json_object_set(t->req->body, to, now);
+            fh_debug("request %s: model rule %s: %s renamed to %s (set by overlay %s)",
+                     t->request_id, rule->pattern, name, to, t->overlay_name);
+        } else {
+            fh_debug("request %s: model rule %s: %s dropped (set by overlay %s)", t->request_id,
+                     rule->pattern, name, t->overlay_name);
+        }
+        if (before)
+            json_object_set(t->req->body, name, before);
+        else
+            json_object_del(t->req->body, name);
+    }
+}
+
 static hook_result do_apply(fh_txn *t)
 {
+    remember_caller_params(t);
     if (run_hook(t, FH_HOOK_APPLY, NULL, 0, false) == HOOK_LEFT)
         return HOOK_LEFT;
     after_apply(t);

@@ -12,6 +12,8 @@
 start_stub
 FH_TEST_LIMITS='{ max_body_bytes: 65536, max_connections: 10000, max_connections_per_ip: 16,
   header_timeout_ms: 1500, body_min_bytes_per_s: 1000 }'
+# A 64 MiB answer takes more than the default 3 s under TSan.
+FH_TEST_TIMEOUT_MS=30000
 start_daemon "$(make_config "$FH_TMP/d")"
 port=${FH##*:}
 

@@ -44,6 +44,18 @@ curl -s -o /dev/null "$FH/v1/not-yet-invented/thing"
 check "counted in the metrics by a bounded route label (embeddings, files, other)" \
     bash -c "curl -s '$FH/metrics' | grep -q 'fusion_requests_total{overlay=\"baseline\",scenario=\"embeddings\",result=\"proxied\"} 1' && curl -s '$FH/metrics' | grep -q 'scenario=\"other\",result=\"proxied\"'"
 
+# ---- models that refuse sampling parameters -----------------------------------------------
+refund_for() { echo "{\"model\":\"$1\",${2:+$2,}\"messages\":[{\"role\":\"user\",\"content\":\"Order 4411 was refunded twice.\"}],\"fusion\":{\"scenario_type\":\"refund_processing_duplicate\",\"confidence\":0.9}}"; }
+post /v1/chat/completions "$(refund_for gpt-4o)"
+check "gpt-4o: the overlay's sampling parameters go upstream" \
+    bash -c "curl -s '$STUB/stub/last' | jq -e '.temperature and .top_p and .max_tokens' >/dev/null"
+post /v1/chat/completions "$(refund_for o3-mini)"
+check "o3-mini (a reasoning model): the overlay's temperature, top_p and penalties are dropped, max_tokens becomes max_completion_tokens" \
+    bash -c "[ $STATUS = 200 ] && [ '$(header X-Fusion-Reason)' = applied ] && curl -s '$STUB/stub/last' | jq -e '(has(\"temperature\") or has(\"top_p\") or has(\"presence_penalty\") or has(\"frequency_penalty\") or has(\"max_tokens\") | not) and .max_completion_tokens == 2048' >/dev/null"
+post /v1/chat/completions "$(refund_for gpt-5-mini '"temperature":1')"
+check "what the caller sent itself stays (gpt-5-mini with the caller's temperature 1)" \
+    bash -c "curl -s '$STUB/stub/last' | jq -e '.temperature == 1 and (has(\"top_p\") | not)' >/dev/null"
+
 # ---- request fields --------------------------------------------------------------------
 post /v1/chat/completions '{"model":"m","stream":null,"messages":[{"role":"user","content":"hi"}]}'
 check "\"stream\": null is \"not given\": a plain answer" \
