@@ -63,9 +63,11 @@ static const char *const top_keys[] = {"listen",
                                        "workers",
                                        "hooks",
                                        "auth",
+                                       "cors",
                                        NULL};
 static const char *const admin_keys[] = {"listen", "token_file", NULL};
 static const char *const auth_keys[] = {"keys_file", "allow_anonymous", NULL};
+static const char *const cors_keys[] = {"allow_origins", NULL};
 static const char *const upstream_keys[] = {
     "base_url",           "api_key_env",        "timeout_ms",  "idle_timeout_ms",
     "connect_timeout_ms", "forward_client_key", "model_rules", NULL};
@@ -499,6 +501,14 @@ static void resolve(loader *L, char **field)
     *field = abs;
 }
 
+static bool valid_origin(const char *s)
+{
+    if (strcmp(s, "*") == 0)
+        return true;
+    bool scheme = strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0;
+    return scheme && !strpbrk(s, " \t\r\n,") && s[strlen(s) - 1] != '/';
+}
+
 static bool loopback_host(const char *listen)
 {
     const char *colon = strrchr(listen, ':');
@@ -710,6 +720,10 @@ fh_config *fh_config_load(const char *path, fh_diag *diag)
     yaml_node_t *hk = section(&L, root, "hooks", hooks_keys);
     fh_yaml_get_int(y, hk, "hooks", "deadline_ms", 10, 60000, &c->hooks.deadline_ms);
 
+    yaml_node_t *co = section(&L, root, "cors", cors_keys);
+    fh_yaml_get_string_list(y, co, "cors", "allow_origins", valid_origin,
+                            "an origin like https://app.example.com, or *", &c->cors.allow_origins,
+                            &c->cors.origin_count);
     yaml_node_t *au = section(&L, root, "auth", auth_keys);
     fh_yaml_get_string(y, au, "auth", "keys_file", true, &c->auth.keys_file);
     fh_yaml_get_bool(y, au, "auth", "allow_anonymous", &c->auth.allow_anonymous);
@@ -774,6 +788,7 @@ void fh_config_free(fh_config *cfg)
     free(cfg->admin.listen);
     free(cfg->admin.token_file);
     free(cfg->auth.keys_file);
+    fh_strv_free(cfg->cors.allow_origins, cfg->cors.origin_count);
     for (size_t i = 0; i < cfg->upstream.model_rule_count; i++) {
         free(cfg->upstream.model_rules[i].pattern);
         fh_strv_free(cfg->upstream.model_rules[i].params, cfg->upstream.model_rules[i].count);

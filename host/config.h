@@ -100,6 +100,10 @@ typedef struct fh_config {
         long max_series_per_metric;
     } metrics;
     struct {
+        char **allow_origins; /* browser origins let in ("*": any); none: no CORS */
+        size_t origin_count;
+    } cors;
+    struct {
         char *keys_file; /* absolute, or "" */
         bool allow_anonymous;
         struct fh_keys *keys; /* loaded from keys_file; NULL: no client auth */

@@ -195,6 +195,37 @@ static const char *route_label(const char *rest)
     return "other";
 }
 
+/* CORS (cors.allow_origins): an allowed browser origin gets the headers it
+ * needs on every /v1/ answer; true for a preflight (OPTIONS) to answer. */
+static bool cors(fh_hconn *c, const fh_config *cfg, const char *method)
+{
+    const char *origin = fh_hconn_header(c, "Origin");
+    bool allowed = false;
+    for (size_t i = 0; origin && i < cfg->cors.origin_count && !allowed; i++)
+        allowed = strcmp(cfg->cors.allow_origins[i], "*") == 0 ||
+                  strcmp(cfg->cors.allow_origins[i], origin) == 0;
+    if (!allowed)
+        return false;
+    fh_hconn_add_header(c, "Access-Control-Allow-Origin", origin);
+    fh_hconn_add_header(c, "Vary", "Origin");
+    fh_hconn_add_header(c, "Access-Control-Expose-Headers",
+                        "x-request-id, openai-processing-ms, retry-after, x-fusion-overlay, "
+                        "x-fusion-reason, x-fusion-request-id, x-fusion-overhead-ms");
+    return strcmp(method, "OPTIONS") == 0 && fh_hconn_header(c, "Access-Control-Request-Method");
+}
+
+static int preflight(fh_hconn *c)
+{
+    fh_hconn_add_header(c, "Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+    fh_hconn_add_header(c, "Access-Control-Allow-Headers",
+                        "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project, "
+                        "X-Request-Id, Idempotency-Key, X-Fusion-Scenario-Type, "
+                        "X-Fusion-Scenario-Id, X-Fusion-Confidence, X-Fusion-Key");
+    fh_hconn_add_header(c, "Access-Control-Max-Age", "600");
+    fh_hresp *r = fh_hresp_buffer(NULL, 0);
+    return r ? fh_hconn_respond(c, 204, r) : -1;
+}
+
 static int on_request(void *cls, fh_hconn *c, const char *method, const char *url,
                       const char *upload, size_t *upload_size, void **ctx)
 {
@@ -227,6 +258,8 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
     const char *client = NULL;
     if (strncmp(url, "/v1/", 4) == 0) {
         const fh_config *cfg = fh_pipe_config(hw->pipe);
+        if (cfg && cfg->cors.origin_count && cors(c, cfg, method))
+            return preflight(c);
         if (cfg && cfg->auth.keys) {
             client = fh_keys_check(cfg->auth.keys, fh_hconn_header(c, "Authorization"));
             if (!client) /* the key itself is never echoed or logged */

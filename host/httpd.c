@@ -100,6 +100,8 @@ struct fh_hconn {
     bool body_done;
 
     /* The response. */
+    char extra[1024]; /* headers added for this request's response (CORS) */
+    size_t extra_len;
     fh_hresp *resp;
     bool answered, close_after, reader_waiting, reader_done;
     char *obuf;
@@ -346,6 +348,7 @@ static void request_reset(fh_hconn *c)
     c->resp = NULL;
     c->answered = c->reader_waiting = c->reader_done = false;
     c->boff = 0;
+    c->extra_len = 0;
     c->chunked = c->expect_continue = c->is_head = false;
 }
 
@@ -413,7 +416,8 @@ static int build_head(fh_hconn *c, unsigned status)
         c->close_after = true; /* no chunked in 1.0: the close ends the body */
     int n = snprintf(line, sizeof(line), "HTTP/1.1 %u %s\r\nDate: %s\r\n", status,
                      fh_http_reason(status), date_now(c->s));
-    if (obuf_add(c, line, (size_t)n) != 0 || (r->hlen && obuf_add(c, r->hdrs, r->hlen) != 0))
+    if (obuf_add(c, line, (size_t)n) != 0 || (r->hlen && obuf_add(c, r->hdrs, r->hlen) != 0) ||
+        (c->extra_len && obuf_add(c, c->extra, c->extra_len) != 0))
         return -1;
     if (!bodiless) {
         if (!r->reader)
@@ -474,6 +478,19 @@ static step conn_fail(fh_hconn *c, unsigned status, const char *code, const char
         return GONE;
     }
     return GO;
+}
+
+int fh_hconn_add_header(fh_hconn *c, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value);
+    if (!field_ok(name) || !field_ok(value) || c->extra_len + nl + vl + 4 > sizeof(c->extra))
+        return -1;
+    memcpy(c->extra + c->extra_len, name, nl);
+    memcpy(c->extra + c->extra_len + nl, ": ", 2);
+    memcpy(c->extra + c->extra_len + nl + 2, value, vl);
+    memcpy(c->extra + c->extra_len + nl + 2 + vl, "\r\n", 2);
+    c->extra_len += nl + vl + 4;
+    return 0;
 }
 
 void fh_hconn_resume(fh_hconn *c)

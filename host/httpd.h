@@ -95,6 +95,9 @@ const char *fh_hconn_header(const fh_hconn *c, const char *name);
 /* Calls fn for every request header in order; stops when fn returns false. */
 void fh_hconn_headers(const fh_hconn *c, bool (*fn)(void *ud, const char *name, const char *value),
                       void *ud);
+/* A header for this request's response, whichever the application makes
+ * (CORS). -1 when it does not fit (about 1 KiB in all) or has CR/LF. */
+int fh_hconn_add_header(fh_hconn *c, const char *name, const char *value);
 /* Runs the request callback again (or, for a streamed response whose
  * reader had nothing, the reader) in the worker's next turn. */
 void fh_hconn_resume(fh_hconn *c);

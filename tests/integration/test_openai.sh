@@ -176,6 +176,26 @@ check "the client's name is logged (FUSION_CLIENT=alice)" grep -q 'alice' "$FH_T
 check "no key, the client's or the operator's, appears in the log or the metrics" \
     bash -c "! grep -qE 'sk-alice-1|sk-bob-2|sk-mallory|sk-test-secret-42' '$FH_TMP/daemon.log' && ! curl -s '$FH/metrics' | grep -qE 'sk-|alice'"
 stop_daemon
+# ---- CORS (cors.allow_origins, off by default) -------------------------------------------------
+cfg=$(make_config "$FH_TMP/cors")
+printf 'cors: { allow_origins: ["https://app.example.com"] }\n' >>"$cfg"
+start_daemon "$cfg"
+curl -s -o /dev/null -D "$FH_TMP/headers" -w '%{http_code}' -X OPTIONS -H 'Origin: https://app.example.com' \
+    -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: authorization, content-type' \
+    "$FH/v1/chat/completions" >"$FH_TMP/status"
+check "a preflight from an allowed origin: 204 with the CORS headers" \
+    bash -c "[ \$(cat '$FH_TMP/status') = 204 ] && grep -qi '^access-control-allow-origin: https://app.example.com' '$FH_TMP/headers' && grep -qi '^access-control-allow-methods: .*POST' '$FH_TMP/headers' && grep -qi '^access-control-allow-headers: .*Authorization' '$FH_TMP/headers'"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Origin: https://app.example.com'
+check "its answers carry Access-Control-Allow-Origin and expose x-request-id" \
+    bash -c "[ $STATUS = 200 ] && grep -qi '^access-control-allow-origin: https://app.example.com' '$FH_TMP/headers' && grep -qi '^access-control-expose-headers: x-request-id' '$FH_TMP/headers'"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Origin: https://evil.example'
+check "another origin gets none" bash -c "! grep -qi '^access-control-allow-origin' '$FH_TMP/headers'"
+stop_daemon
+post_plain=$(make_config "$FH_TMP/nocors")
+start_daemon "$post_plain"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Origin: https://app.example.com'
+check "without cors.allow_origins: no CORS headers at all" bash -c "! grep -qi '^access-control-' '$FH_TMP/headers'"
+stop_daemon
 # An open gateway beyond loopback is refused; a bad keys file names its line.
 cfg=$(make_config "$FH_TMP/o")
 sed -i 's|^listen: .*|listen: "0.0.0.0:0"|' "$cfg"
