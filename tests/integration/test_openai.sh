@@ -158,6 +158,9 @@ keys=$FH_TMP/clients.keys
 } >"$keys"
 cfg=$(make_config "$FH_TMP/a")
 printf 'auth: { keys_file: "%s" }\n' "$keys" >>"$cfg"
+# Half the rollout keys get the overlay: the client's name must decide.
+sed -i '0,/rollout_percentage:/s/rollout_percentage:[[:space:]]*[0-9]*/rollout_percentage: 50/' \
+    "$(dirname "$cfg")/overlay_feature_flags.yaml"
 FH_TEST_LOG_LEVEL=debug start_daemon "$cfg"
 post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 check "no key: 401 in the OpenAI shape (invalid_api_key, param null)" \
@@ -173,6 +176,14 @@ check "the upstream gets the operator's key, not alice's" \
 check "/health and /metrics need no key" \
     bash -c "[ \$(curl -s -o /dev/null -w '%{http_code}' '$FH/health') = 200 ] && [ \$(curl -s -o /dev/null -w '%{http_code}' '$FH/metrics') = 200 ]"
 check "the client's name is logged (FUSION_CLIENT=alice)" grep -q 'alice' "$FH_TMP/daemon.log"
+decisions=
+for i in 1 2 3 4 5 6; do
+    post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"Order 4411 was refunded twice."}],"fusion":{"scenario_type":"refund_processing","confidence":0.9}}' \
+        -H 'Authorization: Bearer sk-alice-1'
+    decisions="$decisions $(header X-Fusion-Reason)"
+done
+check "with no key or scenario_id in the request, alice's name is the rollout key: one decision ($decisions)" \
+    bash -c "[ \$(echo '$decisions' | tr ' ' '\n' | sed '/^$/d' | sort -u | wc -l) = 1 ]"
 check "no key, the client's or the operator's, appears in the log or the metrics" \
     bash -c "! grep -qE 'sk-alice-1|sk-bob-2|sk-mallory|sk-test-secret-42' '$FH_TMP/daemon.log' && ! curl -s '$FH/metrics' | grep -qE 'sk-|alice'"
 stop_daemon
