@@ -30,6 +30,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <jansson.h>
 #include <errno.h>
 #include <netdb.h>
@@ -180,6 +181,36 @@ static int method_not_allowed(fh_hconn *c, const char *allow)
     return fh_http_error_allow(c, 405, "invalid_request_error", "method_not_allowed", msg, allow);
 }
 
+/* Whether a path has a "." or ".." segment, written plainly or
+ * percent-encoded (%2e, any case): curl and upstreams would resolve it. */
+static bool dot_segment(const char *url)
+{
+    size_t end = strcspn(url, "?");
+    const char *p = url;
+    while (p < url + end) {
+        const char *seg = p;
+        size_t n = strcspn(seg, "/?");
+        if (n > (size_t)(url + end - seg))
+            n = (size_t)(url + end - seg);
+        size_t dots = 0, i = 0;
+        bool only_dots = n > 0;
+        while (i < n && only_dots) {
+            if (seg[i] == '.') {
+                dots++, i++;
+            } else if (seg[i] == '%' && i + 2 < n + 1 && seg[i + 1] == '2' &&
+                       (seg[i + 2] == 'e' || seg[i + 2] == 'E')) {
+                dots++, i += 3;
+            } else {
+                only_dots = false;
+            }
+        }
+        if (only_dots && dots >= 1 && dots <= 2)
+            return true;
+        p = seg + n + 1;
+    }
+    return false;
+}
+
 /* The metrics label of a proxied path: its first segment when it is an
  * OpenAI endpoint family, else "other", so clients cannot grow the series. */
 static const char *route_label(const char *rest)
@@ -209,18 +240,30 @@ static bool cors(fh_hconn *c, const fh_config *cfg, const char *method)
     fh_hconn_add_header(c, "Access-Control-Allow-Origin", origin);
     fh_hconn_add_header(c, "Vary", "Origin");
     fh_hconn_add_header(c, "Access-Control-Expose-Headers",
-                        "x-request-id, openai-processing-ms, retry-after, x-fusion-overlay, "
-                        "x-fusion-reason, x-fusion-request-id, x-fusion-overhead-ms");
+                        "x-request-id, openai-processing-ms, openai-version, retry-after, "
+                        "retry-after-ms, x-should-retry, x-ratelimit-limit-requests, "
+                        "x-ratelimit-limit-tokens, x-ratelimit-remaining-requests, "
+                        "x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, "
+                        "x-ratelimit-reset-tokens, x-fusion-overlay, x-fusion-reason, "
+                        "x-fusion-request-id, x-fusion-overhead-ms");
     return strcmp(method, "OPTIONS") == 0 && fh_hconn_header(c, "Access-Control-Request-Method");
 }
 
 static int preflight(fh_hconn *c)
 {
     fh_hconn_add_header(c, "Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+    /* The headers the browser asks for (the SDKs send X-Stainless-* and
+     * OpenAI-Beta), when they are plain header names; else a fixed list. */
+    const char *asked = fh_hconn_header(c, "Access-Control-Request-Headers");
+    bool plain = asked && *asked && strlen(asked) < 512;
+    for (const char *p = asked; plain && *p; p++)
+        plain = isalnum((unsigned char)*p) || strchr("-_, ", *p);
     fh_hconn_add_header(c, "Access-Control-Allow-Headers",
-                        "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project, "
-                        "X-Request-Id, Idempotency-Key, X-Fusion-Scenario-Type, "
-                        "X-Fusion-Scenario-Id, X-Fusion-Confidence, X-Fusion-Key");
+                        plain ? asked
+                              : "Authorization, Content-Type, OpenAI-Organization, "
+                                "OpenAI-Project, OpenAI-Beta, X-Request-Id, Idempotency-Key, "
+                                "X-Fusion-Scenario-Type, X-Fusion-Scenario-Id, "
+                                "X-Fusion-Confidence, X-Fusion-Key");
     fh_hconn_add_header(c, "Access-Control-Max-Age", "600");
     fh_hresp *r = fh_hresp_buffer(NULL, 0);
     return r ? fh_hconn_respond(c, 204, r) : -1;
@@ -258,9 +301,12 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
     const char *client = NULL;
     if (strncmp(url, "/v1/", 4) == 0) {
         const fh_config *cfg = fh_pipe_config(hw->pipe);
-        if (cfg && cfg->cors.origin_count && cors(c, cfg, method))
+        if (!cfg) /* never served unchecked */
+            return fh_http_error(c, 503, "server_error", "out_of_memory",
+                                 "fusion-host is out of memory");
+        if (cfg->cors.origin_count && cors(c, cfg, method))
             return preflight(c);
-        if (cfg && cfg->auth.keys) {
+        if (cfg->auth.keys) {
             client = fh_keys_check(cfg->auth.keys, fh_hconn_header(c, "Authorization"));
             if (!client) /* the key itself is never echoed or logged */
                 return fh_http_error(c, 401, "invalid_request_error", "invalid_api_key",
@@ -268,9 +314,7 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
                                      "with a key listed in auth.keys_file");
         }
     }
-    if (strcmp(url, "/v1/chat/completions") == 0) {
-        if (strcmp(method, "POST") != 0)
-            return method_not_allowed(c, "POST");
+    if (strcmp(url, "/v1/chat/completions") == 0 && strcmp(method, "POST") == 0) {
         if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         const char *cl = fh_hconn_header(c, "Content-Length");
@@ -300,7 +344,15 @@ static int on_request(void *cls, fh_hconn *c, const char *method, const char *ur
         return 0;
     }
     if (strncmp(url, "/v1/", 4) == 0) {
-        /* Every other /v1/ path: relayed to the upstream unchanged. */
+        /* Every other /v1/ path: relayed to the upstream unchanged. The
+         * methods the API uses only (a TRACE would echo the operator's key
+         * back), and never a path that climbs out of base_url. */
+        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
+            strcmp(method, "POST") != 0 && strcmp(method, "DELETE") != 0)
+            return method_not_allowed(c, "GET, POST, DELETE");
+        if (dot_segment(full_url))
+            return fh_http_error(c, 400, "invalid_request_error", "invalid_path",
+                                 "a path with . or .. segments is not relayed");
         if (draining)
             return fh_http_error(c, 503, "server_error", "draining", "fusion-host is stopping");
         fh_txn *t = fh_txn_new(hw->pipe, c, FH_TXN_PROXY, atomic_load(&h->max_body));

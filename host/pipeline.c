@@ -323,6 +323,8 @@ const fh_config *fh_pipe_config(fh_pipe *pp)
 
 int fh_txn_set_proxy(fh_txn *t, const char *method, const char *path, const char *route)
 {
+    if (strlen(method) >= sizeof(t->proxy_method))
+        return -1;
     free(t->proxy_path);
     t->proxy_path = strdup(path);
     /* HEAD is sent as GET: the connection drops the body for the client. */
@@ -768,12 +770,20 @@ static int submit(fh_txn *t, char *body, size_t len)
      * do); its Authorization only with upstream.forward_client_key. */
     static const char *const fwd[] = {"OpenAI-Organization", "OpenAI-Project",  "User-Agent",
                                       "X-Request-Id",        "Idempotency-Key", "Authorization",
-                                      "Content-Type",        "Accept"};
+                                      "Content-Type",        "Accept",          "OpenAI-Beta"};
     bool own_key = t->snap && t->snap->snap->cfg->upstream.forward_client_key;
     char *extra[sizeof(fwd) / sizeof(fwd[0]) + 1];
     size_t nextra = 0;
     for (size_t i = 0; t->conn && i < sizeof(fwd) / sizeof(fwd[0]); i++) {
-        if (strcmp(fwd[i], "Authorization") == 0 && !own_key)
+        /* With the operator's key, the caller does not pick the operator's
+         * organization or project either. */
+        if ((strcmp(fwd[i], "Authorization") == 0 || strncmp(fwd[i], "OpenAI-Org", 10) == 0 ||
+             strcmp(fwd[i], "OpenAI-Project") == 0) &&
+            !own_key)
+            continue;
+        /* A retry as the baseline is another body: the caller's key for the
+         * first attempt would make an upstream replay that one's answer. */
+        if (strcmp(fwd[i], "Idempotency-Key") == 0 && t->retried)
             continue;
         if ((strcmp(fwd[i], "Content-Type") == 0 || strcmp(fwd[i], "Accept") == 0) &&
             t->kind != FH_TXN_PROXY)
@@ -1336,8 +1346,13 @@ static void up_done(void *ud, const fh_upstream_done *d)
     t->result = d->result;
     fh_strlcpy(t->error, d->error, sizeof(t->error));
     if (t->streaming) {
-        if (t->sse.len && d->result == FH_UPSTREAM_OK && !t->stream_bad)
-            buf_add(&t->resp, t->sse.data, t->sse.len); /* an unterminated last event */
+        if (t->sse.len && d->result == FH_UPSTREAM_OK && !t->stream_bad &&
+            t->kind != FH_TXN_PROXY) {
+            /* An unterminated last event: checked like any other, so a
+             * malformed one ends the stream with the error event. */
+            if (buf_add(&t->sse, "\n\n", 2) == 0)
+                relay_event(t, t->sse.data, t->sse.len);
+        }
         t->sse.len = 0; /* after a failure: a partial event, never passed on */
         wake(t);        /* the reader ends the stream */
     } else if (t->kind == FH_TXN_MODELS || t->kind == FH_TXN_PROXY) {

@@ -310,9 +310,9 @@ static void deliver_response(fh_upstream_call *c)
  * rate limits, when to retry); hop-by-hop and everything else stay here. */
 static bool passed_back(const char *name, size_t n)
 {
-    static const char *const exact[] = {
-        "x-request-id",   "openai-processing-ms", "openai-version", "openai-organization",
-        "openai-project", "retry-after",          "retry-after-ms"};
+    /* Not openai-organization/-project: the operator's, not the caller's. */
+    static const char *const exact[] = {"x-request-id", "openai-processing-ms", "openai-version",
+                                        "retry-after",  "retry-after-ms",       "x-should-retry"};
     for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
         if (strlen(exact[i]) == n && strncasecmp(name, exact[i], n) == 0)
             return true;
@@ -493,6 +493,9 @@ fh_upstream_call *fh_upstream_submit(fh_upstream *u, fh_upstream_target *tg, con
     /* Everything a previous call on this handle may have set differently
      * (a reload may have changed the target since). */
     curl_easy_setopt(e, CURLOPT_CURLU, url);
+    /* Dot segments are refused before (http_api.c); curl must not resolve
+     * any either. */
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, url ? 0L : 1L);
     if (!url) {
         curl_easy_setopt(e, CURLOPT_URL, text); /* curl copies it */
         free(text);

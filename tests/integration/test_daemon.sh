@@ -102,9 +102,14 @@ check "invalid UTF-8: 400" [ "$STATUS" = 400 ]
 head -c 70000 /dev/zero | tr '\0' 'a' >"$FH_TMP/big"
 post /v1/chat/completions "@$FH_TMP/big"
 check "body over max_body_bytes: 413" [ "$STATUS" = 413 ]
+# GET /v1/chat/completions lists stored completions on the real API: it is
+# relayed like every other /v1/ call (issue 9); the stub refuses it itself.
 STATUS=$(curl -s -o "$FH_TMP/body" -D "$FH_TMP/headers" -w '%{http_code}' "$FH/v1/chat/completions")
-check "GET on chat completions: 405" [ "$STATUS" = 405 ]
-check "405 says what is allowed" [ "$(header Allow)" = POST ]
+check "GET on chat completions is relayed (the upstream's own 405)" \
+    bash -c "[ $STATUS = 405 ] && grep -qi '^x-request-id: req_stub_' '$FH_TMP/headers'"
+STATUS=$(curl -s -o "$FH_TMP/body" -D "$FH_TMP/headers" -w '%{http_code}' -X PUT "$FH/v1/chat/completions")
+check "PUT on chat completions: 405 from the gateway" [ "$STATUS" = 405 ]
+check "405 says what is allowed" [ "$(header Allow)" = "GET, POST, DELETE" ]
 post /v1/chat/completions "@$FH_TMP/big" -H 'Transfer-Encoding: chunked'
 check "chunked body over max_body_bytes: 413" [ "$STATUS" = 413 ]
 STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/nope")

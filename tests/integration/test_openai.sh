@@ -41,6 +41,16 @@ STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/models/gpt-x?q=1")
 check "GET /v1/models/ID with a query is relayed" \
     bash -c "[ $STATUS = 201 ] && jq -e '.path == \"/v1/models/gpt-x\" and .q == \"1\"' '$FH_TMP/body' >/dev/null"
 curl -s -o /dev/null "$FH/v1/not-yet-invented/thing"
+for p in '/v1/../../admin' '/v1/files/%2e%2e/%2E%2E/admin' '/v1/./models'; do
+    STATUS=$(curl -s --path-as-is -o "$FH_TMP/body" -w '%{http_code}' "$FH$p")
+    check "a proxied path with dot segments is refused, never relayed ($p: $STATUS)" \
+        bash -c "[ $STATUS = 400 ] && jq -e '.error.code == \"invalid_path\"' '$FH_TMP/body' >/dev/null"
+done
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' -X TRACE "$FH/v1/files")
+check "methods the API does not use (TRACE) are not relayed ($STATUS)" [ "$STATUS" = 405 ]
+STATUS=$(curl -s -o "$FH_TMP/body" -w '%{http_code}' "$FH/v1/chat/completions?limit=2")
+check "GET /v1/chat/completions (stored completions) is relayed: the stub's own answer" \
+    bash -c "[ $STATUS = 405 ] && jq -e '.error.message == \"GET is not allowed on /v1/chat/completions\"' '$FH_TMP/body' >/dev/null"
 check "counted in the metrics by a bounded route label (embeddings, files, other)" \
     bash -c "curl -s '$FH/metrics' | grep -q 'fusion_requests_total{overlay=\"baseline\",scenario=\"embeddings\",result=\"proxied\"} 1' && curl -s '$FH/metrics' | grep -q 'scenario=\"other\",result=\"proxied\"'"
 
@@ -124,8 +134,10 @@ post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi
     -H 'X-Request-Id: caller-rid-1' -H 'Idempotency-Key: idem-9' -H 'Authorization: Bearer sk-caller' \
     -H 'X-Fusion-Scenario-Type: none' -H 'X-Other: not-forwarded'
 h=$(stub_headers)
-check "OpenAI-Organization, -Project, User-Agent, X-Request-Id, Idempotency-Key go upstream" \
-    bash -c "echo '$h' | jq -e '.\"openai-organization\" == \"org-42\" and .\"openai-project\" == \"proj-7\" and .\"user-agent\" == \"OpenAI/Python 1.99\" and .\"x-request-id\" == \"caller-rid-1\" and .\"idempotency-key\" == \"idem-9\"' >/dev/null"
+check "User-Agent, X-Request-Id, Idempotency-Key go upstream" \
+    bash -c "echo '$h' | jq -e '.\"user-agent\" == \"OpenAI/Python 1.99\" and .\"x-request-id\" == \"caller-rid-1\" and .\"idempotency-key\" == \"idem-9\"' >/dev/null"
+check "with the operator's key the caller does not pick its organization or project" \
+    bash -c "echo '$h' | jq -e '(has(\"openai-organization\") or has(\"openai-project\")) | not' >/dev/null"
 check "X-Fusion-* and other caller headers do not" \
     bash -c "echo '$h' | jq -e '(keys | map(select(startswith(\"x-fusion\"))) | length == 0) and (has(\"x-other\") | not)' >/dev/null"
 check "the upstream gets the operator's key, never the caller's" \
@@ -147,6 +159,10 @@ start_daemon "$cfg"
 post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Authorization: Bearer sk-caller-own'
 check "forward_client_key: true: the caller's Authorization goes upstream, the operator's does not" \
     bash -c "[ $STATUS = 200 ] && curl -s '$STUB/stub/requests' | jq -e '.[-1].headers.authorization == \"Bearer sk-caller-own\"' >/dev/null"
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"hi"}]}' -H 'Authorization: Bearer sk-caller-own' \
+    -H 'OpenAI-Organization: org-42' -H 'OpenAI-Project: proj-7'
+check "and then its OpenAI-Organization and -Project go with it" \
+    bash -c "curl -s '$STUB/stub/requests' | jq -e '.[-1].headers.\"openai-organization\" == \"org-42\" and .[-1].headers.\"openai-project\" == \"proj-7\"' >/dev/null"
 stop_daemon
 
 # ---- caller authentication (auth.keys_file) ---------------------------------------------------
