@@ -32,6 +32,7 @@ bool fh_breaker_allow(fh_breaker *b, const fh_breaker_cfg *cfg, uint64_t now_ms,
             return false;
         *ch = move(b, FH_BRK_HALF_OPEN);
         b->probes = 0;
+        b->period++;
     }
     if (b->state == FH_BRK_HALF_OPEN) {
         if (b->probes >= cfg->half_open_max_calls)

@@ -30,6 +30,7 @@ typedef struct fh_breaker {
     uint64_t last_failure_ms;
     char last_reason[32]; /* of the last failure, "" when none */
     uint64_t trips;       /* times it opened */
+    uint64_t period;      /* half-open periods begun: a probe belongs to one */
 } fh_breaker;
 
 /* A transition made by a call: from == to when none. */

@@ -231,6 +231,7 @@ fh_reason fh_gate_admit(fh_gate *gate, const fh_gate_cfg *cfg, uint64_t now_ms, 
     if (r == FH_REASON_APPLIED) {
         t->gate = gate;
         t->probe = probe;
+        t->period = gate->brk.period;
         gate->admitted++;
     }
     pthread_mutex_unlock(&gate->mu);
@@ -260,6 +261,11 @@ void fh_gate_finish(fh_gate_ticket *t, const fh_gate_cfg *cfg, fh_outcome o, lon
     if (t->reserved || used > 0)
         fh_budget_settle(&gate->bud, t->reserved, used >= 0 ? used : t->reserved, t->minute,
                          now_ms);
+    /* A probe of an earlier half-open period (the breaker reopened and went
+     * half-open again meanwhile) settles as an ordinary call: it must not
+     * free a slot of, or close, the current period. */
+    if (t->probe && t->period != gate->brk.period)
+        t->probe = false;
     if (cfg->breaker_enabled) {
         if (o == FH_OUT_SUCCESS) {
             note_change(gate, fh_breaker_success(&gate->brk, &cfg->breaker, t->probe),

@@ -56,9 +56,10 @@ const char *fh_outcome_name(fh_outcome o);
 
 /* What an admitted request holds until its finish. */
 typedef struct fh_gate_ticket {
-    fh_gate *gate; /* NULL: not admitted (nothing to settle) */
-    bool probe;    /* one of the half-open breaker's calls */
-    long reserved; /* tokens reserved against tokens_per_minute */
+    fh_gate *gate;   /* NULL: not admitted (nothing to settle) */
+    bool probe;      /* one of the half-open breaker's calls */
+    uint64_t period; /* ... of this half-open period (a later one ignores it) */
+    long reserved;   /* tokens reserved against tokens_per_minute */
     uint64_t minute;
 } fh_gate_ticket;
 

@@ -612,6 +612,38 @@ static void test_gate_breaker_opens(void **state)
     fh_metrics_free(m);
 }
 
+/* A probe admitted in one half-open period that ends after the breaker has
+ * reopened and gone half-open again belongs to no current slot: its success
+ * must not close the breaker (the current period's own probe decides). */
+static void test_gate_stale_probe(void **state)
+{
+    (void)state;
+    fh_metrics *m = fh_metrics_new(1000);
+    fh_gates *g = fh_gates_new(m);
+    fh_gate *gate = fh_gates_get(g, "ov");
+    fh_gate_cfg cfg = gate_cfg();
+    cfg.breaker.half_open_max_calls = 2;
+    for (int i = 0; i < 3; i++)
+        one_request(gate, &cfg, T0 + (uint64_t)i, FH_OUT_REJECTED);
+    fh_gate_ticket a, b, c;
+    assert_int_equal(fh_gate_admit(gate, &cfg, T0 + 30002, &a), FH_REASON_APPLIED);
+    assert_int_equal(fh_gate_admit(gate, &cfg, T0 + 30002, &b), FH_REASON_APPLIED);
+    assert_true(a.probe && b.probe);
+    fh_gate_finish(&b, &cfg, FH_OUT_REJECTED, -1, NAN, 5, NAN, T0 + 30003); /* reopens */
+    assert_int_equal(fh_gate_admit(gate, &cfg, T0 + 60003, &c), FH_REASON_APPLIED);
+    assert_true(c.probe); /* a new half-open period */
+    fh_gate_finish(&a, &cfg, FH_OUT_SUCCESS, -1, NAN, 5, NAN, T0 + 60004); /* stale */
+    char *text = fh_gates_json(g, T0 + 60005, NULL);
+    assert_non_null(strstr(text, "\"state\":\"half_open\""));
+    free(text);
+    fh_gate_finish(&c, &cfg, FH_OUT_SUCCESS, -1, NAN, 5, NAN, T0 + 60006);
+    text = fh_gates_json(g, T0 + 60007, NULL);
+    assert_non_null(strstr(text, "\"state\":\"closed\""));
+    free(text);
+    fh_gates_free(g);
+    fh_metrics_free(m);
+}
+
 static void test_gate_neutral_not_failure(void **state)
 {
     (void)state;
@@ -1008,6 +1040,7 @@ int main(void)
         cmocka_unit_test(test_budget_spend),
         cmocka_unit_test(test_gates_get),
         cmocka_unit_test(test_gate_breaker_opens),
+        cmocka_unit_test(test_gate_stale_probe),
         cmocka_unit_test(test_gate_neutral_not_failure),
         cmocka_unit_test(test_gate_breaker_disabled),
         cmocka_unit_test(test_gate_budget_tripped),
