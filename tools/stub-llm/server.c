@@ -972,6 +972,9 @@ static enum MHD_Result echo_route(struct MHD_Connection *c, const struct req *q,
             b[i] = (char)(i & 0xff);
         return send_owned(c, 200, b, 4096, "application/octet-stream");
     }
+    if (q->too_large)
+        return send_error(c, 413, "request_too_large", "the stub keeps bodies up to %u bytes",
+                          (unsigned)MAX_BODY_BYTES);
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < q->len; i++)
         h = (h ^ (unsigned char)q->body[i]) * 16777619u;
