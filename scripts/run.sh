@@ -38,6 +38,9 @@ Try an overlaid request:
          "fusion":{"scenario_type":"refund_processing_duplicate","confidence":0.9}}'
 
 Health: curl -s http://127.0.0.1:8080/health   Metrics: curl -s http://127.0.0.1:8080/metrics
+(After overlaid requests /health says "degraded", token_delta_critical: the stub
+follows each directive to the letter, so its overlaid answers use about 150% more
+tokens than the baseline, far past the runbook's 25%. A real model differs.)
 Stop with Ctrl-C.
 
 MSG
