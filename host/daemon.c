@@ -91,19 +91,6 @@ static size_t load_plugins(fh_registry *reg, const char *dir, fh_plugin_files *f
     return loaded;
 }
 
-static void status_line(fh_registry *reg, const char *prefix, char *out, size_t len)
-{
-    fh_overlay_info *list = NULL;
-    size_t n = fh_registry_list(reg, &list);
-    size_t counts[FH_STATE_COUNT] = {0};
-    for (size_t i = 0; i < n; i++)
-        counts[list[i].state]++;
-    free(list);
-    snprintf(out, len, "%s%zu overlays enabled, %zu disabled, %zu quarantined, %zu failed", prefix,
-             counts[FH_STATE_ENABLED], counts[FH_STATE_DISABLED], counts[FH_STATE_QUARANTINED],
-             counts[FH_STATE_FAILED]);
-}
-
 static int write_ready_file(const char *path, const char *host, unsigned port)
 {
     char *tmp = NULL;
@@ -270,7 +257,7 @@ int fh_serve(const fh_serve_opts *o)
     char host[256], status[600];
     listen_host(cfg->listen, host, sizeof(host));
     fh_http_set_state(http, FH_HTTP_SERVING);
-    status_line(reg, "serving; ", status, sizeof(status));
+    fh_registry_status_line(reg, "serving; ", status, sizeof(status));
     fh_info("listening on %s:%u with %u worker(s) (upstream %s); %s; ready in %.1f ms", host,
             fh_http_port(http), nworkers, cfg->upstream.base_url, status,
             (double)(fh_now_ns() - t_start) / 1e6);

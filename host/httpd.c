@@ -896,6 +896,17 @@ static step chunked_step(fh_hconn *c)
 
 /* ---- reading and writing ------------------------------------------------------------------ */
 
+/* What a recv() that returned n means. false: the connection is gone. */
+static bool after_recv(fh_hconn *c, ssize_t n)
+{
+    if (n == 0)
+        c->read_closed = true; /* a FIN: the answer is still due */
+    if (n >= 0 || errno == EAGAIN || errno == EINTR)
+        return true;
+    conn_close(c, FH_HEND_CLIENT_GONE);
+    return false;
+}
+
 /* One read. false: the connection is gone. */
 static bool conn_read(fh_hconn *c)
 {
@@ -925,14 +936,7 @@ static bool conn_read(fh_hconn *c)
                 body_deadline(c);
             return true;
         }
-        if (n == 0) {
-            c->read_closed = true;
-            return true;
-        }
-        if (errno == EAGAIN || errno == EINTR)
-            return true;
-        conn_close(c, FH_HEND_CLIENT_GONE);
-        return false;
+        return after_recv(c, n);
     }
     if (c->rlen == c->rcap)
         return true;
@@ -943,14 +947,7 @@ static bool conn_read(fh_hconn *c)
             body_deadline(c); /* (C_SEND keeps its write deadline) */
         return true;
     }
-    if (n == 0) {
-        c->read_closed = true;
-        return true;
-    }
-    if (errno == EAGAIN || errno == EINTR)
-        return true;
-    conn_close(c, FH_HEND_CLIENT_GONE);
-    return false;
+    return after_recv(c, n);
 }
 
 /* Writes what it can. false: the connection is gone. */

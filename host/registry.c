@@ -1027,3 +1027,16 @@ void fh_registry_free(fh_registry *r, int drain_timeout_ms)
     free(r->cache_dir);
     free(r);
 }
+
+void fh_registry_status_line(fh_registry *r, const char *prefix, char *out, size_t len)
+{
+    fh_overlay_info *list = NULL;
+    size_t n = fh_registry_list(r, &list);
+    size_t counts[FH_STATE_COUNT] = {0};
+    for (size_t i = 0; i < n; i++)
+        counts[list[i].state]++;
+    free(list);
+    snprintf(out, len, "%s%zu overlays enabled, %zu disabled, %zu quarantined, %zu failed", prefix,
+             counts[FH_STATE_ENABLED], counts[FH_STATE_DISABLED], counts[FH_STATE_QUARANTINED],
+             counts[FH_STATE_FAILED]);
+}

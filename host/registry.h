@@ -137,6 +137,9 @@ typedef struct fh_overlay_info {
 /* A malloc'd snapshot of every overlay and every refused file, sorted by
  * name then path. Returns the count; *out is NULL when it is 0. */
 size_t fh_registry_list(fh_registry *r, fh_overlay_info **out);
+/* "PREFIX N overlays enabled, N disabled, N quarantined, N failed": the
+ * daemon's log and systemd STATUS= line. */
+void fh_registry_status_line(fh_registry *r, const char *prefix, char *out, size_t len);
 /* One overlay by name; returns 0 or -1 when unknown. */
 int fh_registry_get(fh_registry *r, const char *name, fh_overlay_info *out);
 

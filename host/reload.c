@@ -229,19 +229,6 @@ static void reload_overlays(fh_reloader *r, const fh_snapshot *old, const fh_sna
 
 /* ---- the reload -------------------------------------------------------------- */
 
-static void status_line(fh_registry *reg, char *out, size_t len)
-{
-    fh_overlay_info *list = NULL;
-    size_t n = fh_registry_list(reg, &list);
-    size_t counts[FH_STATE_COUNT] = {0};
-    for (size_t i = 0; i < n; i++)
-        counts[list[i].state]++;
-    free(list);
-    snprintf(out, len, "reloaded; %zu overlays enabled, %zu disabled, %zu quarantined, %zu failed",
-             counts[FH_STATE_ENABLED], counts[FH_STATE_DISABLED], counts[FH_STATE_QUARANTINED],
-             counts[FH_STATE_FAILED]);
-}
-
 /* Why `next` cannot be applied over `running`, into why (empty: it can). */
 static void refusal(const fh_config *running, const fh_config *next, fh_plugin_files *files,
                     char *why, size_t len)
@@ -297,7 +284,7 @@ void fh_reloader_reload(fh_reloader *r)
         fh_http_apply(r->env.http, &ho);
         fh_snapshot_install(r->env.snaps, fh_snapshot_ref(s));
         reload_overlays(r, old, s, &files);
-        status_line(r->env.reg, status, sizeof(status));
+        fh_registry_status_line(r->env.reg, "reloaded; ", status, sizeof(status));
         fh_info("%s", status);
         fh_notify_ready(status);
     }
