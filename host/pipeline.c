@@ -767,29 +767,31 @@ static int submit(fh_txn *t, char *body, size_t len)
         t->snap = snap_take(t->pp); /* /v1/models: its upstream */
     fh_upstream_target *tg = t->snap ? t->snap->tg : NULL;
     /* The caller's headers OpenAI defines go upstream (X-Fusion-* never
-     * do); its Authorization only with upstream.forward_client_key. */
-    static const char *const fwd[] = {"OpenAI-Organization", "OpenAI-Project",  "User-Agent",
-                                      "X-Request-Id",        "Idempotency-Key", "Authorization",
-                                      "Content-Type",        "Accept",          "OpenAI-Beta"};
-    bool own_key = t->snap && t->snap->snap->cfg->upstream.forward_client_key;
+     * do). OWN_KEY: only with upstream.forward_client_key (with the
+     * operator's key the caller picks neither it nor the operator's
+     * organization or project). FIRST: not on a retry as the baseline,
+     * another body (an upstream would replay the first answer). PROXY:
+     * relayed calls only (chat and models are JSON, the target's). */
+    enum { OWN_KEY = 1, FIRST = 2, PROXY = 4 };
+    static const struct {
+        const char *name;
+        int only;
+    } fwd[] = {{"OpenAI-Organization", OWN_KEY},
+               {"OpenAI-Project", OWN_KEY},
+               {"Authorization", OWN_KEY},
+               {"User-Agent", 0},
+               {"X-Request-Id", 0},
+               {"OpenAI-Beta", 0},
+               {"Idempotency-Key", FIRST},
+               {"Content-Type", PROXY},
+               {"Accept", PROXY}};
+    int skip = (t->snap && t->snap->snap->cfg->upstream.forward_client_key ? 0 : OWN_KEY) |
+               (t->retried ? FIRST : 0) | (t->kind == FH_TXN_PROXY ? 0 : PROXY);
     char *extra[sizeof(fwd) / sizeof(fwd[0]) + 1];
     size_t nextra = 0;
     for (size_t i = 0; t->conn && i < sizeof(fwd) / sizeof(fwd[0]); i++) {
-        /* With the operator's key, the caller does not pick the operator's
-         * organization or project either. */
-        if ((strcmp(fwd[i], "Authorization") == 0 || strncmp(fwd[i], "OpenAI-Org", 10) == 0 ||
-             strcmp(fwd[i], "OpenAI-Project") == 0) &&
-            !own_key)
-            continue;
-        /* A retry as the baseline is another body: the caller's key for the
-         * first attempt would make an upstream replay that one's answer. */
-        if (strcmp(fwd[i], "Idempotency-Key") == 0 && t->retried)
-            continue;
-        if ((strcmp(fwd[i], "Content-Type") == 0 || strcmp(fwd[i], "Accept") == 0) &&
-            t->kind != FH_TXN_PROXY)
-            continue; /* chat and models: JSON, the target's header */
-        const char *v = fh_hconn_header(t->conn, fwd[i]);
-        if (v && asprintf(&extra[nextra], "%s: %s", fwd[i], v) >= 0)
+        const char *v = fwd[i].only & skip ? NULL : fh_hconn_header(t->conn, fwd[i].name);
+        if (v && asprintf(&extra[nextra], "%s: %s", fwd[i].name, v) >= 0)
             nextra++;
     }
     extra[nextra] = NULL;
