@@ -6,13 +6,19 @@
  *   plugin-test PATH         an overlay author's bench: load, route, apply,
  *                            evaluate a scenario, print everything
  *
+ * The admin commands (list, status, enable, ..., flags show) talk to a
+ * running daemon and live in ctl.c; this file only hands them over, with
+ * the options given before the command word.
+ *
  * Runs on the main thread only. Exit codes: 0 done, 1 refused or failed,
- * 2 usage. Problems are printed one per line on stdout, prefixed by nothing
- * (they already name file, line and key); warnings start with "warning: ".
+ * 2 usage (3 for the admin commands: the daemon cannot be reached).
+ * Problems are printed one per line on stdout, prefixed by nothing (they
+ * already name file, line and key); warnings start with "warning: ".
  */
 #include "cli.h"
 
 #include "config.h"
+#include "ctl.h"
 #include "daemon.h"
 #include "directives.h"
 #include "flags.h"
@@ -28,6 +34,7 @@
 #include <ftw.h>
 #include <jansson.h>
 #include <math.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +43,8 @@
 #define EXIT_USAGE 2
 
 static const char usage_text[] =
-    "usage: fusion-host [--help] [--version] [--log-level LEVEL] COMMAND [ARGS]\n"
+    "usage: fusion-host [--help] [--version] [--log-level LEVEL] [ADMIN OPTIONS]\n"
+    "                   [-c FILE] COMMAND [ARGS]\n"
     "\n"
     "Daemon:\n"
     "  serve [-c FILE] [--ready-file F]\n"
@@ -44,17 +52,47 @@ static const char usage_text[] =
     "                               Type=notify; SIGHUP reloads, SIGTERM drains)\n"
     "\n"
     "Offline commands:\n"
-    "  check [-c FILE]              validate the config, the flags file, the\n"
+    "  check [-c FILE] [--user NAME]\n"
+    "                               validate the config, the flags file, the\n"
     "                               micro-overlay texts and every plugin in the\n"
-    "                               plugin folder, without serving (exit 0 or 1)\n"
+    "                               plugin folder, without serving (exit 0 or 1);\n"
+    "                               --user: judge plugin file owners as the\n"
+    "                               daemon running as NAME would\n"
     "  flags validate [-c FILE | -f FLAGS_FILE]\n"
     "                               validate the feature flags file alone\n"
+    "                               (flags show, below, asks a running daemon)\n"
     "  plugin-test PATH [--scenario FILE] [--answer FILE] [-c FILE] [--json]\n"
     "                               load an overlay offline, route a scenario,\n"
     "                               print the rewritten request and the\n"
     "                               evaluation of a sample answer\n"
     "\n"
-    "FILE defaults to " FH_DEFAULT_CONFIG_PATH ".\n"
+    "Admin commands (talk to a running daemon):\n"
+    "  list                         overlays with state, in-flight requests,\n"
+    "                               breaker and gate; the files the host refused\n"
+    "  status                       version, uptime, addresses, overlay counts,\n"
+    "                               health\n"
+    "  enable NAME | disable NAME   route requests to the overlay again / stop\n"
+    "  unload NAME                  take the overlay out (in-flight requests\n"
+    "                               finish first)\n"
+    "  load PATH                    load a plugin file, or swap in a new version;\n"
+    "                               PATH is absolute, relative to this folder if\n"
+    "                               it exists here, else relative to plugins.dir\n"
+    "  reload                       re-read config, flags and plugins (as SIGHUP)\n"
+    "  reset NAME                   close the overlay's breaker, clear its gate\n"
+    "  flags show                   the feature flags the daemon runs with\n"
+    "  health                       ok, or degraded and why (exit 1 unless ok)\n"
+    "Admin options (before or after the command):\n"
+    "  --admin ADDR                 unix:/PATH, /PATH or HOST:PORT; else\n"
+    "                               $" FH_CTL_ADDR_ENV ", else admin.listen of -c FILE,\n"
+    "                               else " FH_CTL_DEFAULT_ADDR "\n"
+    "  --token-file F               the bearer token (first line of F); else\n"
+    "                               admin.token_file of -c FILE\n"
+    "  --json                       print the daemon's JSON answer\n"
+    "Admin exit codes: 0 done, 1 refused or failed, 2 usage, 3 the admin API\n"
+    "cannot be reached.\n"
+    "\n"
+    "FILE defaults to " FH_DEFAULT_CONFIG_PATH " (the admin commands read\n"
+    "it only when given).\n"
     "Environment: RESON_FEATURES overrides the flags file (unset: the file\n"
     "decides; empty: baseline only; a,b: only those features).\n";
 
@@ -148,15 +186,45 @@ static size_t check_flags(const char *flags_path, const char *environment, fh_fl
 
 /* ---- check ------------------------------------------------------------ */
 
+/* --user NAME: the uid whose plugin files the daemon would accept (with
+ * root's), so `check` run as root can judge a daemon that runs as NAME. */
+static int take_user_arg(int argc, char **argv, int *i, uid_t *uid)
+{
+    const char *a = argv[*i], *name;
+    if (strncmp(a, "--user=", 7) == 0)
+        name = a + 7;
+    else if (strcmp(a, "--user") == 0 && *i + 1 < argc)
+        name = argv[++*i];
+    else if (strcmp(a, "--user") == 0)
+        return usage_error("check: %s needs the name of the user the daemon runs as", a);
+    else
+        return -1;
+    struct passwd *pw = *name ? getpwnam(name) : NULL;
+    if (!pw)
+        return usage_error("check: --user: there is no user '%s' on this host; give the user "
+                           "the daemon runs as (User= in its systemd unit)",
+                           name);
+    *uid = pw->pw_uid;
+    return 0;
+}
+
 static int cmd_check(int argc, char **argv)
 {
     const char *config_path = FH_DEFAULT_CONFIG_PATH;
+    uid_t daemon_uid = geteuid();
     for (int i = 1; i < argc; i++) {
         int r = take_config_arg(argc, argv, &i, &config_path);
         if (r < 0)
             return usage_error("%s needs a file", argv[i]);
-        if (r == 0)
-            return usage_error("check: unexpected argument '%s'", argv[i]);
+        if (r > 0)
+            continue;
+        r = take_user_arg(argc, argv, &i, &daemon_uid);
+        if (r >= 0) {
+            if (r > 0)
+                return r;
+            continue;
+        }
+        return usage_error("check: unexpected argument '%s'", argv[i]);
     }
 
     fh_diag problems = {0}, warnings = {0};
@@ -197,7 +265,7 @@ static int cmd_check(int argc, char **argv)
                     cfg->path, cfg->plugins.dir, strerror(errno));
     } else {
         fh_inputs_provider inputs = {.cfg = cfg, .flags = flags};
-        fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = geteuid()},
+        fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = daemon_uid},
                                .host_api = fh_host_api(),
                                .inputs_for = fh_inputs_for,
                                .inputs_ud = &inputs,
@@ -256,7 +324,9 @@ static int cmd_check(int argc, char **argv)
 static int cmd_flags(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "validate") != 0)
-        return usage_error("flags: expected 'flags validate', got '%s'", argc < 2 ? "" : argv[1]);
+        return usage_error("flags: expected 'flags validate' (offline) or 'flags show' (asks "
+                           "the daemon), got '%s'",
+                           argc < 2 ? "" : argv[1]);
     const char *config_path = NULL, *flags_path = NULL;
     for (int i = 2; i < argc; i++) {
         int r = take_config_arg(argc, argv, &i, &config_path);
@@ -640,6 +710,80 @@ static int cmd_serve(int argc, char **argv)
 
 /* ---- dispatch ----------------------------------------------------------- */
 
+/* The options a command may also take before its word: the admin
+ * commands' (--admin, --token-file, --json) and -c FILE. 1 when argv[*i]
+ * is one (its value taken too), 0 when not, -1 when its value is missing;
+ * *admin_only set for those only the admin commands understand. */
+static int take_global_arg(int argc, char **argv, int *i, bool *admin_only)
+{
+    static const char *const with_value[] = {"--admin", "--token-file", "-c", "--config"};
+    const char *a = argv[*i];
+    if (strcmp(a, "--json") == 0)
+        return 1;
+    for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++) {
+        size_t n = strlen(with_value[k]);
+        if (strncmp(a, with_value[k], n) != 0 || (a[n] != '\0' && (a[n] != '=' || n < 3)))
+            continue;
+        if (k < 2)
+            *admin_only = true;
+        if (a[n] == '=')
+            return 1;
+        if (*i + 1 >= argc)
+            return -1;
+        ++*i;
+        return 1;
+    }
+    return 0;
+}
+
+/* argv[cmd..] with the global options `globals` moved in behind the
+ * command word (and behind the subcommand of `flags`), so each command
+ * parses them as its own: "fusion-host -c F check" is "check -c F". Not at
+ * the end, where they would land behind a "--". */
+static char **command_argv(int argc, char **argv, int cmd, char **globals, int nglobals)
+{
+    int n = argc - cmd;
+    int at = strcmp(argv[cmd], "flags") == 0 && n >= 2 ? 2 : 1;
+    char **out = calloc((size_t)(n + nglobals + 1), sizeof(*out));
+    if (!out)
+        return NULL;
+    memcpy(out, argv + cmd, (size_t)at * sizeof(*out));
+    memcpy(out + at, globals, (size_t)nglobals * sizeof(*out));
+    memcpy(out + at + nglobals, argv + cmd + at, (size_t)(n - at) * sizeof(*out));
+    return out;
+}
+
+static int run_command(int argc, char **argv, bool admin_only)
+{
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } offline[] = {{"serve", cmd_serve},
+                   {"check", cmd_check},
+                   {"flags", cmd_flags},
+                   {"plugin-test", cmd_plugin_test}};
+    const char *cmd = argv[0];
+    if (fh_ctl_is_command(argc, argv))
+        return fh_ctl_main(argc, argv);
+    if (strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    for (size_t k = 0; k < sizeof(offline) / sizeof(offline[0]); k++) {
+        if (strcmp(cmd, offline[k].name) != 0)
+            continue;
+        /* `flags` without `validate` gets its own message from cmd_flags. */
+        bool flags_unclear =
+            strcmp(cmd, "flags") == 0 && (argc < 2 || strcmp(argv[1], "validate") != 0);
+        if (admin_only && !flags_unclear)
+            return usage_error("--admin and --token-file go with the admin commands (list, "
+                               "status, ...), not '%s'",
+                               cmd);
+        return offline[k].run(argc, argv);
+    }
+    return usage_error("unknown command '%s'", cmd);
+}
+
 int fh_cli_main(int argc, char **argv)
 {
     /* Offline commands report problems themselves; the log would repeat
@@ -647,24 +791,46 @@ int fh_cli_main(int argc, char **argv)
     fh_log_level level = FH_LOG_OFF;
     int level_given = 0;
     int i = 1;
+    char **globals = calloc((size_t)argc + 1, sizeof(*globals));
+    int nglobals = 0;
+    bool admin_only = false;
+    if (!globals) {
+        fprintf(stderr, "fusion-host: out of memory\n");
+        return 1;
+    }
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *a = argv[i];
+        int start = i, r = take_global_arg(argc, argv, &i, &admin_only);
+        if (r < 0) {
+            free(globals);
+            return usage_error("%s needs a value", a);
+        }
+        if (r > 0) {
+            for (int k = start; k <= i; k++)
+                globals[nglobals++] = argv[k];
+            continue;
+        }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             fputs(usage_text, stdout);
             return 0;
         } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+            free(globals);
             printf("fusion-host %s (overlay ABI %d.%d)\n", FH_VERSION, FUSION_ABI_MAJOR,
                    FUSION_ABI_MINOR);
             return 0;
         } else if (strcmp(a, "--log-level") == 0 && i + 1 < argc) {
-            if (fh_log_parse_level(argv[++i], &level) != 0)
+            if (fh_log_parse_level(argv[++i], &level) != 0) {
+                free(globals);
                 return usage_error("unknown log level '%s' (error, warn, info, debug)", argv[i]);
+            }
             level_given = 1;
         } else {
+            free(globals);
             return usage_error("unknown option '%s'", a);
         }
     }
     if (i >= argc) {
+        free(globals);
         fputs(usage_text, stderr);
         return EXIT_USAGE;
     }
@@ -672,19 +838,14 @@ int fh_cli_main(int argc, char **argv)
     if (!level_given && (strcmp(cmd, "plugin-test") == 0 || strcmp(cmd, "serve") == 0))
         level = FH_LOG_INFO;
     fh_log_set_level(level);
-    int sub_argc = argc - i;
-    char **sub_argv = argv + i;
-    if (strcmp(cmd, "serve") == 0)
-        return cmd_serve(sub_argc, sub_argv);
-    if (strcmp(cmd, "check") == 0)
-        return cmd_check(sub_argc, sub_argv);
-    if (strcmp(cmd, "flags") == 0)
-        return cmd_flags(sub_argc, sub_argv);
-    if (strcmp(cmd, "plugin-test") == 0)
-        return cmd_plugin_test(sub_argc, sub_argv);
-    if (strcmp(cmd, "help") == 0) {
-        fputs(usage_text, stdout);
-        return 0;
+    int sub_argc = argc - i + nglobals;
+    char **sub_argv = command_argv(argc, argv, i, globals, nglobals);
+    free(globals);
+    if (!sub_argv) {
+        fprintf(stderr, "fusion-host: out of memory\n");
+        return 1;
     }
-    return usage_error("unknown command '%s'", cmd);
+    int rc = run_command(sub_argc, sub_argv, admin_only);
+    free(sub_argv);
+    return rc;
 }

@@ -3,8 +3,12 @@
  *
  * Threads: the main thread owns this file's state and runs the loop below;
  * it is the only thread that receives signals (they are blocked before any
- * other thread starts and taken with sigtimedwait). The workers and the
- * monitor (workers.h) are started here and stopped on the way out.
+ * other thread starts and read from a signalfd). The loop also runs the
+ * operator's commands (admin.h hands them over), the plugin folder's
+ * changes (plugsync.h) and the operator state's persistence (opstate.h):
+ * one thread loads plugins and writes state, so they never race. The
+ * workers, the monitor (workers.h) and the admin thread are started here
+ * and stopped on the way out.
  *
  * The watchdog is pinged only while every worker's loop echoes the previous
  * ping (its inbox runs) and the monitor ticks: a wedged loop stops the
@@ -13,7 +17,10 @@
  */
 #include "daemon.h"
 
+#include "admin.h"
 #include "config.h"
+#include "control.h"
+#include "crash.h"
 #include "directives.h"
 #include "gates.h"
 #include "hostapi.h"
@@ -21,8 +28,9 @@
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
+#include "opstate.h"
 #include "pipeline.h"
-#include "plugindir.h"
+#include "plugsync.h"
 #include "registry.h"
 #include "reload.h"
 #include "snapshot.h"
@@ -36,12 +44,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#define LOOP_TICK_MS 100
+#define LOOP_TICK_MS    100
+#define WATCH_SETTLE_MS 150 /* a burst of folder events makes one scan */
 
 static fh_metrics *metric_sink_target; /* set once before plugins load */
 
@@ -66,29 +77,6 @@ static void clear_cache(const char *dir)
         free(path);
     }
     closedir(d);
-}
-
-/* Loads every file of dir; `files` (the caller frees it) lists them. */
-static size_t load_plugins(fh_registry *reg, const char *dir, fh_plugin_files *files_out)
-{
-    fh_plugin_files files = {0};
-    *files_out = files;
-    if (fh_plugin_files_list(dir, &files) != 0) {
-        fh_error("plugins.dir %s cannot be read: %s; serving the baseline only", dir,
-                 strerror(errno));
-        return 0;
-    }
-    size_t loaded = 0;
-    for (size_t i = 0; i < files.count; i++) {
-        char msg[1024] = "";
-        /* The registry logs each load; refusals are ours to report. */
-        if (fh_registry_load(reg, files.paths[i], msg, sizeof(msg), NULL) == FH_LOAD_OK)
-            loaded++;
-        else
-            fh_error("%s", msg);
-    }
-    *files_out = files;
-    return loaded;
 }
 
 static int write_ready_file(const char *path, const char *host, unsigned port)
@@ -129,8 +117,8 @@ typedef struct watchdog {
 static void watchdog_tick(watchdog *w, fh_workers *ws)
 {
     uint64_t now = fh_now_ms();
-    if (!w->interval || now < w->next_ping)
-        return;
+    if (!w->interval || !ws || now < w->next_ping)
+        return; /* (no workers yet: start-up loads plugins before they run) */
     /* Each worker must have echoed the ping sent one interval ago. */
     if (fh_workers_responsive(ws, w->interval > 1000 ? w->interval : 1000))
         fh_notify_watchdog();
@@ -161,6 +149,50 @@ static void watchdog_tick_cb(void *ud)
 {
     watchdog_ctx *c = ud;
     watchdog_tick(c->wd, c->ws);
+}
+
+/* A previous run died inside an overlay: quarantine it before anything
+ * loads, so the restart serves without it (crash.h). */
+static void quarantine_crashed(const char *state_dir, fh_opstate *ops)
+{
+    fh_crash_record *recs = NULL;
+    size_t n = fh_crash_collect(state_dir, &recs);
+    for (size_t i = 0; i < n && ops; i++) {
+        const fh_crash_record *r = &recs[i];
+        char when[64] = "";
+        time_t t = (time_t)r->when;
+        struct tm tm;
+        if (gmtime_r(&t, &tm))
+            strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        char why[512];
+        snprintf(why, sizeof(why),
+                 "crashed the daemon with %s in %s at %s (version %s, sha256 %.12s); fix it, "
+                 "then `fusion-host enable %s`",
+                 fh_crash_signal_name(r->signo), r->hook, when, r->version[0] ? r->version : "?",
+                 r->sha256[0] ? r->sha256 : "?", r->who);
+        fh_error("overlay %s quarantined: it %s", r->who, why);
+        fh_opstate_set_overlay(ops, r->who, FH_STATE_QUARANTINED, why);
+    }
+    /* Only once the quarantine is on disk may the journal forget it. */
+    if (n && ops && fh_opstate_save(ops) == 0)
+        fh_crash_clear(state_dir);
+    free(recs);
+}
+
+/* The main loop's file descriptors. */
+enum { EV_SIGNAL = 1, EV_ADMIN, EV_PLUGINS };
+
+static void watch_fd(int ep, int fd, int tag, int *current)
+{
+    if (*current == fd)
+        return;
+    if (*current >= 0)
+        epoll_ctl(ep, EPOLL_CTL_DEL, *current, NULL);
+    *current = fd;
+    if (fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)tag};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    }
 }
 
 int fh_serve(const fh_serve_opts *o)
@@ -205,15 +237,20 @@ int fh_serve(const fh_serve_opts *o)
     fh_registry *reg = NULL;
     fh_http *http = NULL;
     fh_workers *workers = NULL;
+    fh_opstate *ops = NULL;
+    fh_plugsync *sync = NULL;
+    fh_admin *admin = NULL;
+    int ep = -1, sfd = -1;
     fh_pipeline pipeline;
     memset(&pipeline, 0, sizeof(pipeline)); /* gates: NULL until made */
     /* Plugins loaded later get their inputs from the snapshot they were
      * configured with; keep it alive for as long as the registry. */
     fh_snapshot *inputs_snap = fh_snapshot_ref(snap);
     fh_inputs_provider inputs = {.cfg = cfg, .flags = snap->flags};
-    fh_plugin_files tried = {0};
     fh_reloader *reloader = NULL;
     char err[512];
+    watchdog wd = {.interval = fh_notify_watchdog_interval_ms()};
+    watchdog_ctx wctx = {&wd, NULL};
 
     if (asprintf(&cache, "%s/plugin-cache", cfg->state_dir) < 0 ||
         fh_mkdir_p(cache, 0755, 0700) != 0) {
@@ -222,28 +259,44 @@ int fh_serve(const fh_serve_opts *o)
         goto out;
     }
     clear_cache(cache);
+    ops = fh_opstate_open(cfg->state_dir);
+    quarantine_crashed(cfg->state_dir, ops);
+    if (fh_crash_arm(cfg->state_dir, err, sizeof(err)) != 0)
+        fh_warn("%s", err);
     fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = geteuid()},
                            .host_api = fh_host_api(),
                            .inputs_for = fh_inputs_for,
                            .inputs_ud = &inputs,
-                           .hook_deadline_ms = cfg->hooks.deadline_ms};
+                           .hook_deadline_ms = cfg->hooks.deadline_ms,
+                           .state_for = ops ? fh_opstate_overlay : NULL,
+                           .state_ud = ops};
     reg = fh_registry_new(&ro);
-    if (!metrics || !reg) {
+    sync = reg ? fh_plugsync_new(reg, cfg->plugins.dir, cfg->plugins.watch, watchdog_tick_cb, &wctx)
+               : NULL;
+    if (!metrics || !reg || !sync || !ops) {
         fh_error("out of memory");
         goto out;
     }
-    load_plugins(reg, cfg->plugins.dir, &tried);
+    fh_plugsync_scan(sync, true);
 
     fh_pipeline_init(&pipeline, reg, &snaps, metrics, cfg->hooks.deadline_ms);
     pipeline.gates = fh_gates_new(metrics);
     if (!pipeline.gates)
         fh_warn("out of memory: serving without breakers and budget gates");
+    else
+        fh_opstate_restore_gates(ops, pipeline.gates, fh_now_ms());
+    fh_opstate_sync(ops, reg, pipeline.gates);
     unsigned nworkers = (unsigned)fh_config_workers(cfg);
     fh_http_opts ho;
     fh_http_opts_of(cfg, nworkers, &ho);
     http = fh_http_listen(&ho, &pipeline, metrics, reg, err, sizeof(err));
     if (!http) {
         fh_error("%s", err);
+        goto out;
+    }
+    admin = fh_admin_open(cfg->admin.listen, cfg->admin.token_file, err, sizeof(err));
+    if (!admin) {
+        fh_error("not starting: %s", err);
         goto out;
     }
     fh_workers_opts wo = {.count = nworkers, .hook_deadline_ms = cfg->hooks.deadline_ms};
@@ -253,23 +306,28 @@ int fh_serve(const fh_serve_opts *o)
         fh_error("%s", err);
         goto out;
     }
+    wctx.ws = workers;
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (ep < 0 || sfd < 0) {
+        fh_error("cannot set up the main loop: %s", strerror(errno));
+        goto out;
+    }
 
     char host[256], status[600];
     listen_host(cfg->listen, host, sizeof(host));
     fh_http_set_state(http, FH_HTTP_SERVING);
     fh_registry_status_line(reg, "serving; ", status, sizeof(status));
-    fh_info("listening on %s:%u with %u worker(s) (upstream %s); %s; ready in %.1f ms", host,
-            fh_http_port(http), nworkers, cfg->upstream.base_url, status,
-            (double)(fh_now_ns() - t_start) / 1e6);
+    fh_info("listening on %s:%u with %u worker(s) (upstream %s, admin %s); %s; ready in %.1f ms",
+            host, fh_http_port(http), nworkers, cfg->upstream.base_url, fh_admin_address(admin),
+            status, (double)(fh_now_ns() - t_start) / 1e6);
     if (o->ready_file && write_ready_file(o->ready_file, host, fh_http_port(http)) != 0)
         fh_warn("cannot write %s: %s", o->ready_file, strerror(errno));
     fh_notify_ready(status);
 
-    watchdog wd = {.interval = fh_notify_watchdog_interval_ms()};
     fh_workers_responsive(workers, UINT64_MAX); /* the first ping */
     wd.next_ping = fh_now_ms() + wd.interval;
     uint64_t next_reap = fh_now_ms() + 1000;
-    watchdog_ctx wctx = {&wd, workers};
     fh_reload_env re = {.config_path = o->config_path,
                         .snaps = &snaps,
                         .reg = reg,
@@ -277,29 +335,73 @@ int fh_serve(const fh_serve_opts *o)
                         .nworkers = nworkers,
                         .inputs = &inputs,
                         .inputs_snap = &inputs_snap,
+                        .sync = sync,
                         .tick = watchdog_tick_cb,
                         .tick_ud = &wctx};
-    reloader = fh_reloader_new(&re, &tried);
+    reloader = fh_reloader_new(&re);
     if (!reloader)
         fh_warn("out of memory: SIGHUP will not reload");
-    for (;;) {
-        struct timespec tick = {0, LOOP_TICK_MS * 1000000L};
+    fh_control ctl = {.reg = reg,
+                      .gates = pipeline.gates,
+                      .ops = ops,
+                      .sync = sync,
+                      .reloader = reloader,
+                      .snaps = &snaps,
+                      .pipeline = &pipeline,
+                      .http = http,
+                      .config_path = o->config_path,
+                      .admin_address = fh_admin_address(admin),
+                      .workers = nworkers,
+                      .started_ms = fh_now_ms() - (fh_now_ns() - t_start) / 1000000};
+    int fd_sig = -1, fd_admin = -1, fd_plugins = -1;
+    watch_fd(ep, sfd, EV_SIGNAL, &fd_sig);
+    watch_fd(ep, fh_admin_fd(admin), EV_ADMIN, &fd_admin);
+    uint64_t scan_at = 0; /* a folder change settles until then; 0: none */
+    bool stop = false;
+    while (!stop) {
+        watch_fd(ep, fh_plugsync_fd(sync), EV_PLUGINS, &fd_plugins);
+        int timeout = LOOP_TICK_MS;
         if (wd.interval && wd.interval < LOOP_TICK_MS)
-            tick.tv_nsec = (long)wd.interval * 1000000L;
-        int sig = sigtimedwait(&sigs, NULL, &tick);
-        if (sig == SIGTERM || sig == SIGINT)
-            break;
-        if (sig == SIGHUP && reloader)
-            fh_reloader_reload(reloader);
-        watchdog_tick(&wd, workers);
+            timeout = (int)wd.interval;
         uint64_t now = fh_now_ms();
+        if (scan_at && scan_at <= now + (uint64_t)timeout)
+            timeout = scan_at > now ? (int)(scan_at - now) : 0;
+        struct epoll_event evs[4];
+        int n = epoll_wait(ep, evs, 4, timeout);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.u32 == EV_SIGNAL) {
+                struct signalfd_siginfo si;
+                while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+                    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+                        stop = true;
+                    else if (si.ssi_signo == SIGHUP && reloader)
+                        fh_reloader_reload(reloader, NULL, 0);
+                }
+            } else if (evs[i].data.u32 == EV_ADMIN) {
+                fh_admin_run(admin, fh_control_handle, &ctl);
+            } else if (evs[i].data.u32 == EV_PLUGINS) {
+                if (fh_plugsync_read_events(sync))
+                    scan_at = fh_now_ms() + WATCH_SETTLE_MS;
+            }
+        }
+        now = fh_now_ms();
+        if (scan_at && now >= scan_at) {
+            scan_at = 0;
+            if (fh_plugsync_scan(sync, false) && reloader)
+                fh_reloader_note_loads(reloader);
+        }
+        watchdog_tick(&wd, workers);
         if (now >= next_reap) {
             fh_registry_reap(reg);
             next_reap = now + 1000;
         }
+        /* Quarantines by workers and gate trips reach the disk here. */
+        fh_opstate_sync(ops, reg, pipeline.gates);
     }
 
     fh_notify_stopping();
+    fh_admin_close(admin); /* no operator commands while draining */
+    admin = NULL;
     fh_snapshot *last = fh_snapshot_get(&snaps); /* the reloaded drain_timeout_ms */
     int drain_ms = last->cfg->drain_timeout_ms;
     fh_snapshot_unref(last);
@@ -315,19 +417,27 @@ int fh_serve(const fh_serve_opts *o)
          * daemon closes its connections whatever they still had to send. */
         drain(&pipeline, &wd, workers, 2000);
     }
+    fh_opstate_sync(ops, reg, pipeline.gates);
     rc = 0;
 out:
+    fh_admin_close(admin);
     if (!fh_workers_stop(workers)) {
         /* A worker still runs: what it uses stays allocated until exit. */
         fh_error("a worker did not stop; exiting without tearing down");
         return rc;
     }
+    if (ep >= 0)
+        close(ep);
+    if (sfd >= 0)
+        close(sfd);
     fh_http_close(http);
     fh_gates_free(pipeline.gates);
+    fh_plugsync_free(sync);
     fh_registry_free(reg, 1000);
+    fh_crash_disarm();
+    fh_opstate_free(ops);
     fh_inputs_provider_clear(&inputs);
     fh_reloader_free(reloader);
-    fh_plugin_files_free(&tried); /* when the reloader never took it */
     fh_snapshot_unref(inputs_snap);
     fh_host_api_set_metric_sink(NULL);
     fh_metrics_free(metrics);

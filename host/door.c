@@ -22,6 +22,8 @@
  */
 #include "door.h"
 
+#include "crash.h"
+
 #include "log.h"
 #include "util.h"
 
@@ -63,6 +65,7 @@ unsigned fh_door_stuck_threads(void)
 static void invoke_at(fh_hook_call *c, uint64_t t0)
 {
     const char *prev = fh_log_set_overlay(c->who);
+    const fh_hook_call *outer = fh_crash_enter(c);
     switch (c->kind) {
     case FH_HOOK_DLOPEN:
         dlerror();
@@ -104,6 +107,7 @@ static void invoke_at(fh_hook_call *c, uint64_t t0)
         break;
     }
     c->elapsed_ns = fh_now_ns() - t0;
+    fh_crash_leave(outer);
     fh_log_set_overlay(prev);
 }
 

@@ -74,6 +74,10 @@ typedef struct fh_hook_call fh_hook_call;
 struct fh_hook_call {
     fh_hook_kind kind;
     char who[FUSION_NAME_MAX + 1]; /* attribution: the overlay (or file) name */
+    /* For the crash journal (crash.h): borrowed from the generation, which
+     * the call's reference keeps; NULL before the plugin is identified. */
+    const char *version;
+    const char *sha256;
 
     /* The plugin, for the hooks. */
     const fusion_overlay_descriptor *desc;

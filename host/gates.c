@@ -53,6 +53,7 @@ struct fh_gates {
     pthread_mutex_t mu;
     fh_gate *gates[FH_GATES_MAX];
     atomic_uint n;
+    atomic_ulong changes; /* budget trips and resets: the daemon persists them */
     pthread_mutex_t bmu;
     base_entry *base[BASE_SLOTS];
     unsigned nbase;
@@ -290,6 +291,7 @@ void fh_gate_finish(fh_gate_ticket *t, const fh_gate_cfg *cfg, fh_outcome o, lon
                     "(budget_tokens) until it is reset",
                     gate->name, gate->bud.trip_reason);
             fh_metrics_breaker_event(gate->owner->m, gate->name, "budget_tripped");
+            atomic_fetch_add(&gate->owner->changes, 1);
         }
     }
     if (!isnan(latency_ms))
@@ -312,6 +314,45 @@ int fh_gates_reset(fh_gates *g, const char *overlay)
     gate->brk.trips = trips;
     note_change(gate, ch, "reset by the operator");
     fh_budget_reset(&gate->bud);
+    pthread_mutex_unlock(&gate->mu);
+    atomic_fetch_add(&g->changes, 1);
+    return 0;
+}
+
+unsigned long fh_gates_changes(fh_gates *g)
+{
+    return atomic_load(&g->changes);
+}
+
+size_t fh_gates_tripped(fh_gates *g, void (*fn)(void *ud, const char *overlay, const char *reason),
+                        void *ud)
+{
+    unsigned n = atomic_load_explicit(&g->n, memory_order_acquire);
+    size_t count = 0;
+    for (unsigned i = 0; i < n; i++) {
+        fh_gate *gate = g->gates[i];
+        char reason[sizeof(gate->bud.trip_reason)];
+        pthread_mutex_lock(&gate->mu);
+        bool tripped = gate->bud.tripped;
+        fh_strlcpy(reason, gate->bud.trip_reason, sizeof(reason));
+        pthread_mutex_unlock(&gate->mu);
+        if (tripped) {
+            count++;
+            fn(ud, gate->name, reason);
+        }
+    }
+    return count;
+}
+
+int fh_gates_trip(fh_gates *g, const char *overlay, const char *reason, uint64_t now_ms)
+{
+    fh_gate *gate = fh_gates_get(g, overlay);
+    if (!gate)
+        return -1;
+    pthread_mutex_lock(&gate->mu);
+    gate->bud.tripped = true;
+    fh_strlcpy(gate->bud.trip_reason, reason, sizeof(gate->bud.trip_reason));
+    gate->bud.tripped_at_ms = now_ms;
     pthread_mutex_unlock(&gate->mu);
     return 0;
 }

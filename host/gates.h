@@ -97,6 +97,14 @@ char *fh_gates_json(fh_gates *g, uint64_t now_ms, char **reasons);
 /* The operator's reset: breaker closed, tripwire cleared. -1 when unknown. */
 int fh_gates_reset(fh_gates *g, const char *overlay);
 
+/* Persisting tripped gates across restarts (opstate.h): a number that
+ * moves whenever a gate trips or is reset; every tripped gate with its
+ * reason; and a trip restored at start (the gate is made if need be). */
+unsigned long fh_gates_changes(fh_gates *g);
+size_t fh_gates_tripped(fh_gates *g, void (*fn)(void *ud, const char *overlay, const char *reason),
+                        void *ud);
+int fh_gates_trip(fh_gates *g, const char *overlay, const char *reason, uint64_t now_ms);
+
 /* The estimator for prompt tokens (SPEC 7's "estimated"): about one token
  * per 4 bytes of message text plus 4 per message; `messages` is the
  * request's JSON array. */

@@ -103,19 +103,16 @@ static int respond_text(fh_hconn *c, unsigned status, const char *ctype, char *t
     return fh_hconn_respond(c, status, r);
 }
 
-/* GET /health: ok, or degraded with its reasons (SPEC 4 and 7): the upstream
- * refusing connections, a quarantined overlay, an open breaker, a tripped
- * gate, a runbook threshold crossed; every overlay's breaker and gate. */
-static int health(fh_http_worker *hw, fh_hconn *c)
+/* The /health document: ok, or degraded with its reasons (SPEC 4 and 7):
+ * the upstream refusing connections, a quarantined overlay, an open
+ * breaker, a tripped gate, a runbook threshold crossed; every overlay's
+ * breaker and gate. */
+json_t *fh_http_health_json(fh_http *h, unsigned *status_code)
 {
-    fh_http *h = hw->h;
     int state = atomic_load(&h->state);
     json_t *reasons = json_array();
-    bool unreachable = fh_pipeline_upstream_down(h->p);
-    if (unreachable) {
-        fh_pipe_probe_upstream(hw->pipe); /* so it turns ok again without traffic */
+    if (fh_pipeline_upstream_down(h->p))
         json_array_append_new(reasons, json_string("upstream_unreachable"));
-    }
     fh_overlay_info *list = NULL;
     size_t n = fh_registry_list(h->reg, &list);
     size_t enabled = 0, quarantined = 0, failed = 0;
@@ -151,12 +148,22 @@ static int health(fh_http_worker *hw, fh_hconn *c)
         (json_int_t)fh_door_stuck_threads(), "reasons", reasons, "gates", gj ? gj : json_object());
     if (o && state == FH_HTTP_SERVING && degraded)
         json_object_set(o, "reason", json_array_get(reasons, 0)); /* the first, for scripts */
+    *status_code = state == FH_HTTP_SERVING ? 200 : 503;
+    return o;
+}
+
+static int health(fh_http_worker *hw, fh_hconn *c)
+{
+    /* So an unreachable upstream turns ok again without traffic. */
+    if (fh_pipeline_upstream_down(hw->h->p))
+        fh_pipe_probe_upstream(hw->pipe);
+    unsigned code = 503;
+    json_t *o = fh_http_health_json(hw->h, &code);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)
         return -1;
-    return respond_text(c, state == FH_HTTP_SERVING ? 200 : 503, "application/json", text,
-                        strlen(text));
+    return respond_text(c, code, "application/json", text, strlen(text));
 }
 
 static int metrics(fh_http *h, fh_hconn *c)

@@ -22,6 +22,7 @@
 #include "registry.h"
 #include "worker.h"
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,10 @@ void fh_http_apply(fh_http *h, const fh_http_opts *o);
 void fh_http_close(fh_http *h);
 void fh_http_set_state(fh_http *h, fh_http_state s);
 uint16_t fh_http_port(const fh_http *h);
+/* The GET /health document (the admin API serves it too), and the status
+ * it is answered with (200 serving, 503 starting or draining). Any
+ * thread; NULL when out of memory. */
+json_t *fh_http_health_json(fh_http *h, unsigned *status_code);
 
 /* A worker's connections on the shared socket, registered with the
  * worker's loop (an fd watch and a turn). Before the worker starts. */

@@ -47,6 +47,7 @@
 
 #include "door.h"
 #include "log.h"
+#include "sha256.h"
 #include "util.h"
 
 #include <dlfcn.h>
@@ -280,7 +281,8 @@ static int make_dirs(const char *dir)
     return 0;
 }
 
-static int copy_fd_at(int in, int dirfd, const char *leaf, struct stat *written)
+static int copy_fd_at(int in, int dirfd, const char *leaf, struct stat *written,
+                      fh_sha256_ctx *hash)
 {
     const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
     int out = openat(dirfd, leaf, flags, 0500);
@@ -304,6 +306,7 @@ static int copy_fd_at(int in, int dirfd, const char *leaf, struct stat *written)
         if (n == 0)
             break;
         off += n;
+        fh_sha256_update(hash, buf, (size_t)n);
         for (ssize_t done = 0; done < n;) {
             ssize_t w = write(out, buf + done, (size_t)(n - done));
             if (w < 0 && errno == EINTR)
@@ -640,7 +643,9 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     }
     snprintf(copy, clen, "%s/%s", opts->cache_dir, leaf);
     struct stat written;
-    if (copy_fd_at(fd, cache_fd, leaf, &written) != 0) {
+    fh_sha256_ctx hash;
+    fh_sha256_init(&hash);
+    if (copy_fd_at(fd, cache_fd, leaf, &written, &hash) != 0) {
         set_msg(msg, msglen,
                 "%s: cannot copy it to %s: %s; check that the cache folder is "
                 "writable by the daemon",
@@ -729,6 +734,9 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     out->copy_path = copy;
     out->source_dev = st.st_dev;
     out->source_ino = st.st_ino;
+    unsigned char digest[32];
+    fh_sha256_final(&hash, digest);
+    fh_sha256_hex(digest, out->sha256);
     return FH_LOAD_OK;
 
 fail:

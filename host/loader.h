@@ -63,6 +63,7 @@ typedef struct fh_plugin {
     char *copy_path;   /* the private copy that is mapped */
     dev_t source_dev;
     ino_t source_ino;
+    char sha256[65];                /* of the bytes copied and mapped, hex */
     fusion_overlay_descriptor desc; /* zeroed, then min(size, sizeof) copied */
     uint32_t declared_size;         /* the plugin's desc->size */
 } fh_plugin;

@@ -1987,6 +1987,7 @@ static void finish(fh_txn *t)
     fh_pipe *pp = t->pp;
     record(t);
     if (t->gen) {
+        fh_generation_count(t->gen, t->reason == FH_REASON_APPLIED);
         fh_generation_release(t->gen);
         t->gen = NULL;
     }

@@ -65,6 +65,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define FH_GEN_MAGIC  0x47454e31u /* "GEN1" */
@@ -80,9 +81,10 @@ struct fh_generation {
     fh_plugin plugin;
     void *state; /* from init() */
     atomic_ulong refs;
-    atomic_int hung; /* detached hook calls not yet returned (door.h) */
-    bool retired;    /* under lock */
-    unsigned holds;  /* unload waiters sleeping on it; under lock */
+    atomic_int hung;        /* detached hook calls not yet returned (door.h) */
+    struct fh_entry *entry; /* set when published; valid while referenced */
+    bool retired;           /* under lock */
+    unsigned holds;         /* unload waiters sleeping on it; under lock */
     fh_generation *next_retired;
 };
 
@@ -103,6 +105,7 @@ typedef struct fh_entry {
     size_t finalising;      /* off `retired`, fini()/dlclose() running */
     size_t pinned;          /* finalised but still mapped */
     fh_pinned_record last_pinned;
+    atomic_ulong requests, applied; /* routed to it / served overlaid, since loaded */
     struct fh_entry *next;
 } fh_entry;
 
@@ -126,6 +129,7 @@ struct fh_registry {
     fh_entry *entries;
     fh_failed *failed;
     unsigned long load_seq;
+    atomic_ulong changes;  /* bumped by every load, unload and state change */
     atomic_ulong nretired; /* retired generations not yet finalised */
     pthread_mutex_t drain_mu;
     pthread_cond_t drain_cv; /* CLOCK_MONOTONIC */
@@ -308,6 +312,8 @@ static fh_door_result call_fini(fh_generation *g)
 {
     fh_hook_call c = {.kind = FH_HOOK_FINI, .desc = &g->plugin.desc, .state = g->state};
     fh_strlcpy(c.who, g->name, sizeof(c.who));
+    c.version = g->version;
+    c.sha256 = g->plugin.sha256;
     return fh_door_call(&c, g->reg->opts.hook_deadline_ms);
 }
 
@@ -464,6 +470,7 @@ static int unload_locked(fh_registry *r, fh_entry *e, int drain_timeout_ms)
     retire_current(r, e);
     e->state = FH_STATE_DRAINING;
     note_pinned(e); /* a library an earlier swap left mapped */
+    atomic_fetch_add(&r->changes, 1);
     size_t n = 0;
     fh_generation **held = hold_retired(e, &n);
     unlock(r);
@@ -535,10 +542,15 @@ static const fh_generation *duplicate_of(fh_registry *r, const fh_plugin *p)
     if (!e || !e->current)
         return NULL;
     const fh_generation *cur = e->current;
-    if (strcmp(cur->version, p->desc.version) == 0 &&
-        strcmp(cur->plugin.source_path, p->source_path) != 0)
-        return cur;
-    return NULL;
+    if (strcmp(cur->version, p->desc.version) != 0 ||
+        strcmp(cur->plugin.source_path, p->source_path) == 0)
+        return NULL;
+    /* The file serving it was deleted or replaced: this one takes over. */
+    struct stat st;
+    if (stat(cur->plugin.source_path, &st) != 0 || st.st_dev != cur->plugin.source_dev ||
+        st.st_ino != cur->plugin.source_ino)
+        return NULL;
+    return cur;
 }
 
 static void duplicate_msg(const fh_plugin *p, const char *other, char *msg, size_t msglen)
@@ -572,6 +584,8 @@ static fh_load_err run_init(fh_registry *r, fh_generation *g, char *msg, size_t 
     args.config_len = strlen(args.config_json);
     fh_hook_call c = {.kind = FH_HOOK_INIT, .desc = &g->plugin.desc, .init_args = &args};
     fh_strlcpy(c.who, g->name, sizeof(c.who));
+    c.version = g->version;
+    c.sha256 = g->plugin.sha256;
     if (fh_door_call(&c, r->opts.hook_deadline_ms) != FH_DOOR_OK) {
         snprintf(msg, msglen,
                  "%s: overlay '%s' %s init() did not return within %d ms (hooks.deadline_ms); "
@@ -671,6 +685,16 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     unsigned abi_major = g->plugin.desc.abi_major, abi_minor = g->plugin.desc.abi_minor;
     bool swapped = false;
 
+    /* A name seen for the first time starts in the state the operator
+     * left it in (persisted disable or quarantine), asked without locks. */
+    fh_overlay_state first_state = FH_STATE_ENABLED;
+    char first_reason[512] = "";
+    if (r->opts.state_for)
+        first_state = r->opts.state_for(r->opts.state_ud, name, first_reason, sizeof(first_reason));
+    if (first_state != FH_STATE_DISABLED && first_state != FH_STATE_QUARANTINED) {
+        first_state = FH_STATE_ENABLED;
+        first_reason[0] = '\0';
+    }
     fh_entry *fresh = calloc(1, sizeof(*fresh));
     wrlock(r);
     dup = duplicate_of(r, &g->plugin);
@@ -695,7 +719,8 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
         e = fresh;
         fresh = NULL;
         fh_strlcpy(e->name, name, sizeof(e->name));
-        e->state = FH_STATE_ENABLED;
+        e->state = first_state;
+        fh_strlcpy(e->reason, first_reason, sizeof(e->reason));
         e->next = r->entries;
         r->entries = e;
     } else {
@@ -703,6 +728,7 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     }
     if (e) {
         g->seq = ++r->load_seq;
+        g->entry = e;
         e->current = g;
         drop_failed(r, path);
         if (strcmp(path, src) != 0)
@@ -712,6 +738,7 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     free(fresh);
     if (!e)
         return discard(r, g, true, path, dup ? FH_LOAD_DUPLICATE : FH_LOAD_IO, msg);
+    atomic_fetch_add(&r->changes, 1);
 
     if (name_out)
         fh_strlcpy(name_out, name, FUSION_NAME_MAX + 1);
@@ -741,6 +768,7 @@ static int set_state(fh_registry *r, const char *name, fh_overlay_state to, cons
     e->state = to;
     fh_strlcpy(e->reason, why, sizeof(e->reason));
     unlock(r);
+    atomic_fetch_add(&r->changes, 1);
     if (from != to) {
         if (to == FH_STATE_QUARANTINED)
             fh_warn("overlay %s quarantined: %s", name, why && *why ? why : "no reason given");
@@ -816,6 +844,8 @@ void fh_generation_prepare(fh_generation *g, fh_hook_kind kind, fh_hook_call *c)
     assert(g->magic == FH_GEN_MAGIC && atomic_load(&g->refs) > 0);
     c->kind = kind;
     memcpy(c->who, g->name, sizeof(c->who));
+    c->version = g->version;
+    c->sha256 = g->plugin.sha256;
     c->desc = &g->plugin.desc;
     c->state = g->state;
     c->host = g->reg->opts.host_api;
@@ -883,6 +913,7 @@ static void fill_entry_info(const fh_entry *e, fh_overlay_info *o)
         o->abi_major = g->plugin.desc.abi_major;
         o->abi_minor = g->plugin.desc.abi_minor;
         fh_strlcpy(o->path, g->plugin.source_path, sizeof(o->path));
+        fh_strlcpy(o->sha256, g->plugin.sha256, sizeof(o->sha256));
     } else if (e->pinned > 0) {
         fh_strlcpy(o->version, e->last_pinned.version, sizeof(o->version));
         o->abi_major = e->last_pinned.abi_major;
@@ -897,6 +928,8 @@ static void fill_entry_info(const fh_entry *e, fh_overlay_info *o)
         o->draining++;
     }
     o->pinned = e->pinned;
+    o->requests = atomic_load_explicit(&e->requests, memory_order_relaxed);
+    o->applied = atomic_load_explicit(&e->applied, memory_order_relaxed);
     o->error = FH_LOAD_OK;
     fh_strlcpy(o->reason, e->reason, sizeof(o->reason));
 }
@@ -1039,4 +1072,16 @@ void fh_registry_status_line(fh_registry *r, const char *prefix, char *out, size
     snprintf(out, len, "%s%zu overlays enabled, %zu disabled, %zu quarantined, %zu failed", prefix,
              counts[FH_STATE_ENABLED], counts[FH_STATE_DISABLED], counts[FH_STATE_QUARANTINED],
              counts[FH_STATE_FAILED]);
+}
+
+void fh_generation_count(fh_generation *g, bool applied)
+{
+    atomic_fetch_add_explicit(&g->entry->requests, 1, memory_order_relaxed);
+    if (applied)
+        atomic_fetch_add_explicit(&g->entry->applied, 1, memory_order_relaxed);
+}
+
+unsigned long fh_registry_changes(fh_registry *r)
+{
+    return atomic_load(&r->changes);
 }

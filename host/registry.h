@@ -54,6 +54,11 @@ typedef struct fh_registry_opts {
     int (*inputs_for)(void *ud, const char *name, fh_overlay_inputs *in);
     void *inputs_ud;
     int hook_deadline_ms; /* init()/fini() and offline hooks (door.h); 0: none */
+    /* The state a name gets the first time it loads: FH_STATE_ENABLED, or
+     * _DISABLED / _QUARANTINED with a reason (the operator's persisted
+     * state, opstate.h). May be NULL (enabled). Called without locks. */
+    fh_overlay_state (*state_for)(void *ud, const char *name, char *why, size_t len);
+    void *state_ud;
 } fh_registry_opts;
 
 typedef struct fh_registry fh_registry;
@@ -107,6 +112,13 @@ void *fh_generation_state(const fh_generation *g);
  * for the request path, which runs it with fh_door_run(). The caller holds
  * a reference on g. */
 void fh_generation_prepare(fh_generation *g, fh_hook_kind kind, fh_hook_call *c);
+/* Counts a request routed to g's overlay, and whether it was served
+ * overlaid (`list` shows both). The caller holds a reference on g. */
+void fh_generation_count(fh_generation *g, bool applied);
+/* A number that changes whenever an overlay loads, unloads or changes
+ * state: the daemon persists operator state when it moves. */
+unsigned long fh_registry_changes(fh_registry *r);
+
 /* Hook calls of g detached from their worker and not yet returned. */
 int fh_generation_hung(const fh_generation *g);
 
@@ -125,7 +137,9 @@ typedef struct fh_overlay_info {
     char name[FUSION_NAME_MAX + 1];
     char version[FUSION_VERSION_MAX + 1];
     unsigned abi_major, abi_minor;
-    char path[4096]; /* the source file */
+    char path[4096];                 /* the source file */
+    char sha256[65];                 /* of the bytes mapped; "" for a refused file */
+    unsigned long requests, applied; /* routed to it / served overlaid */
     fh_overlay_state state;
     unsigned long inflight; /* references held on all its generations */
     size_t draining;        /* retired generations not yet closed */

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "notify.h"
 #include "pipeline.h"
+#include "plugindir.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -35,8 +36,6 @@ struct fh_reloader {
     fh_reload_env env;
     fp_entry *fps;
     size_t nfps, fps_cap;
-    char **tried; /* plugin paths loaded or refused once */
-    size_t ntried, tried_cap;
 };
 
 /* ---- bookkeeping ------------------------------------------------------------- */
@@ -58,31 +57,6 @@ static uint64_t *fp_slot(fh_reloader *r, const char *name)
     fh_strlcpy(e->name, name, sizeof(e->name));
     e->fp = 0;
     return &e->fp;
-}
-
-static bool was_tried(const fh_reloader *r, const char *path)
-{
-    for (size_t i = 0; i < r->ntried; i++)
-        if (strcmp(r->tried[i], path) == 0)
-            return true;
-    return false;
-}
-
-static void note_tried(fh_reloader *r, const char *path)
-{
-    if (was_tried(r, path))
-        return;
-    if (r->ntried == r->tried_cap) {
-        size_t cap = r->tried_cap ? 2 * r->tried_cap : 16;
-        char **g = realloc(r->tried, cap * sizeof(*g));
-        if (!g)
-            return;
-        r->tried = g;
-        r->tried_cap = cap;
-    }
-    char *copy = strdup(path);
-    if (copy)
-        r->tried[r->ntried++] = copy;
 }
 
 static bool under_dir(const char *path, const char *dir)
@@ -116,72 +90,49 @@ static void record_new(fh_reloader *r)
     free(list);
 }
 
-fh_reloader *fh_reloader_new(const fh_reload_env *env, fh_plugin_files *tried)
+fh_reloader *fh_reloader_new(const fh_reload_env *env)
 {
     fh_reloader *r = calloc(1, sizeof(*r));
-    if (!r) {
-        fh_plugin_files_free(tried);
+    if (!r)
         return NULL;
-    }
     r->env = *env;
-    for (size_t i = 0; i < tried->count; i++)
-        note_tried(r, tried->paths[i]);
-    fh_plugin_files_free(tried);
     record_new(r);
     return r;
+}
+
+void fh_reloader_note_loads(fh_reloader *r)
+{
+    record_new(r);
 }
 
 void fh_reloader_free(fh_reloader *r)
 {
     if (!r)
         return;
-    for (size_t i = 0; i < r->ntried; i++)
-        free(r->tried[i]);
-    free(r->tried);
     free(r->fps);
     free(r);
 }
 
 /* ---- the overlays ------------------------------------------------------------ */
 
-static void load_one(fh_reloader *r, const char *path)
-{
-    char msg[1024] = "";
-    note_tried(r, path);
-    if (fh_registry_load(r->env.reg, path, msg, sizeof(msg), NULL) != FH_LOAD_OK && msg[0])
-        fh_error("%s", msg);
-    if (r->env.tick)
-        r->env.tick(r->env.tick_ud);
-}
-
-/* A new plugin folder replaces the old one's overlays; overlays whose
- * config or texts changed get a new generation (the old one drains); files
- * never tried, and files refused before, are loaded. */
-static void reload_overlays(fh_reloader *r, const fh_snapshot *old, const fh_snapshot *next,
-                            const fh_plugin_files *files)
+/* Overlays whose config or texts changed get a new generation (the old
+ * one drains); then the plugin folder (plugsync.h): a new folder replaces
+ * the old one's overlays, new and changed files load, refused files are
+ * tried again. */
+static void reload_overlays(fh_reloader *r, const fh_snapshot *old, const fh_snapshot *next)
 {
     const char *dir = next->cfg->plugins.dir;
     fh_overlay_info *list = NULL;
     size_t n = fh_registry_list(r->env.reg, &list);
     bool moved = strcmp(old->cfg->plugins.dir, dir) != 0;
-    char **done = calloc(n + 1, sizeof(*done)); /* paths loaded in this pass */
-    size_t ndone = 0;
     for (size_t i = 0; i < n; i++) {
         fh_overlay_info *o = &list[i];
         if (o->state == FH_STATE_DRAINING || !o->path[0])
             continue; /* on its way out */
         if (moved && !under_dir(o->path, dir)) {
-            if (o->state == FH_STATE_FAILED) {
-                fh_registry_forget_failed(r->env.reg, o->path);
-                continue;
-            }
-            fh_info("overlay %s: plugins.dir moved to %s; unloading it (requests in flight "
-                    "finish first)",
-                    o->name, dir);
-            fh_registry_unload(r->env.reg, o->name, 0); /* reap closes it once drained */
             uint64_t *fp = fp_slot(r, o->name);
             if (fp)
-                *fp = 0; /* a later load records its own */
+                *fp = 0; /* unloaded by the move below; a later load records its own */
             continue;
         }
         if (o->state == FH_STATE_FAILED)
@@ -193,8 +144,6 @@ static void reload_overlays(fh_reloader *r, const fh_snapshot *old, const fh_sna
             continue;
         char msg[1024] = "";
         fh_load_err e = fh_registry_load(r->env.reg, o->path, msg, sizeof(msg), NULL);
-        if (done)
-            done[ndone++] = o->path;
         if (e == FH_LOAD_OK) {
             *before = after; /* only then: a refused init is tried again next time */
             fh_info("overlay %s: its config or directive texts changed; re-initialised as a new "
@@ -211,27 +160,18 @@ static void reload_overlays(fh_reloader *r, const fh_snapshot *old, const fh_sna
     use_inputs(r, next);
     fh_snapshot_unref(*r->env.inputs_snap);
     *r->env.inputs_snap = fh_snapshot_ref((fh_snapshot *)next);
-    for (size_t f = 0; f < files->count; f++) {
-        const char *path = files->paths[f];
-        bool failed = false, again = false;
-        for (size_t i = 0; i < n; i++)
-            if (strcmp(list[i].path, path) == 0 && list[i].state == FH_STATE_FAILED)
-                failed = true;
-        for (size_t k = 0; k < ndone; k++)
-            again = again || strcmp(done[k], path) == 0;
-        if (!again && (failed || !was_tried(r, path)))
-            load_one(r, path);
-    }
-    free(done);
     free(list);
+    if (moved || next->cfg->plugins.watch != old->cfg->plugins.watch)
+        fh_plugsync_move(r->env.sync, dir, next->cfg->plugins.watch);
+    else
+        fh_plugsync_scan(r->env.sync, true);
     record_new(r); /* the overlays loaded just now */
 }
 
 /* ---- the reload -------------------------------------------------------------- */
 
 /* Why `next` cannot be applied over `running`, into why (empty: it can). */
-static void refusal(const fh_config *running, const fh_config *next, fh_plugin_files *files,
-                    char *why, size_t len)
+static void refusal(const fh_config *running, const fh_config *next, char *why, size_t len)
 {
     const char *key = fh_config_restart_key(running, next);
     if (key) {
@@ -241,10 +181,12 @@ static void refusal(const fh_config *running, const fh_config *next, fh_plugin_f
                  key);
         return;
     }
-    if (fh_plugin_files_list(next->plugins.dir, files) != 0) {
+    fh_plugin_files files;
+    if (fh_plugin_files_list(next->plugins.dir, &files) != 0) {
         snprintf(why, len, "plugins.dir %s cannot be read: %s", next->plugins.dir, strerror(errno));
         return;
     }
+    fh_plugin_files_free(&files);
     /* The URL as each worker will build its upstream target from it. */
     fh_upstream_opts o;
     char err[512];
@@ -255,14 +197,13 @@ static void refusal(const fh_config *running, const fh_config *next, fh_plugin_f
     fh_upstream_target_free(tg);
 }
 
-void fh_reloader_reload(fh_reloader *r)
+int fh_reloader_reload(fh_reloader *r, char *outcome, size_t outlen)
 {
     fh_notify_reloading();
     fh_info("reloading %s", r->env.config_path);
     fh_diag diag = {0};
     fh_snapshot *s = fh_snapshot_load(r->env.config_path, getenv("RESON_FEATURES"), &diag);
     fh_snapshot *old = fh_snapshot_get(r->env.snaps);
-    fh_plugin_files files = {0};
     char status[700], why[600] = "";
     if (!s) {
         for (size_t i = 0; i < diag.count; i++)
@@ -270,7 +211,7 @@ void fh_reloader_reload(fh_reloader *r)
         snprintf(why, sizeof(why), "%s%s", diag.count ? diag.items[0] : "unknown error",
                  diag.count > 1 ? " (and more, logged)" : "");
     } else {
-        refusal(old->cfg, s->cfg, &files, why, sizeof(why));
+        refusal(old->cfg, s->cfg, why, sizeof(why));
     }
     fh_diag_clear(&diag);
     if (why[0]) {
@@ -283,12 +224,14 @@ void fh_reloader_reload(fh_reloader *r)
         fh_http_opts_of(s->cfg, r->env.nworkers, &ho);
         fh_http_apply(r->env.http, &ho);
         fh_snapshot_install(r->env.snaps, fh_snapshot_ref(s));
-        reload_overlays(r, old, s, &files);
+        reload_overlays(r, old, s);
         fh_registry_status_line(r->env.reg, "reloaded; ", status, sizeof(status));
         fh_info("%s", status);
         fh_notify_ready(status);
     }
-    fh_plugin_files_free(&files);
+    if (outcome && outlen)
+        fh_strlcpy(outcome, why[0] ? why : status, outlen);
     fh_snapshot_unref(s);
     fh_snapshot_unref(old);
+    return why[0] ? -1 : 0;
 }

@@ -4,9 +4,8 @@
  *
  * Owns: what each running overlay was initialised with (a fingerprint of
  * its config and directive texts: the texts are files, read again at every
- * load, so the running ones can only be known this way) and the plugin
- * files already tried (so a reload loads only what is new or failed, and
- * two versions of one overlay in the folder do not swap at every reload).
+ * load, so the running ones can only be known this way). The plugin folder
+ * itself is plugsync.h's: a reload rescans it and retries refused files.
  *
  * Threads: main thread only (it is the only one that loads plugins, and
  * the registry's init inputs provider is not thread-safe).
@@ -16,7 +15,7 @@
 
 #include "directives.h"
 #include "http_api.h"
-#include "plugindir.h"
+#include "plugsync.h"
 #include "registry.h"
 #include "snapshot.h"
 
@@ -30,19 +29,24 @@ typedef struct fh_reload_env {
     unsigned nworkers;
     fh_inputs_provider *inputs; /* the registry's init inputs */
     fh_snapshot **inputs_snap;  /* the snapshot `inputs` points into (a reference) */
+    fh_plugsync *sync;          /* the plugin folder */
     /* Called between plugin loads, so a reload of many overlays does not
      * starve the systemd watchdog. */
     void (*tick)(void *ud);
     void *tick_ud;
 } fh_reload_env;
 
-/* After start-up: `tried` (taken) lists the plugin files start-up loaded or
- * refused; the running overlays' inputs come from *env->inputs. NULL when
- * out of memory. */
-fh_reloader *fh_reloader_new(const fh_reload_env *env, fh_plugin_files *tried);
+/* After start-up; the running overlays' inputs come from *env->inputs.
+ * NULL when out of memory. */
+fh_reloader *fh_reloader_new(const fh_reload_env *env);
+/* Records the inputs of overlays loaded since (the folder watcher, the
+ * admin API's load), so the next reload re-initialises only what changed. */
+void fh_reloader_note_loads(fh_reloader *r);
 void fh_reloader_free(fh_reloader *r);
 /* Reads the config again and applies it, or refuses it; logs and notifies
- * systemd (RELOADING=1, then READY=1 with the outcome in STATUS=). */
-void fh_reloader_reload(fh_reloader *r);
+ * systemd (RELOADING=1, then READY=1 with the outcome in STATUS=). 0 when
+ * applied, -1 when refused; outcome (may be NULL) gets the status line or
+ * the reason. */
+int fh_reloader_reload(fh_reloader *r, char *outcome, size_t outlen);
 
 #endif

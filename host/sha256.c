@@ -46,30 +46,72 @@ static void block(uint32_t h[8], const unsigned char *p)
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
 }
 
-void fh_sha256(const void *data, size_t len, unsigned char out[32])
+void fh_sha256_init(fh_sha256_ctx *c)
 {
-    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, iv, sizeof(iv));
+    c->len = 0;
+    c->fill = 0;
+}
+
+void fh_sha256_update(fh_sha256_ctx *c, const void *data, size_t len)
+{
     const unsigned char *p = data;
-    size_t left = len;
-    for (; left >= 64; p += 64, left -= 64)
-        block(h, p);
+    c->len += len;
+    if (c->fill) {
+        size_t take = 64 - c->fill < len ? 64 - c->fill : len;
+        memcpy(c->buf + c->fill, p, take);
+        c->fill += take;
+        p += take;
+        len -= take;
+        if (c->fill < 64)
+            return;
+        block(c->h, c->buf);
+        c->fill = 0;
+    }
+    for (; len >= 64; p += 64, len -= 64)
+        block(c->h, p);
+    memcpy(c->buf, p, len);
+    c->fill = len;
+}
+
+void fh_sha256_final(fh_sha256_ctx *c, unsigned char out[32])
+{
     /* The tail, a 1 bit, zeros, and the length in bits (big-endian). */
     unsigned char tail[128];
     memset(tail, 0, sizeof(tail));
-    memcpy(tail, p, left);
-    tail[left] = 0x80;
-    size_t n = left + 1 + 8 <= 64 ? 64 : 128;
-    uint64_t bits = (uint64_t)len * 8;
+    memcpy(tail, c->buf, c->fill);
+    tail[c->fill] = 0x80;
+    size_t n = c->fill + 1 + 8 <= 64 ? 64 : 128;
+    uint64_t bits = c->len * 8;
     for (int i = 0; i < 8; i++)
         tail[n - 1 - i] = (unsigned char)(bits >> (8 * i));
-    block(h, tail);
+    block(c->h, tail);
     if (n == 128)
-        block(h, tail + 64);
+        block(c->h, tail + 64);
     for (int i = 0; i < 8; i++) {
-        out[4 * i] = (unsigned char)(h[i] >> 24);
-        out[4 * i + 1] = (unsigned char)(h[i] >> 16);
-        out[4 * i + 2] = (unsigned char)(h[i] >> 8);
-        out[4 * i + 3] = (unsigned char)h[i];
+        out[4 * i] = (unsigned char)(c->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)c->h[i];
     }
+}
+
+void fh_sha256(const void *data, size_t len, unsigned char out[32])
+{
+    fh_sha256_ctx c;
+    fh_sha256_init(&c);
+    fh_sha256_update(&c, data, len);
+    fh_sha256_final(&c, out);
+}
+
+void fh_sha256_hex(const unsigned char digest[32], char out[65])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 15];
+    }
+    out[64] = '\0';
 }

@@ -2,10 +2,13 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t fh_now_ns(void)
 {
@@ -84,4 +87,47 @@ size_t fh_utoa(unsigned long long v, char *out)
         out[i] = tmp[n - 1 - i];
     out[n] = '\0';
     return n;
+}
+
+int fh_write_file_atomic(const char *dir, const char *name, const void *data, size_t len)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    char tmp[300];
+    snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", name, (long)getpid());
+    int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        goto fail;
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, (const char *)data + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            goto fail;
+        done += (size_t)n;
+    }
+    if (fsync(fd) != 0)
+        goto fail;
+    int rc = close(fd);
+    fd = -1;
+    if (rc != 0 || renameat(dfd, tmp, dfd, name) != 0)
+        goto fail;
+    /* The rename itself is durable only once the folder is. */
+    if (fsync(dfd) != 0) {
+        int saved = errno;
+        close(dfd);
+        errno = saved;
+        return -1;
+    }
+    close(dfd);
+    return 0;
+fail:;
+    int saved = errno;
+    if (fd >= 0)
+        close(fd);
+    unlinkat(dfd, tmp, 0);
+    close(dfd);
+    errno = saved;
+    return -1;
 }
