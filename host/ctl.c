@@ -107,7 +107,7 @@ static const char *plural(long long n)
 /* Pretty-printed JSON on stdout; 1 when it cannot be (out of memory). */
 static int print_json(const json_t *j)
 {
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
     if (!s) {
         fprintf(stderr, "fusion-host: out of memory printing the answer\n");
         return EXIT_FAILED;
