@@ -354,6 +354,7 @@ int fh_gates_trip(fh_gates *g, const char *overlay, const char *reason, uint64_t
     fh_strlcpy(gate->bud.trip_reason, reason, sizeof(gate->bud.trip_reason));
     gate->bud.tripped_at_ms = now_ms;
     pthread_mutex_unlock(&gate->mu);
+    atomic_fetch_add(&g->changes, 1);
     return 0;
 }
 

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define STATE_FILE "operator-state.json"
 
@@ -70,8 +71,20 @@ static void adopt(fh_opstate *o, json_t *root)
 static void set_aside(fh_opstate *o, const char *why)
 {
     char aside[4200];
-    snprintf(aside, sizeof(aside), "%s.corrupt-%ld", o->path, (long)time(NULL));
-    if (rename(o->path, aside) == 0)
+    /* link() never replaces: a second corrupt file keeps the first's copy. */
+    int rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        if (i == 0)
+            snprintf(aside, sizeof(aside), "%s.corrupt-%ld", o->path, (long)time(NULL));
+        else
+            snprintf(aside, sizeof(aside), "%s.corrupt-%ld.%d", o->path, (long)time(NULL), i);
+        rc = link(o->path, aside);
+        if (rc != 0 && errno != EEXIST)
+            break;
+    }
+    if (rc == 0)
+        rc = unlink(o->path);
+    if (rc == 0)
         fh_error("%s is corrupt (%s); set aside as %s; starting with every overlay enabled and "
                  "no gate tripped: disable again what must stay off",
                  o->path, why, aside);

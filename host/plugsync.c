@@ -77,11 +77,21 @@ static void watch_dir(fh_plugsync *ps)
     }
 }
 
+/* "/a/b/" -> "/a/b": the registry names files dir + "/" + leaf. */
+static char *dir_copy(const char *dir)
+{
+    char *d = strdup(dir);
+    size_t n = d ? strlen(d) : 0;
+    while (n > 1 && d[n - 1] == '/')
+        d[--n] = '\0';
+    return d;
+}
+
 fh_plugsync *fh_plugsync_new(fh_registry *reg, const char *dir, bool watch, void (*tick)(void *),
                              void *tick_ud)
 {
     fh_plugsync *ps = calloc(1, sizeof(*ps));
-    if (!ps || !(ps->dir = strdup(dir))) {
+    if (!ps || !(ps->dir = dir_copy(dir))) {
         free(ps);
         return NULL;
     }
@@ -238,10 +248,13 @@ static void file_gone(fh_plugsync *ps, known_file *k, const fh_overlay_info *lis
         }
         fh_info("overlay %s: %s was deleted; unloading it once its requests in flight finish",
                 v.name, k->path);
-        fh_registry_unload_path(ps->reg, k->path, 0); /* reap closes it once drained */
-    } else if (v.failed) {
-        fh_registry_forget_failed(ps->reg, k->path);
+        /* Every overlay the file served (its contents may have changed
+         * name); reap closes each once drained. */
+        for (int i = 0; i < 64 && fh_registry_unload_path(ps->reg, k->path, 0) >= 0; i++)
+            ;
     }
+    if (v.failed)
+        fh_registry_forget_failed(ps->reg, k->path);
 }
 
 size_t fh_plugsync_scan(fh_plugsync *ps, bool retry_failed)
@@ -304,7 +317,17 @@ size_t fh_plugsync_scan(fh_plugsync *ps, bool retry_failed)
     }
     size_t loads = 0;
     for (size_t i = 0; i < nchanged; i++) {
-        load_file(ps, changed[i], NULL, 0, NULL);
+        path_view before = view_of(list, n, changed[i]->path);
+        char name[FUSION_NAME_MAX + 1] = "";
+        if (load_file(ps, changed[i], NULL, 0, name) == FH_LOAD_OK && before.source &&
+            strcmp(before.name, name) != 0) {
+            /* The file now carries another overlay: the one it carried
+             * has no file any more. */
+            fh_info("overlay %s: %s now carries overlay %s; unloading %s once its requests in "
+                    "flight finish",
+                    before.name, changed[i]->path, name, before.name);
+            fh_registry_unload(ps->reg, before.name, 0);
+        }
         loads++;
     }
     if (retry_failed) {
@@ -328,12 +351,15 @@ size_t fh_plugsync_scan(fh_plugsync *ps, bool retry_failed)
 
 void fh_plugsync_move(fh_plugsync *ps, const char *dir, bool watch)
 {
-    if (strcmp(ps->dir, dir) != 0) {
-        char *copy = strdup(dir);
-        if (!copy) {
-            fh_error("out of memory: plugins.dir stays %s", ps->dir);
-            return;
-        }
+    char *copy = dir_copy(dir);
+    if (!copy) {
+        fh_error("out of memory: plugins.dir stays %s", ps->dir);
+        return;
+    }
+    if (strcmp(ps->dir, copy) == 0) {
+        free(copy);
+        copy = NULL;
+    } else {
         fh_overlay_info *list = NULL;
         size_t n = fh_registry_list(ps->reg, &list);
         for (known_file *k = ps->files; k; k = k->next) {
@@ -342,10 +368,11 @@ void fh_plugsync_move(fh_plugsync *ps, const char *dir, bool watch)
                 fh_info("overlay %s: plugins.dir moved to %s; unloading it (requests in flight "
                         "finish first)",
                         v.name, dir);
-                fh_registry_unload_path(ps->reg, k->path, 0);
-            } else if (v.failed) {
-                fh_registry_forget_failed(ps->reg, k->path);
+                for (int i = 0; i < 64 && fh_registry_unload_path(ps->reg, k->path, 0) >= 0; i++)
+                    ;
             }
+            if (v.failed)
+                fh_registry_forget_failed(ps->reg, k->path);
         }
         free(list);
         forget_all(ps);
