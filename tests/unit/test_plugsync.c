@@ -360,6 +360,42 @@ static void test_loaded_file_replaced_by_refused_one(void **state)
     assert_int_equal(refusal_at(f, f->plugins, "good_a.so"), -1);
 }
 
+/* Deleted while its refused replacement is remembered: the overlay
+ * unloads and the refusal goes with the file. */
+static void test_deleted_after_refused_replacement(void **state)
+{
+    fixture *f = *state;
+    put(f->plugins, "good_a", "good_a.so");
+    start(f, false);
+    assert_int_equal(fh_plugsync_scan(f->ps, false), 1);
+    put(f->plugins, "bad_major", "good_a.so");
+    assert_int_equal(fh_plugsync_scan(f->ps, false), 1);
+    assert_int_equal(refusal_at(f, f->plugins, "good_a.so"), FH_LOAD_ABI_MAJOR);
+    del(f->plugins, "good_a.so");
+    assert_int_equal(fh_plugsync_scan(f->ps, false), 0);
+    expect_gone(f, "good_a");
+    assert_int_equal(refusal_at(f, f->plugins, "good_a.so"), -1);
+    assert_int_equal(count_failed(f), 0);
+}
+
+/* A file rewritten with another overlay: the overlay it carried unloads
+ * (it has no file any more); deleting the file then unloads the new one. */
+static void test_file_changes_overlay_name(void **state)
+{
+    fixture *f = *state;
+    put(f->plugins, "good_a", "x.so");
+    start(f, false);
+    assert_int_equal(fh_plugsync_scan(f->ps, false), 1);
+    expect_overlay(f, "good_a", FH_STATE_ENABLED, "1.0.0", f->plugins, "x.so");
+    put(f->plugins, "good_b", "x.so");
+    assert_int_equal(fh_plugsync_scan(f->ps, false), 1);
+    expect_overlay(f, "good_b", FH_STATE_ENABLED, "1.0.0", f->plugins, "x.so");
+    expect_gone(f, "good_a");
+    del(f->plugins, "x.so");
+    assert_int_equal(fh_plugsync_scan(f->ps, false), 0);
+    expect_gone(f, "good_b");
+}
+
 static void test_duplicate_then_takeover(void **state)
 {
     fixture *f = *state;
@@ -719,6 +755,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deleted_file_unloads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_file_retried_when_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loaded_file_replaced_by_refused_one, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_after_refused_replacement, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_changes_overlay_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_then_takeover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_deleted_is_forgotten, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_versions_successor, setup, teardown),
