@@ -358,7 +358,7 @@ static int bind_tcp(const char *listen_addr, char *err, size_t errlen)
 
 /* The token: the file's first line. A file others can read is a token
  * others know. */
-static int read_token(fh_admin *a, const char *path, char *err, size_t errlen)
+int fh_admin_read_token(const char *path, unsigned char digest[32], char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat st;
@@ -393,7 +393,7 @@ static int read_token(fh_admin *a, const char *path, char *err, size_t errlen)
                  path);
         return -1;
     }
-    fh_sha256(buf, len, a->token);
+    fh_sha256(buf, len, digest);
     memset(buf, 0, sizeof(buf));
     return 0;
 }
@@ -414,7 +414,7 @@ fh_admin *fh_admin_open(const char *listen_addr, const char *token_file, char *e
         snprintf(err, errlen, "admin.listen %s is TCP: admin.token_file is required", listen_addr);
         goto fail;
     }
-    if (a->tcp && read_token(a, token_file, err, errlen) != 0)
+    if (a->tcp && fh_admin_read_token(token_file, a->token, err, errlen) != 0)
         goto fail;
     a->lw.fd =
         a->tcp ? bind_tcp(listen_addr, err, errlen) : bind_unix(a, listen_addr + 5, err, errlen);

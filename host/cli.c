@@ -17,6 +17,7 @@
  */
 #include "cli.h"
 
+#include "admin.h"
 #include "config.h"
 #include "ctl.h"
 #include "daemon.h"
@@ -239,6 +240,14 @@ static int cmd_check(int argc, char **argv)
 
     fh_flags *flags = NULL;
     check_flags(cfg->feature_flags, cfg->environment, &flags, &problems);
+
+    /* A token file the daemon would refuse, refused here first. */
+    if (strncmp(cfg->admin.listen, "unix:", 5) != 0 && cfg->admin.token_file[0]) {
+        unsigned char digest[32];
+        char why[600];
+        if (fh_admin_read_token(cfg->admin.token_file, digest, why, sizeof(why)) != 0)
+            fh_diag_add(&problems, "%s: %s", cfg->path, why);
+    }
 
     /* Every directive text a feature names must be readable. */
     for (size_t i = 0; flags && i < flags->feature_count; i++) {

@@ -259,6 +259,13 @@ int fh_serve(const fh_serve_opts *o)
         goto out;
     }
     clear_cache(cache);
+    /* Before the plugins load: a socket in the way or a token file others
+     * can read stops the start at once. Commands wait for the main loop. */
+    admin = fh_admin_open(cfg->admin.listen, cfg->admin.token_file, err, sizeof(err));
+    if (!admin) {
+        fh_error("not starting: %s", err);
+        goto out;
+    }
     ops = fh_opstate_open(cfg->state_dir);
     quarantine_crashed(cfg->state_dir, ops);
     if (fh_crash_arm(cfg->state_dir, err, sizeof(err)) != 0)
@@ -292,11 +299,6 @@ int fh_serve(const fh_serve_opts *o)
     http = fh_http_listen(&ho, &pipeline, metrics, reg, err, sizeof(err));
     if (!http) {
         fh_error("%s", err);
-        goto out;
-    }
-    admin = fh_admin_open(cfg->admin.listen, cfg->admin.token_file, err, sizeof(err));
-    if (!admin) {
-        fh_error("not starting: %s", err);
         goto out;
     }
     fh_workers_opts wo = {.count = nworkers, .hook_deadline_ms = cfg->hooks.deadline_ms};
