@@ -166,8 +166,6 @@ static unsigned set_state(fh_control *c, const char *name, bool enable, char **j
         if (rc != 0)
             return fail(409, "invalid_transition", json, "overlay %s cannot be %s now", name,
                         enable ? "enabled" : "disabled");
-        if (!enable)
-            fh_info("overlay %s: disabled by the operator; its requests get the baseline", name);
         persist(c);
     }
     return reply(json_pack("{s:s, s:s, s:b}", "name", name, "state", fh_overlay_state_name(want),

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,10 @@ static void on_fatal(int signo)
 {
     int saved = errno;
     const fh_hook_call *c = running;
-    if (c && journal_fd >= 0) {
+    /* One record per death: the first fatal signal is the cause; what a
+     * chained handler does next (a sanitizer's abort()) is not. */
+    static atomic_flag fired = ATOMIC_FLAG_INIT;
+    if (c && journal_fd >= 0 && !atomic_flag_test_and_set(&fired)) {
         char block[REC_SIZE];
         for (size_t i = 0; i < sizeof(block); i++)
             block[i] = 0;
@@ -119,8 +123,7 @@ static void on_fatal(int signo)
     /* Whatever handled it before us (the default: die, with a core) gets
      * it next; SA_NODEFER lets the raise through at once. */
     for (size_t i = 0; i < NSIG_FATAL; i++)
-        if (fatal_signals[i] == signo)
-            sigaction(signo, &replaced[i], NULL);
+        sigaction(fatal_signals[i], &replaced[i], NULL);
     raise(signo);
     errno = saved;
 }

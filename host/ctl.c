@@ -185,7 +185,11 @@ static void list_print_details(const json_t *o)
     if (strcmp(bstate, "closed") != 0 && last)
         printf("    breaker %s: last failure %s\n", bstate, last);
     long long draining = jint(o, "draining_generations"), pinned = jint(o, "pinned_generations");
-    if (draining > 0)
+    bool unloading = strcmp(jstr(o, "state", ""), "draining") == 0;
+    if (draining > 0 && unloading)
+        printf("    unloading: %lld request%s in flight finish first\n", jint(o, "in_flight"),
+               plural(jint(o, "in_flight")));
+    else if (draining > 0)
         printf("    %lld older generation%s still draining\n", draining, plural(draining));
     if (pinned > 0)
         printf("    %lld closed generation%s left mapped (the library could not be unloaded)\n",

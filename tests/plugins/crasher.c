@@ -1,0 +1,47 @@
+/*
+ * crasher - a test overlay whose apply() dereferences a null pointer when
+ * the request's scenario type is "crash" (a SIGSEGV inside plugin code, so
+ * inside the door). The crash-quarantine test uses it: the daemon dies,
+ * the crash journal names the overlay, and the next start quarantines it.
+ * Other requests it serves as a no-op.
+ */
+#include <fusion/overlay.h>
+
+#include <string.h>
+
+static int crasher_init(const fusion_init_args *args, void **state)
+{
+    (void)args;
+    *state = NULL;
+    return 0;
+}
+
+static void crasher_fini(void *state)
+{
+    (void)state;
+}
+
+static int crasher_apply(void *state, fusion_request *req, const fusion_host_api *host)
+{
+    (void)state;
+    const char *type = host->req_scenario_type(req);
+    if (type && strcmp(type, "crash") == 0) {
+        host->log(FUSION_LOG_WARN, "crashing in apply()");
+        volatile int *volatile nowhere = NULL;
+        *nowhere = 42; /* SIGSEGV, on purpose */
+    }
+    return 0;
+}
+
+static int crasher_evaluate(void *state, const fusion_request *req, const char *answer, size_t len,
+                            fusion_evaluation *out, const fusion_host_api *host)
+{
+    (void)state, (void)req, (void)answer, (void)len, (void)host;
+    out->quality = 1.0;
+    return 0;
+}
+
+FUSION_OVERLAY_DEFINE(.name = "crasher", .version = "1.0.0",
+                      .description = "test: apply() crashes with SIGSEGV", .license = "MIT",
+                      .init = crasher_init, .fini = crasher_fini, .apply = crasher_apply,
+                      .evaluate = crasher_evaluate)
