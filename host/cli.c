@@ -820,6 +820,7 @@ int fh_cli_main(int argc, char **argv)
             continue;
         }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            free(globals);
             fputs(usage_text, stdout);
             return 0;
         } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
