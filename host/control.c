@@ -97,9 +97,33 @@ static unsigned list_overlays(fh_control *c, char **json)
         else
             json_array_append_new(ov, overlay_json(&list[i], gates));
     }
-    free(list);
     json_decref(gates);
-    return reply(json_pack("{s:o, s:o}", "overlays", ov, "failed", failed), 200, json);
+    /* Decisions kept for names not loaded now: they apply when the name
+     * loads again, and `enable NAME` forgets them. */
+    json_t *kept = json_array();
+    json_t *all = c->ops ? fh_opstate_json(c->ops) : NULL;
+    const char *key;
+    json_t *v;
+    json_object_foreach(json_object_get(all, "overlays"), key, v)
+    {
+        bool loaded = false;
+        for (size_t i = 0; i < n && !loaded; i++)
+            loaded = list[i].state != FH_STATE_FAILED && strcmp(list[i].name, key) == 0;
+        if (!loaded)
+            json_array_append_new(kept, json_pack("{s:s, s:O, s:O}", "name", key, "state",
+                                                  json_object_get(v, "state"), "reason",
+                                                  json_object_get(v, "reason")));
+    }
+    json_object_foreach(json_object_get(all, "files"), key, v)
+    {
+        json_array_append_new(
+            kept, json_pack("{s:O, s:s, s:s, s:O}", "name", json_object_get(v, "name"), "state",
+                            "refused_file", "sha256", key, "reason", json_object_get(v, "reason")));
+    }
+    json_decref(all);
+    free(list);
+    return reply(json_pack("{s:o, s:o, s:o}", "overlays", ov, "failed", failed, "persisted", kept),
+                 200, json);
 }
 
 /* An overlay by name; 404 written to *json when unknown. */
@@ -135,17 +159,20 @@ static unsigned set_state(fh_control *c, const char *name, bool enable, char **j
     if (fh_registry_get(c->reg, name, &o) != 0) {
         /* Not loaded, but a persisted decision names it: enabling clears
          * it, so the file loads enabled when it comes back. */
-        char why[8];
-        if (enable && c->ops &&
-            fh_opstate_overlay(c->ops, name, why, sizeof(why)) != FH_STATE_ENABLED) {
-            fh_opstate_set_overlay(c->ops, name, FH_STATE_ENABLED, NULL);
+        if (enable && c->ops && fh_opstate_forget(c->ops, name)) {
             fh_opstate_save(c->ops);
-            fh_info("overlay %s: enabled by the operator (not loaded now)", name);
+            fh_info("%s: enabled by the operator; files refused for it are tried again", name);
+            /* A file refused for crashing at load may load now. */
+            if (fh_plugsync_scan(c->sync, true) && c->reloader)
+                fh_reloader_note_loads(c->reloader);
+            persist(c);
+            fh_overlay_info now;
+            bool loaded = fh_registry_get(c->reg, name, &now) == 0 && now.state != FH_STATE_FAILED;
             return reply(json_pack("{s:s, s:s, s:b, s:b}", "name", name, "state", "enabled",
-                                   "changed", 1, "loaded", 0),
+                                   "changed", 1, "loaded", loaded),
                          200, json);
         }
-        unsigned st;
+        unsigned st = 500;
         find(c, name, &o, &st, json);
         return st;
     }
@@ -198,7 +225,9 @@ static unsigned reset(fh_control *c, const char *name, char **json)
 {
     fh_overlay_info o;
     unsigned st;
-    if (!find(c, name, &o, &st, json))
+    /* A trip persisted for an overlay not loaded now can be cleared too. */
+    bool persisted = c->ops && fh_opstate_gate_tripped(c->ops, name);
+    if (!persisted && !find(c, name, &o, &st, json))
         return st;
     if (c->gates)
         fh_gates_reset(c->gates, name); /* -1: no gate yet, nothing to clear */
@@ -376,6 +405,14 @@ unsigned fh_control_handle(void *ud, const char *method, const char *path, const
             return fail(404, "overlay_not_found", json, "no such overlay");
         memcpy(nm, name, nlen);
         nm[nlen] = '\0';
+        /* Overlay names are [a-z0-9_] (a file name, for a refused file);
+         * other bytes, those that are not UTF-8 included, name nothing. */
+        for (size_t i = 0; i < nlen; i++)
+            if (!((nm[i] >= 'a' && nm[i] <= 'z') || (nm[i] >= '0' && nm[i] <= '9') ||
+                  nm[i] == '_' || nm[i] == '-' || nm[i] == '.' || (nm[i] >= 'A' && nm[i] <= 'Z')))
+                return fail(404, "overlay_not_found", json,
+                            "no overlay has that name (overlay names are lowercase letters, "
+                            "digits and '_')");
         const char *action = name + nlen;
         if (!*action)
             return get ? show_overlay(c, nm, json) : wrong_method("GET", json);

@@ -10,11 +10,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +60,46 @@ const char *fh_crash_signal_name(int signo)
         return "SIGSYS";
     default:
         return "a fatal signal";
+    }
+}
+
+/* ---- alternate signal stacks ------------------------------------------------- */
+
+/* A hook that recurses for ever overflows its thread's stack; the handler
+ * then needs a stack of its own to write the record. */
+#define ALT_STACK_SIZE (64 * 1024)
+static pthread_key_t alt_key;
+static pthread_once_t alt_once = PTHREAD_ONCE_INIT;
+static bool alt_key_ok;
+
+static void alt_free(void *stack)
+{
+    stack_t off = {.ss_flags = SS_DISABLE};
+    sigaltstack(&off, NULL);
+    munmap(stack, ALT_STACK_SIZE);
+}
+
+static void alt_make_key(void)
+{
+    alt_key_ok = pthread_key_create(&alt_key, alt_free) == 0;
+}
+
+void fh_crash_thread_init(void)
+{
+    pthread_once(&alt_once, alt_make_key);
+    stack_t cur;
+    /* One a sanitizer runtime set up already serves as well. */
+    if (!alt_key_ok || sigaltstack(NULL, &cur) != 0 || !(cur.ss_flags & SS_DISABLE))
+        return;
+    void *p =
+        mmap(NULL, ALT_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    stack_t ss = {.ss_sp = p, .ss_size = ALT_STACK_SIZE};
+    if (sigaltstack(&ss, NULL) != 0 || pthread_setspecific(alt_key, p) != 0) {
+        stack_t off = {.ss_flags = SS_DISABLE};
+        sigaltstack(&off, NULL);
+        munmap(p, ALT_STACK_SIZE);
     }
 }
 
@@ -144,7 +186,7 @@ int fh_crash_arm(const char *state_dir, char *err, size_t errlen)
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_fatal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_NODEFER;
+    sa.sa_flags = SA_NODEFER | SA_ONSTACK;
     for (size_t i = 0; i < NSIG_FATAL; i++)
         sigaction(fatal_signals[i], &sa, &replaced[i]);
     return 0;

@@ -42,6 +42,11 @@ int fh_crash_arm(const char *state_dir, char *err, size_t errlen);
 /* Puts the replaced dispositions back and closes the journal. */
 void fh_crash_disarm(void);
 
+/* Gives the calling thread an alternate signal stack (freed when it
+ * exits), so a stack overflow in plugin code is recorded too. Every
+ * thread that may run plugin code calls it first. */
+void fh_crash_thread_init(void);
+
 /* Marks this thread as running c's plugin code; returns the previous mark
  * for fh_crash_leave (calls nest: a host function a hook calls may log). */
 const fh_hook_call *fh_crash_enter(const fh_hook_call *c);

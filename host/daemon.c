@@ -170,8 +170,17 @@ static void quarantine_crashed(const char *state_dir, fh_opstate *ops)
                  "then `fusion-host enable %s`",
                  fh_crash_signal_name(r->signo), r->hook, when, r->version[0] ? r->version : "?",
                  r->sha256[0] ? r->sha256 : "?", r->who);
-        fh_error("overlay %s quarantined: it %s", r->who, why);
-        fh_opstate_set_overlay(ops, r->who, FH_STATE_QUARANTINED, why);
+        /* A crash while loading would repeat at every start: that very
+         * file (by content) is not mapped again. A crash in a request's
+         * hook quarantines the overlay: loaded, never routed to. */
+        bool loading = !strcmp(r->hook, "dlopen()") || !strcmp(r->hook, "entry()") ||
+                       !strcmp(r->hook, "init()");
+        fh_error("%s %s %s: it %s", loading ? "plugin file" : "overlay", r->who,
+                 loading ? "refused until enabled" : "quarantined", why);
+        if (loading)
+            fh_opstate_refuse_file(ops, r->sha256, r->who, why);
+        else
+            fh_opstate_set_overlay(ops, r->who, FH_STATE_QUARANTINED, why);
     }
     /* Only once the quarantine is on disk may the journal forget it. */
     if (n && ops && fh_opstate_save(ops) == 0)
@@ -182,16 +191,19 @@ static void quarantine_crashed(const char *state_dir, fh_opstate *ops)
 /* The main loop's file descriptors. */
 enum { EV_SIGNAL = 1, EV_ADMIN, EV_PLUGINS };
 
-static void watch_fd(int ep, int fd, int tag, int *current)
+/* (Re)registers fd under tag. A closed descriptor left epoll by itself;
+ * a new one may carry the same number, so the caller says when it is new. */
+static void watch_fd(int ep, int fd, int tag, int *current, bool renewed)
 {
-    if (*current == fd)
+    if (*current == fd && !renewed)
         return;
-    if (*current >= 0)
+    if (*current >= 0 && *current != fd)
         epoll_ctl(ep, EPOLL_CTL_DEL, *current, NULL);
     *current = fd;
     if (fd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)tag};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0 && errno == EEXIST)
+            epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
     }
 }
 
@@ -270,7 +282,11 @@ int fh_serve(const fh_serve_opts *o)
     quarantine_crashed(cfg->state_dir, ops);
     if (fh_crash_arm(cfg->state_dir, err, sizeof(err)) != 0)
         fh_warn("%s", err);
-    fh_registry_opts ro = {.loader = {.cache_dir = cache, .daemon_uid = geteuid()},
+    fh_crash_thread_init(); /* the main thread loads plugins */
+    fh_registry_opts ro = {.loader = {.cache_dir = cache,
+                                      .daemon_uid = geteuid(),
+                                      .refuse_hash = ops ? fh_opstate_refused_hash : NULL,
+                                      .refuse_ud = ops},
                            .host_api = fh_host_api(),
                            .inputs_for = fh_inputs_for,
                            .inputs_ud = &inputs,
@@ -356,12 +372,15 @@ int fh_serve(const fh_serve_opts *o)
                       .workers = nworkers,
                       .started_ms = fh_now_ms() - (fh_now_ns() - t_start) / 1000000};
     int fd_sig = -1, fd_admin = -1, fd_plugins = -1;
-    watch_fd(ep, sfd, EV_SIGNAL, &fd_sig);
-    watch_fd(ep, fh_admin_fd(admin), EV_ADMIN, &fd_admin);
+    watch_fd(ep, sfd, EV_SIGNAL, &fd_sig, false);
+    watch_fd(ep, fh_admin_fd(admin), EV_ADMIN, &fd_admin, false);
+    unsigned watch_id = fh_plugsync_watch_id(sync) - 1; /* registered below */
     uint64_t scan_at = 0; /* a folder change settles until then; 0: none */
     bool stop = false;
     while (!stop) {
-        watch_fd(ep, fh_plugsync_fd(sync), EV_PLUGINS, &fd_plugins);
+        unsigned id = fh_plugsync_watch_id(sync);
+        watch_fd(ep, fh_plugsync_fd(sync), EV_PLUGINS, &fd_plugins, id != watch_id);
+        watch_id = id;
         int timeout = LOOP_TICK_MS;
         if (wd.interval && wd.interval < LOOP_TICK_MS)
             timeout = (int)wd.interval;
@@ -382,7 +401,9 @@ int fh_serve(const fh_serve_opts *o)
             } else if (evs[i].data.u32 == EV_ADMIN) {
                 fh_admin_run(admin, fh_control_handle, &ctl);
             } else if (evs[i].data.u32 == EV_PLUGINS) {
-                if (fh_plugsync_read_events(sync))
+                /* Armed by the first change, not pushed back by later ones:
+                 * a folder that never goes quiet is still scanned. */
+                if (fh_plugsync_read_events(sync) && !scan_at)
                     scan_at = fh_now_ms() + WATCH_SETTLE_MS;
             }
         }

@@ -297,6 +297,7 @@ static int copy_init_args(box *b, const fusion_init_args *a)
 static void *helper_main(void *p)
 {
     box *b = p;
+    fh_crash_thread_init();
     invoke(&b->call);
     pthread_mutex_lock(&b->mu);
     b->done = true;

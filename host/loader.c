@@ -75,6 +75,7 @@ static const char *const err_names[FH_LOAD_ERR_COUNT] = {
     [FH_LOAD_OK] = "ok",
     [FH_LOAD_IO] = "io",
     [FH_LOAD_NOT_ELF] = "not_elf",
+    [FH_LOAD_QUARANTINED] = "quarantined",
     [FH_LOAD_UNSAFE_PERMS] = "unsafe_permissions",
     [FH_LOAD_BAD_OWNER] = "bad_owner",
     [FH_LOAD_STALE_COPY] = "stale_copy",
@@ -264,6 +265,45 @@ static fh_load_err check_elf(int fd, const char *path, char *msg, size_t msglen)
         return FH_LOAD_NOT_ELF;
     }
     return FH_LOAD_OK;
+}
+
+/* Every byte the dynamic loader will map is in the copy: a file caught
+ * half-written (a copy straight into the folder, an scp) would map pages
+ * past its end, and touching them is a SIGBUS inside dlopen(). */
+static fh_load_err check_complete(int dirfd, const char *leaf, off_t size, const char *path,
+                                  char *msg, size_t msglen)
+{
+    int fd = openat(dirfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        set_msg(msg, msglen, "%s: cannot read its private copy: %s", path, strerror(errno));
+        return FH_LOAD_IO;
+    }
+    Elf64_Ehdr eh;
+    fh_load_err err = FH_LOAD_OK;
+    bool whole = pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh);
+    if (whole && eh.e_ident[EI_CLASS] == ELFCLASS64) {
+        uint64_t ph_end = eh.e_phoff + (uint64_t)eh.e_phnum * eh.e_phentsize;
+        whole = eh.e_phentsize == sizeof(Elf64_Phdr) && eh.e_phoff >= sizeof(eh) &&
+                ph_end <= (uint64_t)size;
+        for (unsigned i = 0; whole && i < eh.e_phnum; i++) {
+            Elf64_Phdr ph;
+            whole = pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) ==
+                    (ssize_t)sizeof(ph);
+            if (whole && ph.p_type == PT_LOAD)
+                whole = ph.p_offset + ph.p_filesz >= ph.p_offset &&
+                        ph.p_offset + ph.p_filesz <= (uint64_t)size;
+        }
+    }
+    close(fd);
+    if (!whole) {
+        set_msg(msg, msglen,
+                "%s: incomplete ELF file (%lld bytes; its segments reach further): still being "
+                "written? Install by writing elsewhere and `mv` into the folder; it is tried "
+                "again when it changes",
+                path, (long long)size);
+        err = FH_LOAD_NOT_ELF;
+    }
+    return err;
 }
 
 /* mkdir -p for the cache folder, new levels 0700; it must be a folder. */
@@ -656,6 +696,23 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         goto fail;
     }
 
+    if ((err = check_complete(cache_fd, leaf, written.st_size, abs, msg, msglen)) != FH_LOAD_OK)
+        goto fail;
+    char sha[65];
+    unsigned char digest[32];
+    fh_sha256_final(&hash, digest);
+    fh_sha256_hex(digest, sha);
+    /* A file that crashed the daemon while it was being loaded is not
+     * mapped again (crash.h): its constructors would run first. */
+    if (opts->refuse_hash) {
+        char why[400] = "";
+        if (opts->refuse_hash(opts->refuse_ud, sha, why, sizeof(why))) {
+            set_msg(msg, msglen, "%s: quarantined: %s", abs, why);
+            err = FH_LOAD_QUARANTINED;
+            goto fail;
+        }
+    }
+
     /* The copy's name is new to this process unless something went badly
      * wrong (a counter reuse, a fork); a hit would hand us old code. */
     void *stale = dlopen(copy, RTLD_LAZY | RTLD_NOLOAD);
@@ -670,7 +727,8 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     }
 
     /* Constructors and the entry function are plugin code: through the door. */
-    fh_hook_call dl = {.kind = FH_HOOK_DLOPEN, .path = copy, .dl_flags = RTLD_NOW | RTLD_LOCAL};
+    fh_hook_call dl = {
+        .kind = FH_HOOK_DLOPEN, .path = copy, .dl_flags = RTLD_NOW | RTLD_LOCAL, .sha256 = sha};
     if (plugin_call(&dl, base_name(abs), opts->deadline_ms) != FH_DOOR_OK) {
         set_msg(msg, msglen,
                 "%s: its constructors did not return within %d ms (hooks.deadline_ms); the "
@@ -710,7 +768,7 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
         err = FH_LOAD_NO_ENTRY;
         goto fail;
     }
-    fh_hook_call en = {.kind = FH_HOOK_ENTRY};
+    fh_hook_call en = {.kind = FH_HOOK_ENTRY, .sha256 = sha};
     memcpy(&en.entry, &sym, sizeof(en.entry));
     if (plugin_call(&en, base_name(abs), opts->deadline_ms) != FH_DOOR_OK) {
         set_msg(msg, msglen,
@@ -734,9 +792,7 @@ fh_load_err fh_loader_open(const fh_loader_opts *opts, const char *path, fh_plug
     out->copy_path = copy;
     out->source_dev = st.st_dev;
     out->source_ino = st.st_ino;
-    unsigned char digest[32];
-    fh_sha256_final(&hash, digest);
-    fh_sha256_hex(digest, out->sha256);
+    memcpy(out->sha256, sha, sizeof(out->sha256));
     return FH_LOAD_OK;
 
 fail:

@@ -42,6 +42,7 @@ typedef enum fh_load_err {
     FH_LOAD_DUPLICATE,   /* (registry) another file has this name+version */
     FH_LOAD_INIT_FAILED, /* (registry) init() returned non-zero */
     FH_LOAD_TIMEOUT,     /* plugin code did not return within the deadline */
+    FH_LOAD_QUARANTINED, /* this very file crashed the daemon while loading */
     FH_LOAD_ERR_COUNT
 } fh_load_err;
 
@@ -54,6 +55,10 @@ typedef struct fh_loader_opts {
     bool skip_owner_checks; /* plugin-test on an author's own build tree */
     int deadline_ms;        /* limit on the plugin's constructors, entry and
                                destructors (hooks.deadline_ms); 0: none */
+    /* Whether to refuse a file by the SHA-256 of its bytes (hex), before
+     * any of its code runs; fills why. May be NULL. */
+    bool (*refuse_hash)(void *ud, const char *sha256, char *why, size_t len);
+    void *refuse_ud;
 } fh_loader_opts;
 
 typedef struct fh_plugin {

@@ -5,9 +5,12 @@
  *   {"format": 1,
  *    "overlays": {"NAME": {"state": "disabled"|"quarantined",
  *                          "reason": "...", "since": 1764558000}},
- *    "gates": {"NAME": {"reason": "...", "since": 1764558000}}}
+ *    "gates": {"NAME": {"reason": "...", "since": 1764558000}},
+ *    "files": {"SHA256": {"name": "...", "reason": "...", "since": ...}}}
  * An overlay absent from "overlays" is enabled; a gate absent from
- * "gates" is not tripped.
+ * "gates" is not tripped; "files" are plugin files (by content) that
+ * crashed the daemon while being loaded, never mapped again until an
+ * operator enables their name.
  */
 #include "opstate.h"
 
@@ -19,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +33,7 @@ struct fh_opstate {
     char *path;
     json_t *overlays; /* name -> {state, reason, since} */
     json_t *gates;    /* name -> {reason, since} */
+    json_t *files;    /* sha256 -> {name, reason, since} */
     char *written;    /* what the file holds now (NULL: unknown or absent) */
     unsigned long reg_seen, gates_seen;
     bool synced_once;
@@ -56,6 +61,17 @@ static void adopt(fh_opstate *o, json_t *root)
             continue;
         }
         json_object_set_new(o->overlays, name, decision(st, why, since));
+    }
+    json_t *fs = json_object_get(root, "files");
+    json_object_foreach(fs, name, v)
+    {
+        const char *who = json_string_value(json_object_get(v, "name"));
+        const char *why = json_string_value(json_object_get(v, "reason"));
+        if (strlen(name) == 64 && who)
+            json_object_set_new(o->files, name,
+                                json_pack("{s:s, s:s, s:I}", "name", who, "reason",
+                                          why ? why : "crashed the daemon", "since",
+                                          json_integer_value(json_object_get(v, "since"))));
     }
     json_t *gs = json_object_get(root, "gates");
     json_object_foreach(gs, name, v)
@@ -102,7 +118,8 @@ fh_opstate *fh_opstate_open(const char *state_dir)
     o->dir = strdup(state_dir);
     o->overlays = json_object();
     o->gates = json_object();
-    if (!o->dir || !o->overlays || !o->gates ||
+    o->files = json_object();
+    if (!o->dir || !o->overlays || !o->gates || !o->files ||
         asprintf(&o->path, "%s/" STATE_FILE, state_dir) < 0) {
         o->path = NULL;
         fh_opstate_free(o);
@@ -110,15 +127,17 @@ fh_opstate *fh_opstate_open(const char *state_dir)
     }
     json_error_t jerr;
     json_t *root = json_load_file(o->path, JSON_REJECT_DUPLICATES, &jerr);
+    struct stat st;
     if (!root) {
-        if (errno != ENOENT || jerr.line > 0) {
+        /* Absent: nothing decided yet. Present but unreadable or not
+         * JSON: kept aside, never overwritten by the next save. */
+        if (lstat(o->path, &st) == 0) {
             char why[300];
-            snprintf(why, sizeof(why), "line %d: %s", jerr.line, jerr.text);
-            FILE *f = fopen(o->path, "r");
-            if (f) { /* it exists: a parse error, not a missing file */
-                fclose(f);
-                set_aside(o, why);
-            }
+            if (jerr.line > 0)
+                snprintf(why, sizeof(why), "line %d: %s", jerr.line, jerr.text);
+            else
+                snprintf(why, sizeof(why), "%s", jerr.text);
+            set_aside(o, why);
         }
         return o;
     }
@@ -143,6 +162,7 @@ void fh_opstate_free(fh_opstate *o)
         return;
     json_decref(o->overlays);
     json_decref(o->gates);
+    json_decref(o->files);
     free(o->written);
     free(o->path);
     free(o->dir);
@@ -197,8 +217,8 @@ void fh_opstate_restore_gates(fh_opstate *o, fh_gates *gates, uint64_t now_ms)
 
 int fh_opstate_save(fh_opstate *o)
 {
-    json_t *root =
-        json_pack("{s:i, s:O, s:O}", "format", 1, "overlays", o->overlays, "gates", o->gates);
+    json_t *root = json_pack("{s:i, s:O, s:O, s:O}", "format", 1, "overlays", o->overlays, "gates",
+                             o->gates, "files", o->files);
     char *text = root ? json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
     json_decref(root);
     if (!text)
@@ -278,4 +298,57 @@ int fh_opstate_sync(fh_opstate *o, fh_registry *reg, fh_gates *gates)
         }
     }
     return fh_opstate_save(o);
+}
+
+void fh_opstate_refuse_file(fh_opstate *o, const char *sha256, const char *name, const char *why)
+{
+    if (!sha256 || strlen(sha256) != 64)
+        return;
+    json_object_set_new(
+        o->files, sha256,
+        json_pack("{s:s, s:s, s:I}", "name", name, "reason", why, "since", (json_int_t)time(NULL)));
+}
+
+bool fh_opstate_refused_hash(void *ud, const char *sha256, char *why, size_t len)
+{
+    fh_opstate *o = ud;
+    json_t *v = json_object_get(o->files, sha256);
+    if (!v)
+        return false;
+    fh_strlcpy(why, json_string_value(json_object_get(v, "reason")), len);
+    return true;
+}
+
+bool fh_opstate_forget(fh_opstate *o, const char *name)
+{
+    bool any = json_object_get(o->overlays, name) != NULL;
+    json_object_del(o->overlays, name);
+    const char *sha;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(o->files, tmp, sha, v)
+    {
+        const char *who = json_string_value(json_object_get(v, "name"));
+        if (who && strcmp(who, name) == 0) {
+            json_object_del(o->files, sha);
+            any = true;
+        }
+    }
+    return any;
+}
+
+bool fh_opstate_gate_tripped(const fh_opstate *o, const char *name)
+{
+    return json_object_get(o->gates, name) != NULL;
+}
+
+void fh_opstate_clear_gate(fh_opstate *o, const char *name)
+{
+    json_object_del(o->gates, name);
+}
+
+json_t *fh_opstate_json(const fh_opstate *o)
+{
+    return json_pack("{s:O, s:O, s:O}", "overlays", o->overlays, "gates", o->gates, "files",
+                     o->files);
 }

@@ -23,6 +23,7 @@
 #include "gates.h"
 #include "registry.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,6 +52,21 @@ void fh_opstate_restore_gates(fh_opstate *o, fh_gates *gates, uint64_t now_ms);
 int fh_opstate_sync(fh_opstate *o, fh_registry *reg, fh_gates *gates);
 /* Writes what is in memory now if it differs from the file. */
 int fh_opstate_save(fh_opstate *o);
+
+/* A plugin file, by the SHA-256 of its bytes, that crashed the daemon in
+ * dlopen(), its entry function or init(): it is never mapped again (the
+ * loader asks fh_opstate_refused_hash, which fits
+ * fh_loader_opts.refuse_hash) until an operator enables `name`. */
+void fh_opstate_refuse_file(fh_opstate *o, const char *sha256, const char *name, const char *why);
+bool fh_opstate_refused_hash(void *o, const char *sha256, char *why, size_t len);
+/* The operator's `enable NAME` for a name that is not loaded: forgets its
+ * decision and its refused files. true when there was something to forget. */
+bool fh_opstate_forget(fh_opstate *o, const char *name);
+/* A persisted gate trip for a name that may not be loaded (reset). */
+bool fh_opstate_gate_tripped(const fh_opstate *o, const char *name);
+void fh_opstate_clear_gate(fh_opstate *o, const char *name);
+/* Everything persisted: {"overlays": ..., "gates": ..., "files": ...}. */
+json_t *fh_opstate_json(const fh_opstate *o);
 
 /* The file's path, for messages. */
 const char *fh_opstate_path(const fh_opstate *o);

@@ -29,7 +29,8 @@ struct fh_plugsync {
     char *dir;
     int ifd; /* inotify, or -1 */
     int wd;
-    bool dir_warned; /* "cannot read the folder" logged */
+    unsigned watch_id; /* bumped whenever ifd is closed or made */
+    bool dir_warned;   /* "cannot read the folder" logged */
     known_file *files;
     void (*tick)(void *);
     void *tick_ud;
@@ -52,8 +53,10 @@ static bool same_identity(const struct stat *a, const struct stat *b)
 
 static void unwatch(fh_plugsync *ps)
 {
-    if (ps->ifd >= 0)
+    if (ps->ifd >= 0) {
         close(ps->ifd);
+        ps->watch_id++;
+    }
     ps->ifd = -1;
     ps->wd = -1;
 }
@@ -62,6 +65,7 @@ static void watch_dir(fh_plugsync *ps)
 {
     unwatch(ps);
     ps->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    ps->watch_id++;
     if (ps->ifd < 0) {
         fh_warn("plugins.watch: inotify unavailable (%s); new plugins load at the next reload",
                 strerror(errno));
@@ -139,6 +143,11 @@ int fh_plugsync_fd(const fh_plugsync *ps)
     return ps->ifd;
 }
 
+unsigned fh_plugsync_watch_id(const fh_plugsync *ps)
+{
+    return ps->watch_id;
+}
+
 bool fh_plugsync_read_events(fh_plugsync *ps)
 {
     bool due = false;
@@ -160,9 +169,10 @@ bool fh_plugsync_read_events(fh_plugsync *ps)
             }
             if (ev->mask & IN_Q_OVERFLOW)
                 due = true;
-            /* The folder's own temporaries (".x.so.tmp") are not plugins
-             * until renamed; anything else may be. */
-            if (ev->len && ev->name[0] != '.')
+            /* Only *.so names are plugins; a temporary (".x.so.tmp") is
+             * not one until renamed. */
+            size_t nl = ev->len ? strlen(ev->name) : 0;
+            if (nl > 3 && ev->name[0] != '.' && strcmp(ev->name + nl - 3, ".so") == 0)
                 due = true;
             p += sizeof(*ev) + ev->len;
         }

@@ -47,6 +47,9 @@ void fh_plugsync_move(fh_plugsync *ps, const char *dir, bool watch);
 /* The inotify descriptor to poll (-1 when not watching), and reading it:
  * true when something in the folder changed and a scan is due. */
 int fh_plugsync_fd(const fh_plugsync *ps);
+/* Changes whenever that descriptor is closed or made anew (a new one may
+ * get the old number): the poller registers it again. */
+unsigned fh_plugsync_watch_id(const fh_plugsync *ps);
 bool fh_plugsync_read_events(fh_plugsync *ps);
 
 /* The admin API's load: `path` absolute, or a name relative to the

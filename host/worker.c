@@ -11,6 +11,7 @@
  */
 #include "worker.h"
 
+#include "crash.h"
 #include "log.h"
 #include "util.h"
 
@@ -396,6 +397,7 @@ static void settle_detached(fh_worker *w)
 static void *runner_main(void *p)
 {
     fh_worker *w = p;
+    fh_crash_thread_init(); /* plugin code runs inline here */
     uint64_t epoch = atomic_load(&w->epoch);
     if (!loop(w, epoch))
         return NULL; /* left inside plugin code; the worker is another thread's */

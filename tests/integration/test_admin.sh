@@ -311,7 +311,7 @@ cfg=$(make_config "$FH_TMP/h")
 dir=$(dirname "$cfg")
 SOCK=$dir/state/admin.sock
 cp "$FH_TEST_PLUGIN_DIR/crasher.so" "$dir/plugins/"
-add_feature "$dir" crasher crash
+add_feature "$dir" crasher 'crash", "crash_stack'
 crash='{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"crash"}}'
 start_daemon "$cfg"
 pid=$FH_PID
@@ -346,6 +346,51 @@ start_daemon "$cfg"
 check "still quarantined after a further restart" field_is crasher .state quarantined
 run "enable crasher" 0 cli enable crasher
 check "crasher enabled" field_is crasher .state enabled
+
+# A hook that recurses until its stack overflows: the handler runs on its
+# own stack, so this crash is recorded too.
+pid=$FH_PID
+post /v1/chat/completions '{"model":"m","messages":[{"role":"user","content":"x"}],"fusion":{"scenario_type":"crash_stack"}}' --max-time 10
+check "a stack overflow in apply() kills the daemon" wait_for 20 exited "$pid"
+wait "$pid" 2>/dev/null
+FH_PID=
+check "... and says which overlay" grep -q 'fatal signal in overlay crasher apply()' "$FH_TMP/daemon.log"
+start_daemon "$cfg"
+check "after the stack overflow: crasher quarantined, SIGSEGV in apply()" \
+    field_is crasher '.state + " " + (.reason | test("SIGSEGV in apply") | tostring)' "quarantined true"
+stop_daemon
+check "SIGTERM: exit 0 ($?)" [ $? = 0 ]
+
+# A crash while the plugin loads (init()) would repeat at every start: that
+# file is refused by its content from then on, and the daemon serves.
+FH_TEST_OVERLAYS_EXTRA="  crasher: { config: { crash_in: \"init\" }, $lifted }"
+cfg=$(make_config "$FH_TMP/h3")
+dir=$(dirname "$cfg")
+SOCK=$dir/state/admin.sock
+cp "$FH_TEST_PLUGIN_DIR/crasher.so" "$dir/plugins/"
+add_feature "$dir" crasher crash
+"$FH_BIN" serve -c "$cfg" >>"$FH_TMP/daemon.log" 2>&1 &
+pid=$!
+check "a crash in init() kills the starting daemon" wait_for 20 exited "$pid"
+wait "$pid" 2>/dev/null
+check "... and says so" grep -q 'fatal signal in overlay crasher init()' "$FH_TMP/daemon.log"
+start_daemon "$cfg"
+ok "the next start serves (no restart loop)"
+run "list" 0 cli list
+expect "the file is refused as quarantined, with the reason" \
+    'crasher.so: quarantined: crashed the daemon with SIGSEGV in init\(\)'
+check "GET /admin/overlays lists the persisted refusal" bash -c \
+    "curl -s --unix-socket '$SOCK' http://x/admin/overlays | jq -e '.persisted | any(.name == \"crasher\" and .state == \"refused_file\")' >/dev/null"
+check "refund_lot_switch serves meanwhile" field_is refund_lot_switch .state enabled
+stop_daemon
+start_daemon "$cfg"
+check "still refused after another restart" bash -c \
+    "curl -s --unix-socket '$SOCK' http://x/admin/overlays | jq -e 'any(.failed[]; .error == \"quarantined\")' >/dev/null"
+# The operator fixes the config, then enables it: the same file loads.
+sed -i 's/crash_in: "init"/crash_in: "never"/' "$cfg"
+run "reload with the fixed config" 0 cli reload
+run "enable crasher" 0 cli enable crasher
+check "crasher loads once enabled" field_is crasher .state enabled
 stop_daemon
 check "SIGTERM: exit 0 ($?)" [ $? = 0 ]
 finish
