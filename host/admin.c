@@ -103,7 +103,11 @@ static int answer(fh_hconn *c, job *j)
     if (!text)
         return fh_http_error(c, 500, "server_error", "internal_error", "the command failed");
     fh_hresp *r = fh_hresp_buffer(text, strlen(text));
-    if (!r || fh_hresp_header(r, "Content-Type", "application/json") != 0) {
+    if (!r) {
+        free(text);
+        return -1;
+    }
+    if (fh_hresp_header(r, "Content-Type", "application/json") != 0) {
         fh_hresp_free(r);
         return -1;
     }
@@ -309,9 +313,15 @@ static int bind_unix(fh_admin *a, const char *path, char *err, size_t errlen)
     mode_t old = umask(0117);
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
     umask(old);
-    if (rc != 0 || chmod(path, 0660) != 0 || listen(fd, 64) != 0 || lstat(path, &a->sock_st) != 0) {
+    if (rc != 0) {
         snprintf(err, errlen, "admin.listen: cannot listen on %s: %s", path, strerror(errno));
         close(fd);
+        return -1;
+    }
+    if (listen(fd, 64) != 0 || lstat(path, &a->sock_st) != 0) {
+        snprintf(err, errlen, "admin.listen: cannot listen on %s: %s", path, strerror(errno));
+        close(fd);
+        unlink(path);
         return -1;
     }
     a->sock_path = strdup(path);
@@ -358,7 +368,8 @@ static int bind_tcp(const char *listen_addr, char *err, size_t errlen)
 
 /* The token: the file's first line. A file others can read is a token
  * others know. */
-int fh_admin_read_token(const char *path, unsigned char digest[32], char *err, size_t errlen)
+int fh_admin_read_token(const char *path, uid_t owner, unsigned char digest[32], char *err,
+                        size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat st;
@@ -366,6 +377,14 @@ int fh_admin_read_token(const char *path, unsigned char digest[32], char *err, s
         snprintf(err, errlen, "admin.token_file %s: %s", path, strerror(errno));
         if (fd >= 0)
             close(fd);
+        return -1;
+    }
+    if (st.st_uid != owner && st.st_uid != 0) {
+        snprintf(err, errlen,
+                 "admin.token_file %s is owned by uid %u, neither root nor the daemon's user "
+                 "(uid %u); chown it",
+                 path, (unsigned)st.st_uid, (unsigned)owner);
+        close(fd);
         return -1;
     }
     if (st.st_mode & 077) {
@@ -414,7 +433,7 @@ fh_admin *fh_admin_open(const char *listen_addr, const char *token_file, char *e
         snprintf(err, errlen, "admin.listen %s is TCP: admin.token_file is required", listen_addr);
         goto fail;
     }
-    if (a->tcp && fh_admin_read_token(token_file, a->token, err, errlen) != 0)
+    if (a->tcp && fh_admin_read_token(token_file, geteuid(), a->token, err, errlen) != 0)
         goto fail;
     a->lw.fd =
         a->tcp ? bind_tcp(listen_addr, err, errlen) : bind_unix(a, listen_addr + 5, err, errlen);

@@ -23,6 +23,7 @@
 #define FH_ADMIN_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 typedef struct fh_admin fh_admin;
 
@@ -47,9 +48,11 @@ int fh_admin_fd(const fh_admin *a);
 void fh_admin_run(fh_admin *a, fh_admin_fn fn, void *ud);
 
 /* Reads the bearer token of admin.token_file into its SHA-256 digest: 0,
- * or -1 with a message (unreadable, readable by group or other, shorter
- * than 16 characters). `check` judges the file with it too. */
-int fh_admin_read_token(const char *path, unsigned char digest[32], char *err, size_t errlen);
+ * or -1 with a message (unreadable, owned by someone but root or `owner`,
+ * readable by group or other, shorter than 16 characters). `check` judges
+ * the file with it too. */
+int fh_admin_read_token(const char *path, uid_t owner, unsigned char digest[32], char *err,
+                        size_t errlen);
 
 /* "unix:/run/fusion-host/admin.sock" or "127.0.0.1:9090": where it listens. */
 const char *fh_admin_address(const fh_admin *a);

@@ -245,7 +245,7 @@ static int cmd_check(int argc, char **argv)
     if (strncmp(cfg->admin.listen, "unix:", 5) != 0 && cfg->admin.token_file[0]) {
         unsigned char digest[32];
         char why[600];
-        if (fh_admin_read_token(cfg->admin.token_file, digest, why, sizeof(why)) != 0)
+        if (fh_admin_read_token(cfg->admin.token_file, daemon_uid, digest, why, sizeof(why)) != 0)
             fh_diag_add(&problems, "%s: %s", cfg->path, why);
     }
 

@@ -214,10 +214,15 @@ static unsigned unload(fh_control *c, const char *name, char **json)
     /* No wait here: the main thread keeps the watchdog; reap finishes it. */
     int rc = fh_registry_unload(c->reg, name, 0);
     fh_overlay_info after;
-    unsigned long inflight = fh_registry_get(c->reg, name, &after) == 0 ? after.inflight : 0;
+    bool listed = fh_registry_get(c->reg, name, &after) == 0;
+    unsigned long inflight = listed ? after.inflight : 0;
+    /* Closed, but the dynamic loader kept the library mapped: say so. */
+    const char *state = rc != 0                  ? "draining"
+                        : listed && after.pinned ? "unloaded_pinned"
+                                                 : "unloaded";
     persist(c);
-    return reply(json_pack("{s:s, s:s, s:I}", "name", name, "state",
-                           rc == 0 ? "unloaded" : "draining", "in_flight", (json_int_t)inflight),
+    return reply(json_pack("{s:s, s:s, s:I}", "name", name, "state", state, "in_flight",
+                           (json_int_t)inflight),
                  200, json);
 }
 

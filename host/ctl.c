@@ -335,6 +335,10 @@ static int print_unload(const json_t *body, const ctl_args *a)
     if (strcmp(state, "draining") == 0)
         printf("%s: draining (%lld request%s in flight finish%s first)\n", name, n, plural(n),
                n == 1 ? "es" : "");
+    else if (strcmp(state, "unloaded_pinned") == 0)
+        printf("%s: unloaded, but the dynamic loader kept the library mapped (restart to free "
+               "it)\n",
+               name);
     else
         printf("%s: %s\n", name, state);
     return 0;

@@ -137,7 +137,8 @@ struct fh_txn {
     char proxy_route[24];  /* PROXY: the metrics label */
     fusion_request *req;
     snap_ref *snap;
-    fh_generation *gen; /* the overlay in use, referenced until the finish */
+    fh_generation *gen;    /* the overlay in use, referenced until the finish */
+    unsigned long gen_seq; /* its load number: a timeout quarantines that one only */
     fh_reason reason;
     bool overlaid, had_fusion;
     char overlay_name[FUSION_NAME_MAX + 1];
@@ -564,9 +565,15 @@ static void quarantine(fh_txn *t, const fh_hook_call *c)
     char why[256];
     snprintf(why, sizeof(why), "%s did not return within %.0f ms (hooks.deadline_ms)",
              fh_hook_kind_name(c->kind), (double)t->pp->p->hook_deadline_ns / 1e6);
-    fh_error("overlay %s: %s; quarantined, request %s served by the baseline", c->who, why,
-             t->request_id);
-    fh_registry_quarantine(t->pp->p->reg, c->who, why);
+    /* The call may be an older version's, swapped out meanwhile (maybe to
+     * ship the fix): quarantine the version that hung, not its successor. */
+    if (fh_registry_quarantine_seq(t->pp->p->reg, c->who, t->gen_seq, why) == 0)
+        fh_error("overlay %s: %s; quarantined, request %s served by the baseline", c->who, why,
+                 t->request_id);
+    else
+        fh_error("overlay %s: %s in a version already replaced; request %s served by the "
+                 "baseline, the running version stays as it is",
+                 c->who, why, t->request_id);
 }
 
 /* The worker's handler for detached calls (worker.h): the call came back,
@@ -688,6 +695,7 @@ static void route(fh_txn *t)
     fh_strlcpy(t->overlay_name, d->name, sizeof(t->overlay_name));
     fh_strlcpy(t->overlay_version, d->version, sizeof(t->overlay_version));
     t->gen = g;
+    t->gen_seq = fh_generation_seq(g);
     t->reason = FH_REASON_APPLIED;
 }
 

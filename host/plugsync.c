@@ -253,8 +253,11 @@ static void file_gone(fh_plugsync *ps, known_file *k, const fh_overlay_info *lis
         if (next) {
             fh_info("overlay %s: %s was deleted; %s carries the same overlay and takes over",
                     v.name, k->path, next->path);
-            if (load_file(ps, next, NULL, 0, NULL) == FH_LOAD_OK)
+            if (load_file(ps, next, NULL, 0, NULL) == FH_LOAD_OK) {
+                if (v.failed)
+                    fh_registry_forget_failed(ps->reg, k->path);
                 return;
+            }
         }
         fh_info("overlay %s: %s was deleted; unloading it once its requests in flight finish",
                 v.name, k->path);
@@ -265,6 +268,16 @@ static void file_gone(fh_plugsync *ps, known_file *k, const fh_overlay_info *lis
     }
     if (v.failed)
         fh_registry_forget_failed(ps->reg, k->path);
+}
+
+static int by_mtime(const void *a, const void *b)
+{
+    const known_file *x = *(known_file *const *)a, *y = *(known_file *const *)b;
+    if (x->st.st_mtim.tv_sec != y->st.st_mtim.tv_sec)
+        return x->st.st_mtim.tv_sec < y->st.st_mtim.tv_sec ? -1 : 1;
+    if (x->st.st_mtim.tv_nsec != y->st.st_mtim.tv_nsec)
+        return x->st.st_mtim.tv_nsec < y->st.st_mtim.tv_nsec ? -1 : 1;
+    return strcmp(x->path, y->path);
 }
 
 size_t fh_plugsync_scan(fh_plugsync *ps, bool retry_failed)
@@ -325,6 +338,10 @@ size_t fh_plugsync_scan(fh_plugsync *ps, bool retry_failed)
         free(k->path);
         free(k);
     }
+    /* Oldest first: of two files carrying one overlay, the newer one ends up
+     * serving, at start as at run time. */
+    if (changed && nchanged > 1)
+        qsort(changed, nchanged, sizeof(*changed), by_mtime);
     size_t loads = 0;
     for (size_t i = 0; i < nchanged; i++) {
         path_view before = view_of(list, n, changed[i]->path);
@@ -368,33 +385,38 @@ void fh_plugsync_move(fh_plugsync *ps, const char *dir, bool watch)
     }
     if (strcmp(ps->dir, copy) == 0) {
         free(copy);
-        copy = NULL;
-    } else {
-        fh_overlay_info *list = NULL;
-        size_t n = fh_registry_list(ps->reg, &list);
-        for (known_file *k = ps->files; k; k = k->next) {
-            path_view v = view_of(list, n, k->path);
-            if (v.source) {
-                fh_info("overlay %s: plugins.dir moved to %s; unloading it (requests in flight "
-                        "finish first)",
-                        v.name, dir);
-                for (int i = 0; i < 64 && fh_registry_unload_path(ps->reg, k->path, 0) >= 0; i++)
-                    ;
-            }
-            if (v.failed)
-                fh_registry_forget_failed(ps->reg, k->path);
-        }
-        free(list);
-        forget_all(ps);
-        free(ps->dir);
-        ps->dir = copy;
-        if (fh_plugsync_watching(ps) || watch)
+        if (!watch)
+            unwatch(ps);
+        else if (!fh_plugsync_watching(ps))
             watch_dir(ps);
+        fh_plugsync_scan(ps, true);
+        return;
     }
-    if (!watch)
-        unwatch(ps);
-    else if (!fh_plugsync_watching(ps))
+    /* The old folder's overlays go first (they drain), then the new
+     * folder loads: an overlay in both is served by the baseline for the
+     * moment between, but never by a file outside plugins.dir. */
+    fh_overlay_info *list = NULL;
+    size_t n = fh_registry_list(ps->reg, &list);
+    for (known_file *k = ps->files; k; k = k->next) {
+        path_view v = view_of(list, n, k->path);
+        if (v.source) {
+            fh_info("overlay %s: plugins.dir moved to %s; unloading it (requests in flight "
+                    "finish first)",
+                    v.name, copy);
+            for (int i = 0; i < 64 && fh_registry_unload_path(ps->reg, k->path, 0) >= 0; i++)
+                ;
+        }
+        if (v.failed)
+            fh_registry_forget_failed(ps->reg, k->path);
+    }
+    free(list);
+    forget_all(ps);
+    free(ps->dir);
+    ps->dir = copy;
+    if (watch)
         watch_dir(ps);
+    else
+        unwatch(ps);
     fh_plugsync_scan(ps, true);
 }
 
@@ -411,11 +433,24 @@ fh_load_err fh_plugsync_load(fh_plugsync *ps, const char *path, char *msg, size_
     /* Directly inside the folder, by name: no "..", no subfolder. What a
      * symlink in the folder points at is the loader's to judge. */
     const char *slash = strrchr(full, '/');
-    size_t dlen = strlen(ps->dir);
     const char *leaf = slash ? slash + 1 : full;
     size_t llen = strlen(leaf);
-    if (!slash || (size_t)(slash - full) != dlen || strncmp(full, ps->dir, dlen) != 0 ||
-        leaf[0] == '.' || llen < 4 || strcmp(leaf + llen - 3, ".so") != 0) {
+    /* The folder it names must be plugins.dir itself, however reached (a
+     * symlinked path to it included): compared by identity, not text. */
+    bool inside = false;
+    if (slash && strlen(path) < PATH_MAX - 1) {
+        char parent[PATH_MAX];
+        size_t plen = slash == full ? 1 : (size_t)(slash - full);
+        memcpy(parent, full, plen);
+        parent[plen] = '\0';
+        struct stat a, b;
+        inside = stat(parent, &a) == 0 && stat(ps->dir, &b) == 0 && a.st_dev == b.st_dev &&
+                 a.st_ino == b.st_ino;
+    }
+    /* No "." or ".." segments either: a plain name or path is asked for. */
+    bool dots = strstr(path, "/./") || strstr(path, "/../") || !strncmp(path, "./", 2) ||
+                !strncmp(path, "../", 3);
+    if (!inside || dots || leaf[0] == '.' || llen < 4 || strcmp(leaf + llen - 3, ".so") != 0) {
         snprintf(msg, msglen,
                  "%s: only *.so files directly inside plugins.dir (%s) can be loaded; move it "
                  "there first (write it elsewhere, then mv)",
@@ -423,6 +458,10 @@ fh_load_err fh_plugsync_load(fh_plugsync *ps, const char *path, char *msg, size_
         *outside = true;
         return FH_LOAD_IO;
     }
+    /* From here on, the folder's own name for it (leaf points into full). */
+    char name_in_dir[NAME_MAX + 1];
+    fh_strlcpy(name_in_dir, leaf, sizeof(name_in_dir));
+    snprintf(full, sizeof(full), "%s/%s", ps->dir, name_in_dir);
     struct stat st;
     if (stat(full, &st) != 0) {
         snprintf(msg, msglen, "%s: %s", full, strerror(errno));

@@ -60,6 +60,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -712,8 +713,9 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
          * the operator's and survive a swap. The pinned count stays: the
          * old library is still in memory. */
         if (e->state == FH_STATE_DRAINING) {
-            e->state = FH_STATE_ENABLED;
-            e->reason[0] = '\0';
+            /* As a name loaded for the first time: the persisted decision. */
+            e->state = first_state;
+            fh_strlcpy(e->reason, first_reason, sizeof(e->reason));
         }
     } else if (fresh) {
         e = fresh;
@@ -755,12 +757,14 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
 
 /* ---- state changes ---------------------------------------------------- */
 
-static int set_state(fh_registry *r, const char *name, fh_overlay_state to, const char *why)
+/* seq: only when the current generation has that load number (0: any). */
+static int set_state(fh_registry *r, const char *name, fh_overlay_state to, const char *why,
+                     unsigned long seq)
 {
     wrlock(r);
     fh_entry *e = find_entry(r, name);
-    if (!e || !e->current) {
-        /* Unknown, or unloaded and draining: nothing to route to. */
+    if (!e || !e->current || (seq && e->current->seq != seq)) {
+        /* Unknown, unloaded and draining, or replaced: not that one. */
         unlock(r);
         return -1;
     }
@@ -780,17 +784,27 @@ static int set_state(fh_registry *r, const char *name, fh_overlay_state to, cons
 
 int fh_registry_enable(fh_registry *r, const char *name)
 {
-    return set_state(r, name, FH_STATE_ENABLED, NULL);
+    return set_state(r, name, FH_STATE_ENABLED, NULL, 0);
 }
 
 int fh_registry_disable(fh_registry *r, const char *name)
 {
-    return set_state(r, name, FH_STATE_DISABLED, NULL);
+    return set_state(r, name, FH_STATE_DISABLED, NULL, 0);
 }
 
 int fh_registry_quarantine(fh_registry *r, const char *name, const char *why)
 {
-    return set_state(r, name, FH_STATE_QUARANTINED, why ? why : "");
+    return set_state(r, name, FH_STATE_QUARANTINED, why ? why : "", 0);
+}
+
+int fh_registry_quarantine_seq(fh_registry *r, const char *name, unsigned long seq, const char *why)
+{
+    return set_state(r, name, FH_STATE_QUARANTINED, why ? why : "", seq ? seq : ULONG_MAX);
+}
+
+unsigned long fh_generation_seq(const fh_generation *g)
+{
+    return g->seq;
 }
 
 /* ---- the hot path ----------------------------------------------------- */

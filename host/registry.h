@@ -84,6 +84,12 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
 int fh_registry_enable(fh_registry *r, const char *name);
 int fh_registry_disable(fh_registry *r, const char *name);
 int fh_registry_quarantine(fh_registry *r, const char *name, const char *why);
+/* The same, only when the current generation is the one with load number
+ * `seq` (fh_generation_seq): a hung call of a version already swapped out
+ * must not quarantine its successor. -1 when it is not. */
+int fh_registry_quarantine_seq(fh_registry *r, const char *name, unsigned long seq,
+                               const char *why);
+unsigned long fh_generation_seq(const fh_generation *g);
 
 /* Stops routing to `name` at once, waits up to drain_timeout_ms for its
  * in-flight calls, then finalises and closes it. Returns 0 when closed,
