@@ -254,6 +254,16 @@ static int print_list(const json_t *body, const ctl_args *a)
     }
     free(rows);
     list_print_failed(failed);
+    /* Decisions kept for names not loaded now: they apply when they load. */
+    const json_t *kept = json_object_get(body, "persisted");
+    if (json_array_size(kept)) {
+        printf("\nKept for overlays not loaded now (`enable NAME` forgets them):\n");
+        for (size_t i = 0; i < json_array_size(kept); i++) {
+            const json_t *k = json_array_get(kept, i);
+            printf("  %s  %s: %s\n", jstr(k, "name", "?"), jstr(k, "state", "?"),
+                   jstr(k, "reason", ""));
+        }
+    }
     size_t nf = json_array_size(failed);
     printf("%s%zu overlay%s: %zu enabled, %zu disabled, %zu draining, %zu quarantined; "
            "%zu file%s refused\n",
