@@ -537,7 +537,10 @@ void fh_registry_forget_failed(fh_registry *r, const char *path)
 /* ---- loading ---------------------------------------------------------- */
 
 /* Same name and version already current from another file? (lock held) */
-static const fh_generation *duplicate_of(fh_registry *r, const fh_plugin *p)
+/* *gone: whether the file serving the name was deleted or replaced (then
+ * this one takes over). Found with stat() when `look` (under the read lock
+ * only: the write lock stops every request's acquire), else trusted. */
+static const fh_generation *duplicate_of(fh_registry *r, const fh_plugin *p, bool look, bool *gone)
 {
     fh_entry *e = find_entry(r, p->desc.name);
     if (!e || !e->current)
@@ -546,12 +549,12 @@ static const fh_generation *duplicate_of(fh_registry *r, const fh_plugin *p)
     if (strcmp(cur->version, p->desc.version) != 0 ||
         strcmp(cur->plugin.source_path, p->source_path) == 0)
         return NULL;
-    /* The file serving it was deleted or replaced: this one takes over. */
-    struct stat st;
-    if (stat(cur->plugin.source_path, &st) != 0 || st.st_dev != cur->plugin.source_dev ||
-        st.st_ino != cur->plugin.source_ino)
-        return NULL;
-    return cur;
+    if (look) {
+        struct stat st;
+        *gone = stat(cur->plugin.source_path, &st) != 0 || st.st_dev != cur->plugin.source_dev ||
+                st.st_ino != cur->plugin.source_ino;
+    }
+    return *gone ? NULL : cur;
 }
 
 static void duplicate_msg(const fh_plugin *p, const char *other, char *msg, size_t msglen)
@@ -664,7 +667,8 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     /* Cheap early duplicate check, so a clash does not run init(); it is
      * repeated under the write lock before publishing. */
     rdlock(r);
-    const fh_generation *dup = duplicate_of(r, &g->plugin);
+    bool source_gone = false;
+    const fh_generation *dup = duplicate_of(r, &g->plugin, true, &source_gone);
     if (dup)
         duplicate_msg(&g->plugin, dup->plugin.source_path, msg, msglen);
     unlock(r);
@@ -698,7 +702,7 @@ fh_load_err fh_registry_load(fh_registry *r, const char *path, char *msg, size_t
     }
     fh_entry *fresh = calloc(1, sizeof(*fresh));
     wrlock(r);
-    dup = duplicate_of(r, &g->plugin);
+    dup = duplicate_of(r, &g->plugin, false, &source_gone);
     fh_entry *e = NULL;
     if (dup) {
         /* Lost a race with another load of the same name and version. */
