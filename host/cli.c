@@ -25,6 +25,7 @@
 #include "flags.h"
 #include "hostapi.h"
 #include "log.h"
+#include "opstools.h"
 #include "plugindir.h"
 #include "reason.h"
 #include "registry.h"
@@ -66,6 +67,23 @@ static const char usage_text[] =
     "                               load an overlay offline, route a scenario,\n"
     "                               print the rewritten request and the\n"
     "                               evaluation of a sample answer\n"
+    "\n"
+    "Operations toolkit (docs/operations.md):\n"
+    "  golden validate [--critical-only] [--scenario ID]... [--all]\n"
+    "  golden update --scenario ID | --all\n"
+    "                               canonical scenarios (tests/golden/) through\n"
+    "                               the real daemon against the stub model (or\n"
+    "                               --upstream URL): exit 1 and a diff on a\n"
+    "                               regression, 2 for an unknown scenario\n"
+    "  bench --iterations N --output FILE [--baseline-mode] [--upstream URL]\n"
+    "                               every canonical scenario baseline and\n"
+    "                               overlaid, N times: a JSON report\n"
+    "  budget --report-file FILE [--output-format markdown|json]\n"
+    "                               the report against the runbook thresholds;\n"
+    "                               exit 1 on a critical breach\n"
+    "  compare --baseline A --current B\n"
+    "                               regression table of two reports; exit 1\n"
+    "                               past the thresholds\n"
     "\n"
     "Admin commands (talk to a running daemon):\n"
     "  list                         overlays with state, in-flight requests,\n"
@@ -767,10 +785,10 @@ static int run_command(int argc, char **argv, bool admin_only)
     static const struct {
         const char *name;
         int (*run)(int argc, char **argv);
-    } offline[] = {{"serve", cmd_serve},
-                   {"check", cmd_check},
-                   {"flags", cmd_flags},
-                   {"plugin-test", cmd_plugin_test}};
+    } offline[] = {{"serve", cmd_serve},       {"check", cmd_check},
+                   {"flags", cmd_flags},       {"plugin-test", cmd_plugin_test},
+                   {"golden", fh_golden_main}, {"bench", fh_bench_main},
+                   {"budget", fh_budget_main}, {"compare", fh_compare_main}};
     const char *cmd = argv[0];
     if (fh_ctl_is_command(argc, argv))
         return fh_ctl_main(argc, argv);

@@ -1,0 +1,12 @@
+/* golden.c - see opstools.h. (Being written.) */
+#include "opstools.h"
+
+#include <stdio.h>
+
+int fh_golden_main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "fusion-host: golden: not built yet\n");
+    return 1;
+}
