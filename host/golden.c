@@ -119,62 +119,111 @@ static int rm_entry(const char *path, const struct stat *st, int type, struct FT
     return 0;
 }
 
-/* The overlay's evaluate() on `answer`, offline, with the plugin file the
- * daemon loaded and the config it was given: {"quality_score", "rules"}. */
-static json_t *evaluate_offline(const char *config_path, const char *file, const json_t *s,
-                                const char *upstream_request, const char *answer)
+struct fh_evaluator {
+    fh_config *cfg;
+    fh_flags *flags;
+    fh_inputs_provider inputs;
+    char cache[64];
+    fh_registry *reg;
+    struct loaded {
+        char *file;
+        char name[FUSION_NAME_MAX + 1];
+    } * loaded;
+    size_t nloaded;
+};
+
+fh_evaluator *fh_evaluator_new(const char *config_path)
 {
+    fh_evaluator *ev = calloc(1, sizeof(*ev));
+    if (!ev)
+        return NULL;
     fh_diag diag = {0};
-    fh_config *cfg = fh_config_load(config_path, &diag);
-    fh_flags *flags = cfg ? fh_flags_load(cfg->feature_flags, &diag) : NULL;
+    ev->cfg = fh_config_load(config_path, &diag);
+    ev->flags = ev->cfg ? fh_flags_load(ev->cfg->feature_flags, &diag) : NULL;
     fh_diag_clear(&diag);
-    char cache[] = "/tmp/fusion-host-golden-XXXXXX";
-    json_t *out = NULL;
-    if (!cfg || !flags || !mkdtemp(cache)) {
-        fh_flags_free(flags);
-        fh_config_free(cfg);
+    snprintf(ev->cache, sizeof(ev->cache), "/tmp/fusion-host-eval-XXXXXX");
+    if (!ev->cfg || !ev->flags || !mkdtemp(ev->cache)) {
+        ev->cache[0] = '\0';
+        fh_evaluator_free(ev);
         return NULL;
     }
-    fh_inputs_provider inputs = {.cfg = cfg, .flags = flags};
+    ev->inputs = (fh_inputs_provider){.cfg = ev->cfg, .flags = ev->flags};
     fh_registry_opts ro = {
-        .loader = {.cache_dir = cache, .daemon_uid = geteuid(), .skip_owner_checks = true},
+        .loader = {.cache_dir = ev->cache, .daemon_uid = geteuid(), .skip_owner_checks = true},
         .host_api = fh_host_api(),
         .inputs_for = fh_inputs_for,
-        .inputs_ud = &inputs,
-        .hook_deadline_ms = cfg->hooks.deadline_ms};
-    fh_registry *reg = fh_registry_new(&ro);
-    char name[FUSION_NAME_MAX + 1] = "", msg[1024];
-    if (reg && fh_registry_load(reg, file, msg, sizeof(msg), name) == FH_LOAD_OK) {
-        fh_generation *g = fh_registry_acquire(reg, name, NULL);
-        char err[256];
-        fusion_request *req =
-            g ? fh_request_parse(upstream_request, strlen(upstream_request), err, sizeof(err))
-              : NULL;
-        json_t *conf = json_object_get(s, "confidence");
-        if (req)
-            fh_request_set_context(req, json_string_value(json_object_get(s, "scenario_type")),
-                                   json_string_value(json_object_get(s, "id")), NULL,
-                                   json_is_number(conf) ? json_number_value(conf) : -1);
-        fusion_evaluation ev;
-        if (req && fh_generation_evaluate(g, req, answer, strlen(answer), &ev) == 0) {
-            json_t *rules = json_object();
-            for (size_t i = 0; i < ev.rule_count; i++)
-                if (ev.rules[i].name)
-                    json_object_set_new(rules, ev.rules[i].name,
-                                        json_pack("{s:f, s:b}", "score", ev.rules[i].score,
-                                                  "passed", ev.rules[i].passed != 0));
-            out = json_pack("{s:f, s:o}", "quality_score", ev.quality, "rules", rules);
-        }
-        if (req)
-            fh_request_free(req);
-        if (g)
-            fh_generation_release(g);
+        .inputs_ud = &ev->inputs,
+        .hook_deadline_ms = ev->cfg->hooks.deadline_ms};
+    ev->reg = fh_registry_new(&ro);
+    if (!ev->reg) {
+        fh_evaluator_free(ev);
+        return NULL;
     }
-    fh_registry_free(reg, 1000);
-    fh_inputs_provider_clear(&inputs);
-    nftw(cache, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    fh_flags_free(flags);
-    fh_config_free(cfg);
+    return ev;
+}
+
+void fh_evaluator_free(fh_evaluator *ev)
+{
+    if (!ev)
+        return;
+    fh_registry_free(ev->reg, 1000);
+    fh_inputs_provider_clear(&ev->inputs);
+    if (ev->cache[0])
+        nftw(ev->cache, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    for (size_t i = 0; i < ev->nloaded; i++)
+        free(ev->loaded[i].file);
+    free(ev->loaded);
+    fh_flags_free(ev->flags);
+    fh_config_free(ev->cfg);
+    free(ev);
+}
+
+/* The overlay name of `file`, loading it the first time. */
+static const char *evaluator_load(fh_evaluator *ev, const char *file)
+{
+    for (size_t i = 0; i < ev->nloaded; i++)
+        if (strcmp(ev->loaded[i].file, file) == 0)
+            return ev->loaded[i].name;
+    char name[FUSION_NAME_MAX + 1] = "", msg[1024];
+    if (fh_registry_load(ev->reg, file, msg, sizeof(msg), name) != FH_LOAD_OK)
+        return NULL;
+    struct loaded *g = realloc(ev->loaded, (ev->nloaded + 1) * sizeof(*g));
+    if (!g)
+        return NULL;
+    ev->loaded = g;
+    g[ev->nloaded].file = strdup(file);
+    fh_strlcpy(g[ev->nloaded].name, name, sizeof(g[ev->nloaded].name));
+    return ev->loaded[ev->nloaded++].name;
+}
+
+json_t *fh_evaluator_run(fh_evaluator *ev, const char *file, const json_t *s,
+                         const char *request_body, const char *answer)
+{
+    const char *name = evaluator_load(ev, file);
+    fh_generation *g = name ? fh_registry_acquire(ev->reg, name, NULL) : NULL;
+    if (!g)
+        return NULL;
+    char err[256];
+    fusion_request *req = fh_request_parse(request_body, strlen(request_body), err, sizeof(err));
+    json_t *conf = json_object_get(s, "confidence");
+    if (req)
+        fh_request_set_context(req, json_string_value(json_object_get(s, "scenario_type")),
+                               json_string_value(json_object_get(s, "id")), NULL,
+                               json_is_number(conf) ? json_number_value(conf) : -1);
+    json_t *out = NULL;
+    fusion_evaluation e;
+    if (req && fh_generation_evaluate(g, req, answer, strlen(answer), &e) == 0) {
+        json_t *rules = json_object();
+        for (size_t i = 0; i < e.rule_count; i++)
+            if (e.rules[i].name)
+                json_object_set_new(rules, e.rules[i].name,
+                                    json_pack("{s:f, s:b}", "score", e.rules[i].score, "passed",
+                                              e.rules[i].passed != 0));
+        out = json_pack("{s:f, s:o}", "quality_score", e.quality, "rules", rules);
+    }
+    if (req)
+        fh_request_free(req);
+    fh_generation_release(g);
     return out;
 }
 
@@ -194,8 +243,7 @@ static json_t *sampling_of(const json_t *upstream)
 }
 
 /* Runs scenario s once and describes it in the golden file's shape. */
-static json_t *capture(fh_runner *r, const char *config_path, const json_t *s, char *err,
-                       size_t errlen)
+static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *err, size_t errlen)
 {
     char *body = fh_golden_request(s);
     fh_run_result res;
@@ -233,7 +281,7 @@ static json_t *capture(fh_runner *r, const char *config_path, const json_t *s, c
             fh_runner_admin(r, "GET", path, &info) == 200 ? json_loads(info, 0, NULL) : NULL;
         free(info);
         const char *file = json_string_value(json_object_get(o, "file"));
-        json_t *off = file ? evaluate_offline(config_path, file, s, last, text) : NULL;
+        json_t *off = file && evr ? fh_evaluator_run(evr, file, s, last, text) : NULL;
         json_decref(o);
         if (off) {
             json_object_set(off, "quality_score", json_object_get(fusion, "quality_score"));
@@ -558,6 +606,7 @@ int fh_golden_main(int argc, char **argv)
         json_decref(root);
         return 1;
     }
+    fh_evaluator *evr = fh_evaluator_new(config);
     if (!fh_runner_has_stub(r))
         printf("note: --upstream given: the upstream request cannot be seen, so routing and "
                "scores are compared, not the rewritten request\n");
@@ -575,7 +624,7 @@ int fh_golden_main(int argc, char **argv)
         if (!picked)
             continue;
         ran++;
-        json_t *got = capture(r, config, s, err, sizeof(err));
+        json_t *got = capture(r, evr, s, err, sizeof(err));
         char path[4200];
         snprintf(path, sizeof(path), "%s/%s_golden.json", dir, id);
         if (!got) {
@@ -584,7 +633,8 @@ int fh_golden_main(int argc, char **argv)
             continue;
         }
         if (update) {
-            if (json_dump_file(got, path, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(10)) != 0) {
+            if (json_dump_file(got, path,
+                               JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(10)) != 0) {
                 printf("FAIL %s: cannot write %s: %s\n", id, path, strerror(errno));
                 failed++;
             } else {
@@ -618,6 +668,7 @@ int fh_golden_main(int argc, char **argv)
         json_decref(got);
     }
     fh_runner_stop(r);
+    fh_evaluator_free(evr);
     if (hash_changed)
         printf("note: the configuration changed since %zu golden file(s) were captured "
                "(config_hash); the checks above say whether it mattered\n",

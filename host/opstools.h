@@ -17,4 +17,24 @@ int fh_bench_main(int argc, char **argv);
 int fh_budget_main(int argc, char **argv);
 int fh_compare_main(int argc, char **argv);
 
+/* ---- shared by golden.c and bench.c ---------------------------------------- */
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* DIR/scenarios.yaml as JSON ({"scenarios": [...]}, each checked to have
+ * an id, a scenario_type and messages); NULL with a message. */
+json_t *fh_golden_load_scenarios(const char *dir, char *err, size_t errlen);
+/* The chat request a client sends for a scenario (malloc'd JSON). */
+char *fh_golden_request(const json_t *scenario);
+
+/* An overlay's evaluate() run offline on an answer, with the plugin file
+ * the daemon loaded and the config it was given (plugins loaded once). */
+typedef struct fh_evaluator fh_evaluator;
+fh_evaluator *fh_evaluator_new(const char *config_path);
+void fh_evaluator_free(fh_evaluator *ev);
+/* {"quality_score", "rules": {name: {"score", "passed"}}}, or NULL. */
+json_t *fh_evaluator_run(fh_evaluator *ev, const char *file, const json_t *scenario,
+                         const char *request_body, const char *answer);
+
 #endif
