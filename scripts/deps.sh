@@ -4,8 +4,12 @@
 # command and fails, so a user knows what to do.
 set -euo pipefail
 
+# prometheus: its promtool checks and unit-tests packaging/prometheus/ (the
+# only Debian package that ships promtool; installed without recommends, the
+# server is never started by the tests). python3-yaml: test_dashboards reads
+# the alert rules.
 FH_PACKAGES=(cmake gcc clang make pkg-config libyaml-dev libjansson-dev libmicrohttpd-dev
-    libsystemd-dev libcmocka-dev libcurl4-openssl-dev curl jq python3)
+    libsystemd-dev libcmocka-dev libcurl4-openssl-dev curl jq python3 python3-yaml prometheus)
 
 missing=()
 for p in "${FH_PACKAGES[@]}"; do
