@@ -34,16 +34,16 @@
 
 /* The figures of one scenario, or of the whole report. NAN: unknown. */
 typedef struct fh_report_row {
-    char *id;            /* scenario id; "overall" for the overall row */
-    char *overlay;       /* overlay.name; NULL when the report has none */
-    double p50_ms;       /* overlaid latency, nearest-rank percentiles */
-    double p95_ms;       /* */
-    double token_delta;  /* token_delta_pct */
-    double quality;      /* quality.mean */
-    double rule_pass;    /* overall.rule_pass_rate; per scenario, the mean
-                            of its rules' pass_rate */
-    long runs;           /* overlaid runs; -1 unknown */
-    long failed;         /* of those, without HTTP 200; -1 unknown */
+    char *id;           /* scenario id; "overall" for the overall row */
+    char *overlay;      /* overlay.name; NULL when the report has none */
+    double p50_ms;      /* overlaid latency, nearest-rank percentiles */
+    double p95_ms;      /* */
+    double token_delta; /* token_delta_pct */
+    double quality;     /* quality.mean */
+    double rule_pass;   /* overall.rule_pass_rate; per scenario, the mean
+                           of its rules' pass_rate */
+    long runs;          /* overlaid runs; -1 unknown */
+    long failed;        /* of those, without HTTP 200; -1 unknown */
 } fh_report_row;
 
 typedef struct fh_report {
