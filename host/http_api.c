@@ -166,6 +166,70 @@ static int health(fh_http_worker *hw, fh_hconn *c)
     return respond_text(c, code, "application/json", text, strlen(text));
 }
 
+/* What /health knows, as gauges an alert can hold on to (a counter of
+ * transitions cannot say "still open"): degraded or not, each overlay's
+ * breaker state and whether its budget gate is tripped. Labels are
+ * `overlay` and `result` only (SPEC 8); one series per overlay at most. */
+static char *state_gauges(fh_http *h)
+{
+    unsigned code;
+    json_t *health = fh_http_health_json(h, &code);
+    if (!health)
+        return NULL;
+    size_t cap = 1024, n = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        json_decref(health);
+        return NULL;
+    }
+    out[0] = '\0';
+#define EMIT(...)                                                                                  \
+    do {                                                                                           \
+        int k_ = snprintf(out + n, cap - n, __VA_ARGS__);                                          \
+        if (k_ < 0)                                                                                \
+            break;                                                                                 \
+        if ((size_t)k_ >= cap - n) {                                                               \
+            char *g_ = realloc(out, cap * 2 + (size_t)k_);                                         \
+            if (!g_)                                                                               \
+                break;                                                                             \
+            out = g_;                                                                              \
+            cap = cap * 2 + (size_t)k_;                                                            \
+            k_ = snprintf(out + n, cap - n, __VA_ARGS__);                                          \
+        }                                                                                          \
+        n += (size_t)k_;                                                                           \
+    } while (0)
+    EMIT("# HELP fusion_health_degraded 1 while /health says degraded (its reasons say why).\n"
+         "# TYPE fusion_health_degraded gauge\nfusion_health_degraded %d\n",
+         strcmp(json_string_value(json_object_get(health, "status")) ?: "", "degraded") == 0);
+    json_t *gates = json_object_get(health, "gates");
+    static const char *const states[] = {"closed", "open", "half_open"};
+    EMIT("# HELP fusion_circuit_breaker_state The overlay's circuit breaker: 1 for its state "
+         "(result), 0 for the others.\n# TYPE fusion_circuit_breaker_state gauge\n");
+    const char *name;
+    json_t *g;
+    json_object_foreach(gates, name, g)
+    {
+        char lv[64];
+        fh_metrics_sanitize(name, lv);
+        const char *st = json_string_value(json_object_get(json_object_get(g, "breaker"), "state"));
+        for (size_t i = 0; i < 3; i++)
+            EMIT("fusion_circuit_breaker_state{overlay=\"%s\",result=\"%s\"} %d\n", lv, states[i],
+                 st && strcmp(st, states[i]) == 0);
+    }
+    EMIT("# HELP fusion_budget_gate_tripped 1 while the overlay's budget gate is tripped (until "
+         "`fusion-host reset`).\n# TYPE fusion_budget_gate_tripped gauge\n");
+    json_object_foreach(gates, name, g)
+    {
+        char lv[64];
+        fh_metrics_sanitize(name, lv);
+        EMIT("fusion_budget_gate_tripped{overlay=\"%s\"} %d\n", lv,
+             json_is_true(json_object_get(json_object_get(g, "gate"), "tripped")));
+    }
+#undef EMIT
+    json_decref(health);
+    return out;
+}
+
 static int metrics(fh_http *h, fh_hconn *c)
 {
     fh_overlay_info *list = NULL;
@@ -178,6 +242,17 @@ static int metrics(fh_http *h, fh_hconn *c)
     char *text = fh_metrics_render(h->m, &len);
     if (!text)
         return -1;
+    char *state = state_gauges(h);
+    if (state) {
+        size_t sl = strlen(state);
+        char *all = realloc(text, len + sl + 1);
+        if (all) {
+            memcpy(all + len, state, sl + 1);
+            text = all;
+            len += sl;
+        }
+        free(state);
+    }
     return respond_text(c, 200, "text/plain; version=0.0.4", text, len);
 }
 
