@@ -2,11 +2,14 @@
 # The alert rules (packaging/prometheus/fusion-host.rules.yml) and the
 # Grafana dashboard (packaging/grafana/fusion-host.json) against a real
 # daemon: after overlaid and baseline requests, an opened breaker and a
-# tripped budget gate, every metric, label name and label value that any of
-# their queries names is in the daemon's /metrics, and every alert's
-# runbook annotation is a heading of docs/operations.md. Then promtool checks the
-# rules and runs their unit tests (fusion-host.rules.test.yml), when it is
-# installed (scripts/deps.sh installs it: Debian's `prometheus` package).
+# tripped budget gate (so two overlays have gates: the state gauges
+# fusion_circuit_breaker_state and fusion_budget_gate_tripped exist only for
+# overlays with one), the state gauges say so, every metric, label name and
+# label value that any of their queries names is in the daemon's /metrics,
+# and every alert's runbook annotation is a heading of docs/operations.md.
+# Then promtool checks the rules and runs their unit tests
+# (fusion-host.rules.test.yml), when it is installed (scripts/deps.sh
+# installs it: Debian's `prometheus` package).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/daemon_lib.sh"
 
@@ -41,6 +44,17 @@ check "traffic: applied, gate tripped, breaker opened and open, baseline ($reaso
     test "$reasons" = " 200:applied 200:budget_tokens 200:overlay_rejected_upstream 200:breaker_open 200:no_match 200:no_match"
 curl -s "$FH/metrics" >"$FH_TMP/metrics.txt"
 check "/metrics served ($(wc -l <"$FH_TMP/metrics.txt") lines)" grep -q '^fusion_requests_total{' "$FH_TMP/metrics.txt"
+# The state gauges (what /health says) for the two overlays with a gate:
+# state_model_first's gate tripped, refund_lot_switch's breaker open.
+for want in 'fusion_health_degraded 1' \
+    'fusion_circuit_breaker_state{overlay="refund_lot_switch",result="open"} 1' \
+    'fusion_circuit_breaker_state{overlay="refund_lot_switch",result="closed"} 0' \
+    'fusion_circuit_breaker_state{overlay="state_model_first",result="closed"} 1' \
+    'fusion_circuit_breaker_state{overlay="state_model_first",result="half_open"} 0' \
+    'fusion_budget_gate_tripped{overlay="state_model_first"} 1' \
+    'fusion_budget_gate_tripped{overlay="refund_lot_switch"} 0'; do
+    check "/metrics: $want" grep -qxF "$want" "$FH_TMP/metrics.txt"
+done
 stop_daemon
 
 # ---- every query against the live series ----------------------------------------------
@@ -205,7 +219,8 @@ if len(set(ids)) != len(ids):
 titles = ' | '.join(p.get('title', '') for p in dash.get('panels', []))
 for want in ('fusion_requests_total', 'fusion_execution_latency_ms_bucket', 'fusion_overhead_ms_bucket',
              'fusion_tokens_delta_pct', 'fusion_quality_score', 'fusion_circuit_breaker_events_total',
-             'fusion_overlay_state', 'fusion_client_cancelled_total', 'fusion_metrics_dropped_total'):
+             'fusion_overlay_state', 'fusion_client_cancelled_total', 'fusion_metrics_dropped_total',
+             'fusion_health_degraded', 'fusion_circuit_breaker_state', 'fusion_budget_gate_tripped'):
     if want not in json.dumps(dash):
         problems['dashboard'].append('no panel queries %s' % want)
 
