@@ -81,7 +81,7 @@ static const char usage_text[] =
     "  budget --report-file FILE [--output-format markdown|json]\n"
     "                               the report against the runbook thresholds;\n"
     "                               exit 1 on a critical breach\n"
-    "  compare --baseline A --current B\n"
+    "  compare --baseline A --current B [--output-format markdown|json]\n"
     "                               regression table of two reports; exit 1\n"
     "                               past the thresholds\n"
     "\n"

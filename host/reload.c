@@ -140,7 +140,15 @@ static void reload_overlays(fh_reloader *r, const fh_snapshot *old, const fh_sna
         use_inputs(r, next);
         uint64_t after = fh_inputs_fingerprint(r->env.inputs, o->name);
         uint64_t *before = fp_slot(r, o->name);
-        if (!before || *before == after)
+        if (before && *before == after) {
+            /* Back to what the running generation has: a refusal of an
+             * earlier attempt on its file is stale now. */
+            for (size_t k = 0; k < n; k++)
+                if (list[k].state == FH_STATE_FAILED && strcmp(list[k].path, o->path) == 0)
+                    fh_registry_forget_failed(r->env.reg, o->path);
+            continue;
+        }
+        if (!before)
             continue;
         char msg[1024] = "";
         fh_load_err e = fh_registry_load(r->env.reg, o->path, msg, sizeof(msg), NULL);

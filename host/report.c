@@ -65,6 +65,10 @@ static void parse_fail(parse_ctx *c, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Messages name a field by its path from the top ("overall.latency_ms"):
+ * `where` is the element, "" for the top level itself. */
+#define DOT(where) (*(where) ? "." : "")
+
 static const char *type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
@@ -97,8 +101,8 @@ static const json_t *lookup(parse_ctx *c, const json_t *obj, const char *where, 
         const char *dot = strchr(p, '.');
         int n = dot ? (int)(dot - p) : (int)strlen(p);
         if (!json_is_object(v)) {
-            parse_fail(c, "%s.%.*s: expected an object, found %s", where, (int)(p - path - 1), path,
-                       type_name(v));
+            parse_fail(c, "%s%s%.*s: expected an object, found %s", where, DOT(where),
+                       (int)(p - path - 1), path, type_name(v));
             return NULL;
         }
         char key[64];
@@ -118,7 +122,8 @@ static double figure(parse_ctx *c, const json_t *obj, const char *where, const c
     if (!v)
         return NAN;
     if (!json_is_number(v)) {
-        parse_fail(c, "%s.%s: expected a number or null, found %s", where, path, type_name(v));
+        parse_fail(c, "%s%s%s: expected a number or null, found %s", where, DOT(where), path,
+                   type_name(v));
         return NAN;
     }
     return json_number_value(v);
@@ -131,8 +136,8 @@ static long count(parse_ctx *c, const json_t *obj, const char *where, const char
     if (!v)
         return -1;
     if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        parse_fail(c, "%s.%s: expected a count (a whole number, 0 or more), found %s", where, path,
-                   json_is_integer(v) ? "a negative number" : type_name(v));
+        parse_fail(c, "%s%s%s: expected a count (a whole number, 0 or more), found %s", where,
+                   DOT(where), path, json_is_integer(v) ? "a negative number" : type_name(v));
         return -1;
     }
     return (long)json_integer_value(v);
@@ -146,7 +151,7 @@ static char *text(parse_ctx *c, const json_t *obj, const char *where, const char
     if (!v)
         return NULL;
     if (!json_is_string(v)) {
-        parse_fail(c, "%s.%s: expected a string, found %s", where, path, type_name(v));
+        parse_fail(c, "%s%s%s: expected a string, found %s", where, DOT(where), path, type_name(v));
         return NULL;
     }
     return strdup(json_string_value(v));
@@ -293,11 +298,11 @@ fh_report *fh_report_from_json(const json_t *root, const char *file, char *err, 
         fh_report_free(r);
         return NULL;
     }
-    r->created = text(&c, root, "report", "created");
-    r->upstream = text(&c, root, "report", "upstream");
-    r->config_hash = text(&c, root, "report", "config_hash");
-    r->host_version = text(&c, root, "report", "host_version");
-    r->iterations = count(&c, root, "report", "iterations");
+    r->created = text(&c, root, "", "created");
+    r->upstream = text(&c, root, "", "upstream");
+    r->config_hash = text(&c, root, "", "config_hash");
+    r->host_version = text(&c, root, "", "host_version");
+    r->iterations = count(&c, root, "", "iterations");
     for (size_t i = 0; i < n && !c.failed; i++, r->count++)
         parse_scenario(&c, json_array_get(scenarios, i), i, &r->rows[i]);
     parse_overall(&c, json_object_get(root, "overall"), &r->overall);
@@ -630,7 +635,8 @@ static void budget_md_row(FILE *out, const json_t *row, bool overall)
         fputs("| ", out);
         md_text(out, jstr(row, "id"));
         fputs(" | ", out);
-        md_text(out, jstr(row, "overlay") ? jstr(row, "overlay") : "-");
+        /* overlay.name null: no overlay served it (docs/reports.md). */
+        md_text(out, jstr(row, "overlay") ? jstr(row, "overlay") : "baseline");
         fputs(" |", out);
     }
     const json_t *figs = json_object_get(row, "figures");
@@ -822,13 +828,16 @@ static const char *change_key(change_kind k)
     return k == CHANGE_PCT ? "change_pct" : k == CHANGE_POINTS ? "change_points" : "change";
 }
 
+/* The change, to 4 decimals: finer than any report's figures, and the
+ * JSON shows 32.6 rather than 32.600000000000001. Judging uses the raw
+ * figures, never this. */
 static double change_of(change_kind k, double base, double cur)
 {
-    if (isnan(base) || isnan(cur))
+    if (isnan(base) || isnan(cur) || (k == CHANGE_PCT && base == 0))
         return NAN;
-    if (k == CHANGE_PCT)
-        return base != 0 ? (cur - base) / base * 100.0 : NAN;
-    return cur - base;
+    double d = k == CHANGE_PCT ? (cur - base) / base * 100.0 : cur - base;
+    d = round(d * 1e4) / 1e4;
+    return d == 0 ? 0.0 : d;
 }
 
 static const cmp_figure *cmp_figure_named(const char *key)
