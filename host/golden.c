@@ -252,7 +252,6 @@ static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *e
         free(body);
         return NULL;
     }
-    free(body);
     json_t *answer = json_loadb(res.body, res.len, 0, NULL);
     free(res.body);
     json_t *fusion = json_object_get(answer, "fusion");
@@ -274,14 +273,16 @@ static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *e
     const char *text = json_string_value(json_object_get(
         json_object_get(json_array_get(json_object_get(answer, "choices"), 0), "message"),
         "content"));
-    if (overlay && last && text) {
+    if (overlay && text) {
         char path[300], *info = NULL;
         snprintf(path, sizeof(path), "/admin/overlays/%s", overlay);
         json_t *o =
             fh_runner_admin(r, "GET", path, &info) == 200 ? json_loads(info, 0, NULL) : NULL;
         free(info);
         const char *file = json_string_value(json_object_get(o, "file"));
-        json_t *off = file && evr ? fh_evaluator_run(evr, file, s, last, text) : NULL;
+        /* Without the stub the rewritten request is unknown; the caller's
+         * carries the same context for the scoring. */
+        json_t *off = file && evr ? fh_evaluator_run(evr, file, s, last ? last : body, text) : NULL;
         json_decref(o);
         if (off) {
             json_object_set(off, "quality_score", json_object_get(fusion, "quality_score"));
@@ -290,6 +291,7 @@ static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *e
         }
     }
     json_object_set_new(g, "evaluation", ev);
+    free(body);
     json_decref(upstream);
     free(last);
     json_decref(answer);
@@ -463,8 +465,12 @@ static void print_diff(const char *label, const json_t *want, const json_t *got)
 /* Scores within tolerance; everything else exact. Prints what differs. */
 static bool evaluation_matches(const json_t *want, const json_t *got, double tol)
 {
-    if (json_is_null(want) || json_is_null(got))
+    if (json_is_null(want) || json_is_null(got)) {
+        if (json_is_null(want) != json_is_null(got))
+            printf("  evaluation: %s\n", json_is_null(got) ? "golden has scores, none now"
+                                                           : "scores now, none in the golden file");
         return json_is_null(want) == json_is_null(got);
+    }
     double q0 = json_number_value(json_object_get(want, "quality_score"));
     double q1 = json_number_value(json_object_get(got, "quality_score"));
     bool ok = fabs(q0 - q1) <= tol;

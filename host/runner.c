@@ -143,8 +143,11 @@ static void hash_file(fh_sha256_ctx *h, const char *path)
 {
     size_t len = 0;
     char *text = slurp(path, &len);
-    /* The name too, so moving a text between files changes the digest. */
-    fh_sha256_update(h, path, strlen(path) + 1);
+    /* Its name too (not where it is: the same tree anywhere hashes the
+     * same), so moving a text between files changes the digest. */
+    const char *slash = strrchr(path, '/');
+    const char *name = slash ? slash + 1 : path;
+    fh_sha256_update(h, name, strlen(name) + 1);
     if (text)
         fh_sha256_update(h, text, len);
     free(text);

@@ -63,6 +63,12 @@ expect "... to the baseline" '^  \+reason: "no_match"'
 cp "$FH_SOURCE_DIR/config/overlay_feature_flags.yaml" config/
 run "restored: validate passes" 0 golden validate --all
 
+# ---- another upstream: routing and scores still compared ----------------------------------
+start_stub
+run "validate --upstream URL (the stub, started apart)" 0 golden validate --all --upstream "$STUB/v1"
+expect "... says the rewritten request cannot be seen there" 'cannot be seen'
+expect "... and still checks every scenario" 'golden validate: 10 scenario\(s\), 0 regressed'
+
 # ---- a missing golden file ---------------------------------------------------------------
 rm tests/golden/webhook_failure_cascade_orders_golden.json
 run "a scenario without its golden file fails" 1 golden validate --scenario webhook_failure_cascade_orders
