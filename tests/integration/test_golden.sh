@@ -60,6 +60,9 @@ sed -i 's/confidence_threshold: 0.7$/confidence_threshold: 0.95/' config/overlay
 run "a changed routing rule: validate fails" 1 golden validate --scenario lot_switch_recall_reallocation
 expect "... the decision changed" '^  -decision: "overlay"'
 expect "... to the baseline" '^  \+reason: "no_match"'
+expect "... against what scenarios.yaml expects" 'routed to the baseline, but scenarios.yaml expects refund_lot_switch'
+run "... and update refuses to record it" 1 golden update --scenario lot_switch_recall_reallocation
+expect "... saying why" 'not recorded'
 cp "$FH_SOURCE_DIR/config/overlay_feature_flags.yaml" config/
 run "restored: validate passes" 0 golden validate --all
 
