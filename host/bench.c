@@ -23,12 +23,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define EXIT_USAGE 2
 
 /* One pass (overlaid or baseline) of one scenario. */
 typedef struct pass {
     double *lat;
+    size_t nlat; /* answered runs: the latency figures */
     size_t runs, failed;
     double prompt, completion, total; /* sums */
     size_t with_usage;
@@ -81,8 +83,9 @@ static void count(json_t *obj, const char *key)
 static void run_once(fh_runner *r, fh_evaluator *ev, const json_t *s, const char *body, pass *p)
 {
     fh_run_result res;
+    fh_runner_clear_upstream(r);
     int rc = fh_runner_chat(r, body, &res);
-    p->lat[p->runs++] = res.latency_ms;
+    p->runs++;
     if (rc != 0 || res.status != 200) {
         char why[32];
         snprintf(why, sizeof(why), rc != 0 ? "transport_error" : "http_%ld", res.status);
@@ -91,6 +94,8 @@ static void run_once(fh_runner *r, fh_evaluator *ev, const json_t *s, const char
         free(res.body);
         return;
     }
+    /* Latency of answered runs only: a refused connection is fast. */
+    p->lat[p->nlat++] = res.latency_ms;
     count(p->reasons, res.reason[0] ? res.reason : "unknown");
     if (!p->overlay[0])
         fh_strlcpy(p->overlay, res.overlay, sizeof(p->overlay));
@@ -148,7 +153,7 @@ static json_t *pass_json(pass *p, bool scores)
     double n = (double)p->with_usage;
     json_t *j = json_pack(
         "{s:I, s:I, s:O, s:o, s:{s:o}, s:{s:o}, s:{s:o}}", "runs", (json_int_t)p->runs, "failed",
-        (json_int_t)p->failed, "reasons", p->reasons, "latency_ms", latency_json(p->lat, p->runs),
+        (json_int_t)p->failed, "reasons", p->reasons, "latency_ms", latency_json(p->lat, p->nlat),
         "prompt_tokens", "mean", num(n ? p->prompt / n : NAN), "completion_tokens", "mean",
         num(n ? p->completion / n : NAN), "total_tokens", "mean", num(n ? p->total / n : NAN));
     if (scores) {
@@ -226,6 +231,16 @@ int fh_bench_main(int argc, char **argv)
     }
     if (!iterations || !output)
         return usage("needs --iterations N and --output FILE%s", "");
+    /* Where the report goes is known to work before the runs, not after. */
+    char tmp_out[4200];
+    snprintf(tmp_out, sizeof(tmp_out), "%s.tmp.%ld", output, (long)getpid());
+    FILE *probe = fopen(tmp_out, "w");
+    if (!probe) {
+        fprintf(stderr, "fusion-host bench: cannot write %s: %s\n", output, strerror(errno));
+        return 1;
+    }
+    fclose(probe);
+    unlink(tmp_out);
     char err[1200];
     json_t *root = fh_golden_load_scenarios(dir, err, sizeof(err));
     if (!root) {
@@ -239,6 +254,16 @@ int fh_bench_main(int argc, char **argv)
         return 1;
     }
     fh_evaluator *ev = fh_evaluator_new(config);
+    /* One request first: connections and caches warm up outside the
+     * figures of the first scenario. */
+    json_t *first = json_array_get(json_object_get(root, "scenarios"), 0);
+    char *warm = first ? fh_golden_request(first) : NULL;
+    fh_run_result wr;
+    if (warm && fh_runner_chat(r, warm, &wr) == 0)
+        free(wr.body);
+    free(warm);
+    size_t unanswered = 0; /* scenarios whose every overlaid run failed */
+    bool admin_failed = false;
     json_t *scenarios = json_array();
     double *all = calloc((size_t)iterations * json_array_size(json_object_get(root, "scenarios")),
                          sizeof(*all));
@@ -251,6 +276,8 @@ int fh_bench_main(int argc, char **argv)
     json_t *s;
     json_array_foreach(json_object_get(root, "scenarios"), i, s)
     {
+        if (fh_runner_interrupted())
+            break;
         char *body = fh_golden_request(s);
         pass ov, base;
         pass_init(&ov, (size_t)iterations);
@@ -265,16 +292,26 @@ int fh_bench_main(int argc, char **argv)
             fh_strlcpy(version, slash + 1, sizeof(version));
         }
         char path[200];
+        bool disabled = true;
         if (name[0]) {
             snprintf(path, sizeof(path), "/admin/overlays/%s/disable", name);
-            fh_runner_admin(r, "POST", path, NULL);
+            disabled = fh_runner_admin(r, "POST", path, NULL) == 200;
         }
-        for (long k = 0; body && k < iterations; k++)
+        for (long k = 0; body && disabled && k < iterations; k++)
             run_once(r, NULL, s, body, &base);
         if (name[0]) {
             snprintf(path, sizeof(path), "/admin/overlays/%s/enable", name);
-            fh_runner_admin(r, "POST", path, NULL);
+            disabled = disabled && fh_runner_admin(r, "POST", path, NULL) == 200;
         }
+        if (!disabled) {
+            fprintf(stderr,
+                    "fusion-host bench: %s: the admin API did not disable/enable %s; "
+                    "no baseline figures for it\n",
+                    json_string_value(json_object_get(s, "id")), name);
+            admin_failed = true;
+        }
+        if (ov.runs && ov.failed == ov.runs)
+            unanswered++;
         free(body);
         json_t *oj = pass_json(&ov, true), *bj = pass_json(&base, false);
         json_object_set_new(oj, "name", name[0] ? json_string(name) : json_null());
@@ -292,10 +329,10 @@ int fh_bench_main(int argc, char **argv)
                       num(!name[0] || isnan(delta) ? NAN : round(delta * 10) / 10)));
         /* Overall: only scenarios that were overlaid count for the deltas
          * and scores; every run counts for the latency. */
-        memcpy(all + nall, ov.lat, ov.runs * sizeof(*all));
-        nall += ov.runs;
-        memcpy(all_base + nbase, base.lat, base.runs * sizeof(*all_base));
-        nbase += base.runs;
+        memcpy(all + nall, ov.lat, ov.nlat * sizeof(*all));
+        nall += ov.nlat;
+        memcpy(all_base + nbase, base.lat, base.nlat * sizeof(*all_base));
+        nbase += base.nlat;
         runs += ov.runs + base.runs;
         failed += ov.failed + base.failed;
         if (name[0] && !isnan(delta)) {
@@ -317,11 +354,11 @@ int fh_bench_main(int argc, char **argv)
         char dtext[32] = "-";
         if (name[0] && !isnan(delta))
             snprintf(dtext, sizeof(dtext), "%+.1f %%", delta);
-        qsort(ov.lat, ov.runs, sizeof(*ov.lat), cmp_double);
-        qsort(base.lat, base.runs, sizeof(*base.lat), cmp_double);
+        qsort(ov.lat, ov.nlat, sizeof(*ov.lat), cmp_double);
+        qsort(base.lat, base.nlat, sizeof(*base.lat), cmp_double);
         printf("%-40s %-26s p95 %7.1f ms (baseline %7.1f ms)  tokens %s\n",
                json_string_value(json_object_get(s, "id")), ov.overlay,
-               percentile(ov.lat, ov.runs, 95), percentile(base.lat, base.runs, 95), dtext);
+               percentile(ov.lat, ov.nlat, 95), percentile(base.lat, base.nlat, 95), dtext);
         pass_free(&ov);
         pass_free(&base);
     }
@@ -344,18 +381,32 @@ int fh_bench_main(int argc, char **argv)
                   "baseline_mode", baseline_mode, "iterations", (json_int_t)iterations, "upstream",
                   upstream ? upstream : "stub", "config_hash", fh_runner_config_hash(r),
                   "scenarios", scenarios, "overall", overall);
+    bool stopped = fh_runner_interrupted();
     fh_runner_stop(r);
     fh_evaluator_free(ev);
     free(all);
     free(all_base);
     json_decref(root);
-    int rc = report ? json_dump_file(report, output, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) : -1;
+    if (stopped) {
+        json_decref(report);
+        fprintf(stderr, "fusion-host bench: interrupted; no report written\n");
+        return 130;
+    }
+    /* Whole or not at all: a temporary file renamed over the report. */
+    int rc =
+        report ? json_dump_file(report, tmp_out, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) : -1;
     json_decref(report);
-    if (rc != 0) {
+    if (rc != 0 || rename(tmp_out, output) != 0) {
         fprintf(stderr, "fusion-host bench: cannot write %s: %s\n", output, strerror(errno));
+        unlink(tmp_out);
         return 1;
     }
     printf("bench: %zu runs (%zu failed) written to %s%s\n", runs, failed, output,
            baseline_mode ? " (baseline mode: the reference for `fusion-host compare`)" : "");
-    return 0;
+    if (unanswered)
+        fprintf(stderr,
+                "fusion-host bench: %zu scenario(s) got no answer at all: the report "
+                "describes no model; check the upstream\n",
+                unanswered);
+    return unanswered || admin_failed ? 1 : 0;
 }

@@ -82,12 +82,28 @@ json_t *fh_golden_load_scenarios(const char *dir, char *err, size_t errlen)
     json_array_foreach(list, i, s)
     {
         const char *id = json_string_value(json_object_get(s, "id"));
-        if (!id || !fh_valid_overlay_name(id) ||
-            !json_string_value(json_object_get(s, "scenario_type")) ||
-            !json_is_array(json_object_get(s, "messages"))) {
-            snprintf(err, errlen,
-                     "%s: scenario %zu needs an id of [a-z0-9_], a scenario_type and messages",
-                     path, i + 1);
+        json_t *conf = json_object_get(s, "confidence"), *crit = json_object_get(s, "critical");
+        json_t *model = json_object_get(s, "model"), *msgs = json_object_get(s, "messages");
+        const char *why = NULL;
+        if (!id || !fh_valid_overlay_name(id))
+            why = "needs an id of [a-z0-9_]";
+        else if (!json_string_value(json_object_get(s, "scenario_type")))
+            why = "needs a scenario_type";
+        else if (!json_string_value(json_object_get(s, "expected_overlay")))
+            why = "needs an expected_overlay (an overlay name, or \"baseline\")";
+        else if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+            why = "needs a non-empty messages list";
+        else if (conf && !json_is_number(conf))
+            why = "has a confidence that is not a number";
+        else if (crit && !json_is_boolean(crit))
+            why = "has a critical that is not true or false";
+        else if (model && !json_is_string(model))
+            why = "has a model that is not a string";
+        for (size_t k = 0; !why && k < i; k++)
+            if (strcmp(json_string_value(json_object_get(json_array_get(list, k), "id")), id) == 0)
+                why = "repeats an id (each has its own golden file)";
+        if (why) {
+            snprintf(err, errlen, "%s: scenario %zu (%s) %s", path, i + 1, id ? id : "no id", why);
             json_decref(root);
             return NULL;
         }
@@ -98,7 +114,10 @@ json_t *fh_golden_load_scenarios(const char *dir, char *err, size_t errlen)
 /* The request a client sends for scenario s. */
 char *fh_golden_request(const json_t *s)
 {
-    json_t *fusion = json_pack("{s:O}", "scenario_type", json_object_get(s, "scenario_type"));
+    /* scenario_id: the rollout bucket is the scenario's, not a random
+     * request's, so a partial rollout routes every run the same way. */
+    json_t *fusion = json_pack("{s:O, s:O}", "scenario_type", json_object_get(s, "scenario_type"),
+                               "scenario_id", json_object_get(s, "id"));
     json_t *conf = json_object_get(s, "confidence");
     if (json_is_number(conf))
         json_object_set(fusion, "confidence", conf);
@@ -124,6 +143,7 @@ struct fh_evaluator {
     fh_flags *flags;
     fh_inputs_provider inputs;
     char cache[64];
+    bool broken; /* an evaluate() was abandoned at its deadline */
     fh_registry *reg;
     struct loaded {
         char *file;
@@ -199,6 +219,8 @@ static const char *evaluator_load(fh_evaluator *ev, const char *file)
 json_t *fh_evaluator_run(fh_evaluator *ev, const char *file, const json_t *s,
                          const char *request_body, const char *answer)
 {
+    if (ev->broken)
+        return NULL;
     const char *name = evaluator_load(ev, file);
     fh_generation *g = name ? fh_registry_acquire(ev->reg, name, NULL) : NULL;
     if (!g)
@@ -212,7 +234,20 @@ json_t *fh_evaluator_run(fh_evaluator *ev, const char *file, const json_t *s,
                                json_is_number(conf) ? json_number_value(conf) : -1);
     json_t *out = NULL;
     fusion_evaluation e;
-    if (req && fh_generation_evaluate(g, req, answer, strlen(answer), &e) == 0) {
+    char *copy = strdup(answer);
+    int rc = req && copy ? fh_generation_evaluate(g, req, copy, strlen(copy), &e) : -1;
+    if (rc == FH_GENERATION_TIMEOUT) {
+        /* The abandoned call may still read the request, the answer and the
+         * plugin: all stay as they are, and this evaluator is done. */
+        fprintf(stderr,
+                "fusion-host: overlay %s: evaluate() passed hooks.deadline_ms; no more "
+                "scores from it in this run\n",
+                name);
+        ev->broken = true;
+        return NULL;
+    }
+    free(copy);
+    if (rc == 0) {
         json_t *rules = json_object();
         for (size_t i = 0; i < e.rule_count; i++)
             if (e.rules[i].name)
@@ -247,6 +282,7 @@ static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *e
 {
     char *body = fh_golden_request(s);
     fh_run_result res;
+    fh_runner_clear_upstream(r); /* "last" is this scenario's, or nothing */
     if (!body || fh_runner_chat(r, body, &res) != 0) {
         snprintf(err, errlen, "the daemon did not answer");
         free(body);
@@ -462,6 +498,40 @@ static void print_diff(const char *label, const json_t *want, const json_t *got)
     free(b);
 }
 
+/* JSON equality where numbers match within a relative 1e-9: a file holds
+ * 10 significant digits, the daemon's answer all of them. */
+static bool near_equal(const json_t *a, const json_t *b)
+{
+    if (json_is_number(a) && json_is_number(b)) {
+        double x = json_number_value(a), y = json_number_value(b);
+        return fabs(x - y) <= 1e-9 * fmax(1.0, fmax(fabs(x), fabs(y)));
+    }
+    if (json_typeof(a) != json_typeof(b))
+        return false;
+    if (json_is_object(a)) {
+        if (json_object_size(a) != json_object_size(b))
+            return false;
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)a, k, v)
+        {
+            json_t *w = json_object_get(b, k);
+            if (!w || !near_equal(v, w))
+                return false;
+        }
+        return true;
+    }
+    if (json_is_array(a)) {
+        if (json_array_size(a) != json_array_size(b))
+            return false;
+        for (size_t i = 0; i < json_array_size(a); i++)
+            if (!near_equal(json_array_get(a, i), json_array_get(b, i)))
+                return false;
+        return true;
+    }
+    return json_equal((json_t *)a, (json_t *)b);
+}
+
 /* Scores within tolerance; everything else exact. Prints what differs. */
 static bool evaluation_matches(const json_t *want, const json_t *got, double tol)
 {
@@ -511,18 +581,17 @@ static bool evaluation_matches(const json_t *want, const json_t *got, double tol
 static int validate_one(const json_t *want, const json_t *got, double tol, bool has_stub)
 {
     int rc = 0;
-    if (!json_equal(json_object_get(want, "routing"), json_object_get(got, "routing"))) {
+    if (!near_equal(json_object_get(want, "routing"), json_object_get(got, "routing"))) {
         print_diff("routing", json_object_get(want, "routing"), json_object_get(got, "routing"));
         rc = 1;
     }
     if (has_stub) {
         const char *parts[] = {"sampling", "upstream_request"};
         for (size_t i = 0; i < 2; i++) {
-            if (!json_equal(json_object_get(want, parts[i]), json_object_get(got, parts[i]))) {
+            if (!near_equal(json_object_get(want, parts[i]), json_object_get(got, parts[i]))) {
                 print_diff(parts[i], json_object_get(want, parts[i]),
                            json_object_get(got, parts[i]));
                 rc = 1;
-                break; /* sampling is part of the request: one diff says it */
             }
         }
     }
@@ -547,6 +616,14 @@ static int usage(const char *msg, const char *arg)
 
 int fh_golden_main(int argc, char **argv)
 {
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: fusion-host golden validate [--critical-only] [--scenario ID]... [--all]\n"
+               "       fusion-host golden update --scenario ID... | --all\n"
+               "       [--golden-dir DIR] [-c FILE] [--upstream URL] [--tolerance X]\n"
+               "exit: 0 pass, 1 regression (or the daemon could not run), 2 usage or unknown "
+               "scenario\n");
+        return 0;
+    }
     if (argc < 2 || (strcmp(argv[1], "validate") != 0 && strcmp(argv[1], "update") != 0))
         return usage("needs validate or update%s", "");
     bool update = strcmp(argv[1], "update") == 0, all = false, critical_only = false;
@@ -571,9 +648,14 @@ int fh_golden_main(int argc, char **argv)
             config = argv[++i];
         else if (!strcmp(a, "--upstream") && more)
             upstream = argv[++i];
-        else if (!strcmp(a, "--tolerance") && more)
-            tol = strtod(argv[++i], NULL);
-        else {
+        else if (!strcmp(a, "--tolerance") && more) {
+            char *end = NULL;
+            tol = strtod(argv[++i], &end);
+            if (!end || *end || !(tol >= 0 && tol <= 1)) {
+                free(ids);
+                return usage("--tolerance needs a number from 0 to 1, not '%s'", argv[i]);
+            }
+        } else {
             free(ids);
             return usage("unexpected argument '%s'", a);
         }
@@ -582,6 +664,23 @@ int fh_golden_main(int argc, char **argv)
         free(ids);
         return usage("update needs --scenario ID or --all%s", "");
     }
+    if (all && nids) {
+        free(ids);
+        return usage("--all and --scenario ask for different things; give one%s", "");
+    }
+    /* RESON_FEATURES reaches the private daemon: fine for a rollback test,
+     * never for recording what the overlays do. */
+    const char *reson = getenv("RESON_FEATURES");
+    if (update && reson) {
+        free(ids);
+        fprintf(stderr,
+                "fusion-host golden: RESON_FEATURES is set (\"%s\"): unset it before "
+                "recording golden files\n",
+                reson);
+        return EXIT_USAGE;
+    }
+    if (reson)
+        printf("note: RESON_FEATURES=\"%s\" applies to this run's routing\n", reson);
     char err[1200];
     json_t *root = fh_golden_load_scenarios(dir, err, sizeof(err));
     if (!root) {
@@ -625,8 +724,13 @@ int fh_golden_main(int argc, char **argv)
         bool picked = nids == 0;
         for (size_t k = 0; k < nids; k++)
             picked = picked || strcmp(ids[k], id) == 0;
-        if (critical_only && !json_is_true(json_object_get(s, "critical")))
+        if (critical_only && !json_is_true(json_object_get(s, "critical"))) {
+            if (picked && nids)
+                printf("note: %s is not critical: skipped (--critical-only)\n", id);
             picked = false;
+        }
+        if (fh_runner_interrupted())
+            break;
         if (!picked)
             continue;
         ran++;
@@ -650,6 +754,17 @@ int fh_golden_main(int argc, char **argv)
                      routed ? routed : "the baseline", expected);
         if (update && misrouted) {
             printf("FAIL %s: %s; not recorded\n", id, misroute);
+            failed++;
+            json_decref(got);
+            continue;
+        }
+        long status =
+            (long)json_integer_value(json_object_get(json_object_get(got, "routing"), "status"));
+        if (update &&
+            (status != 200 || (routed && json_is_null(json_object_get(got, "evaluation"))))) {
+            printf("FAIL %s: %s; not recorded\n", id,
+                   status != 200 ? "the daemon did not answer 200"
+                                 : "no scores for an overlaid answer");
             failed++;
             json_decref(got);
             continue;
@@ -692,8 +807,15 @@ int fh_golden_main(int argc, char **argv)
         json_decref(want);
         json_decref(got);
     }
+    bool stopped = fh_runner_interrupted();
     fh_runner_stop(r);
     fh_evaluator_free(evr);
+    if (stopped) {
+        fprintf(stderr, "fusion-host golden: interrupted; %zu scenario(s) done\n", ran);
+        free(ids);
+        json_decref(root);
+        return 130;
+    }
     if (hash_changed)
         printf("note: the configuration changed since %zu golden file(s) were captured "
                "(config_hash); the checks above say whether it mattered\n",

@@ -201,6 +201,7 @@ static void parse_scenario(parse_ctx *c, const json_t *sc, size_t i, fh_report_r
 {
     row->runs = row->failed = -1;
     row->p50_ms = row->p95_ms = row->token_delta = row->quality = row->rule_pass = NAN;
+    row->failed_pct = NAN;
     const json_t *id = json_is_object(sc) ? json_object_get(sc, "id") : NULL;
     if (!json_is_object(sc)) {
         parse_fail(c, "scenarios[%zu]: expected an object, found %s", i, type_name(sc));
@@ -226,6 +227,8 @@ static void parse_scenario(parse_ctx *c, const json_t *sc, size_t i, fh_report_r
     row->rule_pass = rules_mean(c, sc, where);
     row->runs = count(c, sc, where, "overlay.runs");
     row->failed = count(c, sc, where, "overlay.failed");
+    row->failed_pct =
+        row->runs > 0 && row->failed >= 0 ? 100.0 * (double)row->failed / (double)row->runs : NAN;
 }
 
 static void parse_overall(parse_ctx *c, const json_t *o, fh_report_row *row)
@@ -240,6 +243,8 @@ static void parse_overall(parse_ctx *c, const json_t *o, fh_report_row *row)
     row->rule_pass = figure(c, o, "overall", "rule_pass_rate");
     row->runs = count(c, o, "overall", "runs");
     row->failed = count(c, o, "overall", "failed");
+    row->failed_pct =
+        row->runs > 0 && row->failed >= 0 ? 100.0 * (double)row->failed / (double)row->runs : NAN;
 }
 
 /* "format": 1, a "scenarios" array, an "overall" object: without them
@@ -499,6 +504,15 @@ fh_report_status fh_budget_quality_status(double quality)
     return quality < QUALITY_WARN ? FH_STATUS_WARNING : FH_STATUS_OK;
 }
 
+fh_report_status fh_budget_failed_status(double failed_pct)
+{
+    if (isnan(failed_pct))
+        return FH_STATUS_UNKNOWN;
+    if (failed_pct >= 99.95)
+        return FH_STATUS_CRITICAL;
+    return failed_pct > 0 ? FH_STATUS_WARNING : FH_STATUS_OK;
+}
+
 const char *fh_report_status_name(fh_report_status s)
 {
     static const char *names[] = {"unknown", "ok", "warning", "critical"};
@@ -526,6 +540,8 @@ static const budget_figure budget_figures[] = {
      TOKENS_CRIT_PCT, false, "Budget violations"},
     {"quality_mean", "mean quality", "quality", "", 3, offsetof(fh_report_row, quality),
      fh_budget_quality_status, QUALITY_WARN, NAN, true, "Quality degradation"},
+    {"failed_runs_pct", "failed runs", "failed %", " %", 1, offsetof(fh_report_row, failed_pct),
+     fh_budget_failed_status, 0, 99.95, false, "Health checks"},
 };
 #define N_BUDGET_FIGURES (sizeof(budget_figures) / sizeof(budget_figures[0]))
 

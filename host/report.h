@@ -44,6 +44,7 @@ typedef struct fh_report_row {
                            of its rules' pass_rate */
     long runs;          /* overlaid runs; -1 unknown */
     long failed;        /* of those, without HTTP 200; -1 unknown */
+    double failed_pct;  /* failed / runs x 100; NAN unknown */
 } fh_report_row;
 
 typedef struct fh_report {
@@ -85,6 +86,9 @@ const char *fh_report_status_name(fh_report_status s);
 fh_report_status fh_budget_latency_status(double p95_ms);
 fh_report_status fh_budget_tokens_status(double delta_pct);
 fh_report_status fh_budget_quality_status(double quality);
+/* Runs without an answer: any is a warning, all of them critical (the
+ * other figures then describe nothing). */
+fh_report_status fh_budget_failed_status(double failed_pct);
 
 /* The budget analysis of `r`: the object `budget --output-format json`
  * prints (docs/reports.md). NULL only when out of memory. */

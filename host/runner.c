@@ -21,13 +21,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 struct fh_runner {
-    char dir[64];
+    char dir[512];
     pid_t stub, daemon;
     char base[128];     /* http://127.0.0.1:PORT of the daemon */
     char stub_url[128]; /* http://127.0.0.1:PORT of the stub, "" with --upstream */
@@ -38,11 +39,46 @@ struct fh_runner {
 
 /* ---- children -------------------------------------------------------------------- */
 
+/* Set by SIGINT, SIGTERM or SIGHUP once fh_runner_start installed the
+ * handlers; the tools' loops stop and clean up. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    interrupted = sig;
+}
+
+bool fh_runner_interrupted(void)
+{
+    return interrupted != 0;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN); /* `| head` ends the output, not the cleanup */
+}
+
+/* The children die with the tool whatever kills it (PR_SET_PDEATHSIG),
+ * and in their own process group, so a Ctrl-C reaches the tool, which
+ * stops them in order. */
 static pid_t spawn(char *const argv[], const char *log)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(127);
+    signal(SIGPIPE, SIG_DFL);
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (fd >= 0) {
         dup2(fd, STDOUT_FILENO);
@@ -72,14 +108,16 @@ static void stop_child(pid_t *pid)
 
 /* Waits for `file` to be written by `pid`; false when it exits first or
  * the time runs out. */
-static bool wait_file(const char *file, pid_t pid, int ms)
+static bool wait_file(const char *file, pid_t *pid, int ms)
 {
-    for (int i = 0; i < ms / 10; i++) {
+    for (int i = 0; i < ms / 10 && !interrupted; i++) {
         struct stat st;
         if (stat(file, &st) == 0 && st.st_size > 0)
             return true;
-        if (waitpid(pid, NULL, WNOHANG) == pid)
+        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
+            *pid = 0; /* reaped: never signal that number again */
             return false;
+        }
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -240,6 +278,36 @@ static int derive_config(fh_runner *r, const char *config_path, const char *upst
     json_object_set_new(root, "state_dir", json_string(state));
     json_object_set_new(root, "feature_flags", json_string(cfg->feature_flags));
     json_object_set_new(root, "micro_overlays_dir", json_string(cfg->micro_overlays_dir));
+    /* The tools measure the overlays, not the gates: a gate tripped or a
+     * breaker opened by one scenario would turn the next ones into
+     * baseline runs (and the stub's long answers trip the runbook budgets
+     * at once). Every overlay the flags or the config name gets them
+     * lifted; its `config:` is kept. */
+    json_t *ov = json_object_get(root, "overlays");
+    if (!json_is_object(ov)) {
+        ov = json_object();
+        json_object_set_new(root, "overlays", ov);
+    }
+    fh_flags *flags = fh_flags_load(cfg->feature_flags, &diag);
+    fh_diag_clear(&diag);
+    for (size_t i = 0; flags && i < flags->feature_count; i++)
+        if (!json_object_get(ov, flags->features[i].name))
+            json_object_set_new(ov, flags->features[i].name, json_object());
+    fh_flags_free(flags);
+    const char *oname;
+    json_t *o;
+    json_object_foreach(ov, oname, o)
+    {
+        if (!json_is_object(o))
+            continue;
+        json_object_set_new(o, "budget",
+                            json_pack("{s:i, s:f, s:f, s:i, s:i}", "hook_latency_ms", 60000,
+                                      "token_delta_warn_pct", 100000.0, "token_delta_max_pct",
+                                      100000.0, "consecutive_breaches", 1000, "tokens_per_minute",
+                                      0));
+        json_object_set_new(o, "breaker", json_pack("{s:i}", "failure_threshold", 1000));
+        json_object_set_new(o, "quality_threshold", json_real(0));
+    }
     json_object_del(root, "auth"); /* the tools' requests carry no client key */
     json_object_del(root, "cors");
     json_object_set_new(root, "workers", json_integer(1));
@@ -284,7 +352,11 @@ fh_runner *fh_runner_start(const char *config_path, const char *upstream, char *
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    snprintf(r->dir, sizeof(r->dir), "/tmp/fusion-host-run-XXXXXX");
+    install_signals();
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !*tmp || strlen(tmp) > 400)
+        tmp = "/tmp";
+    snprintf(r->dir, sizeof(r->dir), "%s/fusion-host-run-XXXXXX", tmp);
     if (!mkdtemp(r->dir)) {
         snprintf(err, errlen, "cannot create a temporary folder: %s", strerror(errno));
         free(r);
@@ -315,7 +387,7 @@ fh_runner *fh_runner_start(const char *config_path, const char *upstream, char *
         snprintf(file, sizeof(file), "%s/stub.port", r->dir);
         char *argv[] = {exe, "--listen", "127.0.0.1:0", "--port-file", file, "--quiet", NULL};
         r->stub = spawn(argv, log);
-        if (r->stub < 0 || !wait_file(file, r->stub, 5000)) {
+        if (r->stub < 0 || !wait_file(file, &r->stub, 5000)) {
             snprintf(err, errlen, "the stub model %s did not start (see %s)", exe, log);
             goto fail;
         }
@@ -334,7 +406,7 @@ fh_runner *fh_runner_start(const char *config_path, const char *upstream, char *
     snprintf(log, sizeof(log), "%s/daemon.log", r->dir);
     char *argv[] = {exe, "--log-level", "warn", "serve", "-c", cfg, "--ready-file", ready, NULL};
     r->daemon = spawn(argv, log);
-    if (r->daemon < 0 || !wait_file(ready, r->daemon, 15000)) {
+    if (r->daemon < 0 || !wait_file(ready, &r->daemon, 15000)) {
         char tail[700];
         log_tail(r->dir, tail, sizeof(tail));
         snprintf(err, errlen, "the daemon did not start; its log ends with:\n%s", tail);
@@ -481,6 +553,8 @@ static long get(CURL *e, const char *url, const char *sock, const char *method, 
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, sock);
     if (strcmp(method, "POST") == 0)
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+    else if (strcmp(method, "GET") != 0)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &s);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
@@ -513,4 +587,13 @@ long fh_runner_admin(fh_runner *r, const char *method, const char *path, char **
     char url[PATH_MAX];
     snprintf(url, sizeof(url), "http://localhost%s", path);
     return get(r->other, url, r->sock, method, body);
+}
+
+void fh_runner_clear_upstream(fh_runner *r)
+{
+    if (!r->stub_url[0])
+        return;
+    char url[200];
+    snprintf(url, sizeof(url), "%s/stub/requests", r->stub_url);
+    get(r->other, url, NULL, "DELETE", NULL);
 }

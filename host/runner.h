@@ -11,13 +11,16 @@
  *
  * The derived config is the operator's, with what must differ overridden:
  * ports (0), the admin socket and state folder (temporary), the upstream
- * (the stub), paths made absolute, no folder watcher, no client keys.
+ * (the stub), paths made absolute, no folder watcher, no client keys, and
+ * every overlay's budget gate and breaker lifted (the tools measure the
+ * overlays; the gates have their own tests).
  *
  * Threads: the calling thread only.
  */
 #ifndef FH_RUNNER_H
 #define FH_RUNNER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct fh_runner fh_runner;
@@ -48,6 +51,13 @@ typedef struct fh_run_result {
 int fh_runner_chat(fh_runner *r, const char *body, fh_run_result *out);
 /* The body of the last request the stub received (malloc'd), or NULL. */
 char *fh_runner_upstream_last(fh_runner *r);
+/* Forgets the requests the stub recorded, so the next "last" is this
+ * scenario's or nothing. */
+void fh_runner_clear_upstream(fh_runner *r);
+/* Whether SIGINT, SIGTERM or SIGHUP arrived since fh_runner_start (which
+ * installs the handlers): stop, then fh_runner_stop. */
+bool fh_runner_interrupted(void);
+
 /* An admin API call (e.g. "POST", "/admin/overlays/x/disable"): the HTTP
  * status, and the body in *body when given (malloc'd). */
 long fh_runner_admin(fh_runner *r, const char *method, const char *path, char **body);
