@@ -3,8 +3,10 @@
  * (exactly 2000 ms is ok, 2000.1 a warning), compare's regression rules at
  * theirs (a change of exactly the threshold is not a regression, whatever
  * double rounding makes of 17.3 - 12.3), unknown figures (null or absent:
- * never a breach nor a regression), the messages for malformed reports,
- * and both analyses with their markdown. Reports are built in memory; the
+ * never a breach nor a regression), failed runs (any a warning, all of
+ * them critical: a report whose runs all failed must not read as healthy),
+ * the messages for malformed reports, and both analyses with their
+ * markdown. Reports are built in memory; the
  * fixtures under tests/fixtures/reports/ are read once to prove the file
  * path. Single-threaded.
  */
@@ -155,6 +157,24 @@ static void test_quality_edges(void **state)
     assert_string_equal(fh_report_status_name(FH_STATUS_CRITICAL), "critical");
 }
 
+static void test_failed_edges(void **state)
+{
+    (void)state;
+    /* Runs unknown (or none): unknown, never a breach. */
+    assert_int_equal(fh_budget_failed_status(NAN), FH_STATUS_UNKNOWN);
+    assert_int_equal(fh_budget_failed_status(0), FH_STATUS_OK);
+    /* Any failed run is a warning... */
+    assert_int_equal(fh_budget_failed_status(0.1), FH_STATUS_WARNING);
+    assert_int_equal(fh_budget_failed_status(50.0), FH_STATUS_WARNING);
+    assert_int_equal(fh_budget_failed_status(99.9), FH_STATUS_WARNING);
+    /* ...and every run failed critical: the other figures describe nothing. */
+    assert_int_equal(fh_budget_failed_status(100.0), FH_STATUS_CRITICAL);
+    /* As parse_scenario computes it: 9 of 10, 1 of 3, 3 of 3. */
+    assert_int_equal(fh_budget_failed_status(100.0 * 9 / 10), FH_STATUS_WARNING);
+    assert_int_equal(fh_budget_failed_status(100.0 * 1 / 3), FH_STATUS_WARNING);
+    assert_int_equal(fh_budget_failed_status(100.0 * 3 / 3), FH_STATUS_CRITICAL);
+}
+
 /* ---- compare rules ---------------------------------------------------- */
 
 static void test_p95_rule_edges(void **state)
@@ -213,8 +233,10 @@ static void test_quality_and_rules_edges(void **state)
 static void test_unknown_figures(void **state)
 {
     (void)state;
-    const char *sc = "{\"id\": \"served_by_baseline\", \"overlay\": {\"name\": null, \"runs\": 5, "
-                     "\"failed\": 5, \"latency_ms\": null}, \"token_delta_pct\": null},"
+    /* No runs counted either: the failed-runs figure is unknown too (runs
+     * that all failed are a breach: test_budget_all_failed). */
+    const char *sc = "{\"id\": \"served_by_baseline\", \"overlay\": {\"name\": null, "
+                     "\"latency_ms\": null}, \"token_delta_pct\": null},"
                      "{\"id\": \"bare\"},"
                      "{\"id\": \"rules\", \"overlay\": {\"rules\": {\"a\": {\"pass_rate\": 1.0}, "
                      "\"b\": {\"pass_rate\": 0.5}, \"c\": {\"pass_rate\": null}}}}";
@@ -226,9 +248,12 @@ static void test_unknown_figures(void **state)
     assert_true(isnan(r->rows[0].token_delta));
     assert_true(isnan(r->rows[0].quality));
     assert_true(isnan(r->rows[0].rule_pass));
-    assert_int_equal(r->rows[0].failed, 5);
+    assert_int_equal(r->rows[0].runs, -1);
+    assert_int_equal(r->rows[0].failed, -1);
+    assert_true(isnan(r->rows[0].failed_pct));
     assert_true(isnan(r->rows[1].p50_ms));
     assert_int_equal(r->rows[1].runs, -1);
+    assert_true(isnan(r->rows[1].failed_pct));
     assert_near(r->rows[2].rule_pass, 0.75, 1e-12);
     assert_true(isnan(r->overall.p95_ms));
     assert_true(isnan(r->overall.rule_pass));
@@ -242,18 +267,19 @@ static void test_unknown_figures(void **state)
     assert_int_equal(fh_budget_exit(a), 0);
     assert_int_equal(json_integer_value(json_object_get(a, "critical")), 0);
     assert_int_equal(json_integer_value(json_object_get(a, "warnings")), 0);
-    assert_int_equal(json_integer_value(json_object_get(a, "unknown")), 12);
+    assert_int_equal(json_integer_value(json_object_get(a, "unknown")), 16);
     const json_t *row = json_array_get(json_object_get(a, "scenarios"), 0);
     assert_string_equal(status_of(row, "latency_p95_ms"), "unknown");
+    assert_string_equal(status_of(row, "failed_runs_pct"), "unknown");
     assert_string_equal(json_string_value(json_object_get(row, "status")), "unknown");
     assert_true(json_is_null(json_object_get(
         json_object_get(json_object_get(row, "figures"), "latency_p95_ms"), "value")));
     assert_true(json_is_null(json_object_get(row, "overlay")));
     char *md = render(fh_budget_markdown, a);
-    contains(md, "| served_by_baseline | baseline | - | unknown | - | unknown | - | unknown |");
-    contains(md, "**All figures within the runbook thresholds**; 12 unknown");
-    contains(md, "Note: overlaid runs failed (no HTTP 200) and are left out of the figures: "
-                 "served_by_baseline 5 of 5.");
+    contains(md, "| served_by_baseline | baseline | - | unknown | - | unknown | - | unknown | - | "
+                 "unknown |\n");
+    contains(md, "**All figures within the runbook thresholds**; 16 unknown");
+    assert_null(strstr(md, "Note: overlaid runs failed"));
     free(md);
     json_decref(a);
 
@@ -329,6 +355,8 @@ static void test_load_files(void **state)
     assert_string_equal(r->rows[0].id, "refund_processing_duplicate");
     assert_string_equal(r->rows[0].overlay, "refund_lot_switch");
     assert_false(isnan(r->overall.p95_ms));
+    assert_near(r->rows[0].failed_pct, 0, 0);
+    assert_near(r->overall.failed_pct, 0, 0);
     fh_report_free(r);
 
     assert_null(fh_report_load(FIXTURES "/no_such_report.json", err, sizeof(err)));
@@ -355,7 +383,7 @@ static void test_budget_analysis(void **state)
     assert_true(asprintf(&sc, "%s,%s,%s,%s", a1, a2, a3, a4) > 0);
     fh_report *r = report_of(sc,
                              "{\"latency_ms\": {\"p95\": 5000.1}, \"token_delta_pct\": 8.0, "
-                             "\"quality\": {\"mean\": 0.85}}",
+                             "\"quality\": {\"mean\": 0.85}, \"runs\": 40, \"failed\": 0}",
                              ", \"created\": \"2026-12-01T04:30:00Z\"");
     json_t *a = fh_budget_analyze(r);
     assert_non_null(a);
@@ -370,12 +398,14 @@ static void test_budget_analysis(void **state)
     assert_string_equal(status_of(json_array_get(rows, 1), "quality_mean"), "ok");
     assert_string_equal(status_of(json_array_get(rows, 2), "latency_p95_ms"), "ok");
     assert_string_equal(status_of(json_array_get(rows, 3), "quality_mean"), "warning");
+    assert_string_equal(status_of(json_array_get(rows, 3), "failed_runs_pct"), "ok");
     assert_string_equal(json_string_value(json_object_get(json_array_get(rows, 2), "status")),
                         "ok");
     assert_string_equal(json_string_value(json_object_get(json_array_get(rows, 0), "status")),
                         "critical");
     const json_t *overall = json_object_get(a, "overall");
     assert_string_equal(status_of(overall, "latency_p95_ms"), "critical");
+    assert_string_equal(status_of(overall, "failed_runs_pct"), "ok");
     assert_null(json_object_get(overall, "id"));
 
     const json_t *breaches = json_object_get(a, "breaches");
@@ -390,14 +420,15 @@ static void test_budget_analysis(void **state)
     char *md = render(fh_budget_markdown, a);
     contains(md, "# Budget analysis\n");
     contains(md, "| scenario | overlay | p95 ms | status | token delta % | status | quality | "
-                 "status |");
+                 "status | failed % | status |\n");
     contains(md, "| tokens_critical | refund_lot_switch | 1500.0 | ok | 25.1 | **critical** | "
-                 "0.900 | ok |");
+                 "0.900 | ok | 0.0 | ok |\n");
     /* A '|' in an id must not split the row. */
     contains(md, "| slow\\|pipe | refund_lot_switch | 2000.1 | **warning** | 12.0 | ok | 0.800 | "
-                 "ok |");
-    contains(md, "| all_ok | refund_lot_switch | 2000.0 | ok | -5.0 | ok | 0.950 | ok |");
-    contains(md, "| **overall** | | 5000.1 | **critical** | 8.0 | ok | 0.850 | ok |");
+                 "ok | 0.0 | ok |\n");
+    contains(md, "| all_ok | refund_lot_switch | 2000.0 | ok | -5.0 | ok | 0.950 | ok | 0.0 | ok "
+                 "|\n");
+    contains(md, "| **overall** | | 5000.1 | **critical** | 8.0 | ok | 0.850 | ok | 0.0 | ok |\n");
     contains(md, "**2 critical (tokens_critical token delta, overall p95 latency), 2 warnings "
                  "(slow\\|pipe p95 latency, low_quality mean quality)**.");
     contains(md, "- **critical**: tokens_critical token delta 25.1 % is over 25 %: follow "
@@ -417,21 +448,116 @@ static void test_budget_analysis(void **state)
     free(sc);
 }
 
-/* Warnings alone exit 0. */
+/* Warnings alone exit 0; some failed runs (not all) are one. */
 static void test_budget_warnings_only(void **state)
 {
     (void)state;
-    char *s = scenario_json("w", 4999.9, 24.9, 0.1);
+    char *w = scenario_json("w", 4999.9, 24.9, 0.1);
+    char *s = NULL;
+    assert_true(asprintf(&s,
+                         "%s, {\"id\": \"flaky\", \"overlay\": {\"name\": \"refund_lot_switch\", "
+                         "\"runs\": 5, \"failed\": 4, \"latency_ms\": {\"p50\": 10.0, \"p95\": 12.0}, "
+                         "\"quality\": {\"mean\": 0.9}}, \"token_delta_pct\": 1.0}",
+                         w) > 0);
     fh_report *r = report_of(s, OVERALL_OK, NULL);
+    assert_near(r->rows[1].failed_pct, 80.0, 1e-9);
     json_t *a = fh_budget_analyze(r);
     assert_int_equal(json_integer_value(json_object_get(a, "critical")), 0);
-    assert_int_equal(json_integer_value(json_object_get(a, "warnings")), 3);
+    assert_int_equal(json_integer_value(json_object_get(a, "warnings")), 4);
     assert_int_equal(fh_budget_exit(a), 0);
+    const json_t *flaky = json_array_get(json_object_get(a, "scenarios"), 1);
+    assert_string_equal(status_of(flaky, "failed_runs_pct"), "warning");
+    assert_string_equal(json_string_value(json_object_get(flaky, "status")), "warning");
     char *md = render(fh_budget_markdown, a);
-    contains(md, "**3 warnings (w p95 latency, w token delta, w mean quality)**.");
+    contains(md, "**4 warnings (w p95 latency, w token delta, w mean quality, flaky failed runs)**.");
+    contains(md, "| flaky | refund_lot_switch | 12.0 | ok | 1.0 | ok | 0.900 | ok | 80.0 | "
+                 "**warning** |\n");
+    contains(md, "- **warning**: flaky failed runs 80.0 % is over 0 %: follow \"Health checks\" in "
+                 "docs/operations.md.");
+    contains(md, "Note: overlaid runs failed (no HTTP 200) and are left out of the figures: "
+                 "flaky 4 of 5.");
     free(md);
     json_decref(a);
     fh_report_free(r);
+    free(w);
+    free(s);
+}
+
+/* Every overlaid run of a scenario failed (an upstream that never
+ * answered): its other figures are unknown, and it must not read as
+ * healthy: critical, exit 1. No runs at all is unknown, not ok. */
+static void test_budget_all_failed(void **state)
+{
+    (void)state;
+    char *fine = scenario_json("fine", 100, 5, 0.9);
+    char *s = NULL;
+    assert_true(asprintf(&s,
+                         "%s, {\"id\": \"dead\", \"overlay\": {\"name\": null, \"version\": null, "
+                         "\"runs\": 5, \"failed\": 5, \"reasons\": {\"transport_error\": 5}, "
+                         "\"latency_ms\": null, \"quality\": null, \"rules\": {}}, "
+                         "\"token_delta_pct\": null},"
+                         "{\"id\": \"never_ran\", \"overlay\": {\"runs\": 0, \"failed\": 0}}",
+                         fine) > 0);
+    fh_report *r = report_of(s,
+                             "{\"latency_ms\": {\"p95\": 20.0}, \"token_delta_pct\": 5.0, "
+                             "\"quality\": {\"mean\": 0.9}, \"runs\": 30, \"failed\": 10}",
+                             NULL);
+    assert_int_equal(r->rows[1].runs, 5);
+    assert_int_equal(r->rows[1].failed, 5);
+    assert_near(r->rows[1].failed_pct, 100.0, 0);
+    assert_true(isnan(r->rows[1].p95_ms));
+    assert_true(isnan(r->rows[2].failed_pct));
+    assert_near(r->overall.failed_pct, 100.0 / 3, 1e-9);
+
+    json_t *a = fh_budget_analyze(r);
+    assert_non_null(a);
+    assert_int_equal(json_integer_value(json_object_get(a, "critical")), 1);
+    assert_int_equal(json_integer_value(json_object_get(a, "warnings")), 1);
+    assert_int_equal(json_integer_value(json_object_get(a, "unknown")), 7);
+    assert_int_equal(fh_budget_exit(a), 1);
+    const json_t *rows = json_object_get(a, "scenarios");
+    const json_t *dead = json_array_get(rows, 1);
+    assert_string_equal(json_string_value(json_object_get(dead, "status")), "critical");
+    assert_string_equal(status_of(dead, "failed_runs_pct"), "critical");
+    assert_near(json_real_value(json_object_get(
+                    json_object_get(json_object_get(dead, "figures"), "failed_runs_pct"), "value")),
+                100.0, 0);
+    assert_string_equal(status_of(dead, "latency_p95_ms"), "unknown");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(rows, 0), "status")),
+                        "ok");
+    const json_t *never = json_array_get(rows, 2);
+    assert_string_equal(status_of(never, "failed_runs_pct"), "unknown");
+    assert_string_equal(json_string_value(json_object_get(never, "status")), "unknown");
+    assert_string_equal(status_of(json_object_get(a, "overall"), "failed_runs_pct"), "warning");
+
+    const json_t *t = json_object_get(json_object_get(a, "thresholds"), "failed_runs_pct");
+    assert_string_equal(json_string_value(json_object_get(t, "procedure")), "Health checks");
+    assert_near(json_real_value(json_object_get(t, "warning_over")), 0, 0);
+    const json_t *breaches = json_object_get(a, "breaches");
+    assert_int_equal(json_array_size(breaches), 2);
+    const json_t *b0 = json_array_get(breaches, 0);
+    assert_string_equal(json_string_value(json_object_get(b0, "scenario")), "dead");
+    assert_string_equal(json_string_value(json_object_get(b0, "figure")), "failed_runs_pct");
+    assert_string_equal(json_string_value(json_object_get(b0, "status")), "critical");
+    assert_string_equal(json_string_value(json_object_get(b0, "procedure")), "Health checks");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(breaches, 1), "scenario")),
+                        "overall");
+
+    char *md = render(fh_budget_markdown, a);
+    contains(md, "| dead | baseline | - | unknown | - | unknown | - | unknown | 100.0 | "
+                 "**critical** |\n");
+    contains(md, "| never_ran | baseline | - | unknown | - | unknown | - | unknown | - | "
+                 "unknown |\n");
+    contains(md, "| **overall** | | 20.0 | ok | 5.0 | ok | 0.900 | ok | 33.3 | **warning** |\n");
+    contains(md, "**1 critical (dead failed runs), 1 warning (overall failed runs)**; 7 unknown");
+    contains(md, "- **critical**: dead failed runs 100.0 %");
+    contains(md, "follow \"Health checks\" in docs/operations.md.");
+    contains(md, "Note: overlaid runs failed (no HTTP 200) and are left out of the figures: "
+                 "dead 5 of 5.");
+    free(md);
+    json_decref(a);
+    fh_report_free(r);
+    free(fine);
     free(s);
 }
 
@@ -570,11 +696,12 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_latency_edges),        cmocka_unit_test(test_tokens_edges),
-        cmocka_unit_test(test_quality_edges),        cmocka_unit_test(test_p95_rule_edges),
-        cmocka_unit_test(test_tokens_rule_edges),    cmocka_unit_test(test_quality_and_rules_edges),
-        cmocka_unit_test(test_unknown_figures),      cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_load_files),           cmocka_unit_test(test_budget_analysis),
-        cmocka_unit_test(test_budget_warnings_only), cmocka_unit_test(test_compare_regressions),
+        cmocka_unit_test(test_quality_edges),        cmocka_unit_test(test_failed_edges),
+        cmocka_unit_test(test_p95_rule_edges),       cmocka_unit_test(test_tokens_rule_edges),
+        cmocka_unit_test(test_quality_and_rules_edges), cmocka_unit_test(test_unknown_figures),
+        cmocka_unit_test(test_malformed),            cmocka_unit_test(test_load_files),
+        cmocka_unit_test(test_budget_analysis),      cmocka_unit_test(test_budget_warnings_only),
+        cmocka_unit_test(test_budget_all_failed),    cmocka_unit_test(test_compare_regressions),
         cmocka_unit_test(test_compare_same),         cmocka_unit_test(test_compare_failed_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
