@@ -508,7 +508,7 @@ fh_report_status fh_budget_failed_status(double failed_pct)
 {
     if (isnan(failed_pct))
         return FH_STATUS_UNKNOWN;
-    if (failed_pct >= 99.95)
+    if (failed_pct >= 100.0) /* n / n x 100 is exactly 100 */
         return FH_STATUS_CRITICAL;
     return failed_pct > 0 ? FH_STATUS_WARNING : FH_STATUS_OK;
 }
@@ -541,7 +541,7 @@ static const budget_figure budget_figures[] = {
     {"quality_mean", "mean quality", "quality", "", 3, offsetof(fh_report_row, quality),
      fh_budget_quality_status, QUALITY_WARN, NAN, true, "Quality degradation"},
     {"failed_runs_pct", "failed runs", "failed %", " %", 1, offsetof(fh_report_row, failed_pct),
-     fh_budget_failed_status, 0, 99.95, false, "Health checks"},
+     fh_budget_failed_status, 0, 100, false, "Health checks"},
 };
 #define N_BUDGET_FIGURES (sizeof(budget_figures) / sizeof(budget_figures[0]))
 
@@ -722,8 +722,13 @@ static void budget_md_hints(FILE *out, const json_t *breaches)
         snprintf(t, sizeof(t), "%g", jnum(b, "threshold"));
         fprintf(out, "%s- %s: ", i ? "" : "\n", md_status(jstr(b, "status")));
         md_text(out, jstr(b, "scenario"));
-        fprintf(out, " %s %s%s is %s %s%s: follow \"%s\" in %s.\n", f->label, v, f->unit,
-                f->below ? "under" : "over", t, f->unit, f->procedure, RUNBOOK);
+        if (f->status == fh_budget_failed_status &&
+            strcmp(jstr(b, "status"), fh_report_status_name(FH_STATUS_CRITICAL)) == 0)
+            fprintf(out, " %s: every run failed: follow \"%s\" in %s.\n", f->label, f->procedure,
+                    RUNBOOK);
+        else
+            fprintf(out, " %s %s%s is %s %s%s: follow \"%s\" in %s.\n", f->label, v, f->unit,
+                    f->below ? "under" : "over", t, f->unit, f->procedure, RUNBOOK);
     }
 }
 
@@ -1252,7 +1257,8 @@ static const char budget_usage[] =
     "Usage: fusion-host budget --report-file FILE [--output-format markdown|json]\n"
     "Judges a bench report (docs/reports.md) against the runbook thresholds:\n"
     "p95 latency over 2000 ms a warning, over 5000 ms critical; token delta over\n"
-    "12 % a warning, over 25 % critical; mean quality under 0.8 a warning.\n"
+    "12 % a warning, over 25 % critical; mean quality under 0.8 a warning;\n"
+    "failed runs: any a warning, every run critical.\n"
     "Exit 0 within them or with warnings, 1 with a critical figure, 2 when the\n"
     "report cannot be read.\n";
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # budget and compare as an operator runs them on bench reports: the
 # hand-written reports in tests/fixtures/reports/ (healthy, warnings only,
-# a critical token delta, a critical latency, a scenario missing, a
-# baseline), exit codes 0/1/2, the markdown tables, JSON that parses, and
-# the messages for files that are not reports.
+# a critical token delta, a critical latency, every run failed, a scenario
+# missing, a baseline), exit codes 0/1/2, the markdown tables, JSON that
+# parses, and the messages for files that are not reports.
 . "$(dirname "$0")/lib.sh"
 
 FIX=$FH_SOURCE_DIR/tests/fixtures/reports
@@ -32,16 +32,16 @@ edited() {
 
 run "budget: healthy report" 0 "$FH_BIN" budget --report-file "$FIX/healthy.json"
 expect "title" '^# Budget analysis$'
-expect "table header" '^\| scenario \| overlay \| p95 ms \| status \| token delta % \| status \| quality \| status \|$'
-expect "a scenario row" '^\| refund_processing_duplicate \| refund_lot_switch \| 1675\.6 \| ok \| 8\.0 \| ok \| 0\.910 \| ok \|$'
-expect "a scenario no overlay served: token delta and quality unknown" '^\| security_incident_containment \| baseline \| 1745\.5 \| ok \| - \| unknown \| - \| unknown \|$'
-expect "overall row" '^\| \*\*overall\*\* \| \| 1947\.3 \| ok \| 8\.0 \| ok \| 0\.884 \| ok \|$'
+expect "table header" '^\| scenario \| overlay \| p95 ms \| status \| token delta % \| status \| quality \| status \| failed % \| status \|$'
+expect "a scenario row" '^\| refund_processing_duplicate \| refund_lot_switch \| 1675\.6 \| ok \| 8\.0 \| ok \| 0\.910 \| ok \| 0\.0 \| ok \|$'
+expect "a scenario no overlay served: token delta and quality unknown" '^\| security_incident_containment \| baseline \| 1745\.5 \| ok \| - \| unknown \| - \| unknown \| 0\.0 \| ok \|$'
+expect "overall row" '^\| \*\*overall\*\* \| \| 1947\.3 \| ok \| 8\.0 \| ok \| 0\.884 \| ok \| 0\.0 \| ok \|$'
 expect "summary" '^\*\*All figures within the runbook thresholds\*\*; 10 unknown'
 
 run "budget: warnings only exit 0" 0 "$FH_BIN" budget --report-file "$FIX/warnings.json"
 expect "latency warning" '^\| regulatory_compliance_audit_prep \| state_model_first \| 2412\.6 \| \*\*warning\*\* \|'
 expect "token delta warning" '^\| refund_processing_duplicate \| refund_lot_switch \| [0-9.]+ \| ok \| 18\.3 \| \*\*warning\*\* \|'
-expect "quality warning" '\| 0\.760 \| \*\*warning\*\* \|$'
+expect "quality warning" '\| 0\.760 \| \*\*warning\*\* \| 0\.0 \| ok \|$'
 expect "summary counts 4 warnings" '^\*\*4 warnings \(refund_processing_duplicate token delta, regulatory_compliance_audit_prep p95 latency, compliance_audit_dsar_backlog mean quality, overall p95 latency\)\*\*'
 expect "quality hint" '^- \*\*warning\*\*: compliance_audit_dsar_backlog mean quality 0\.760 is under 0\.8: follow "Quality degradation" in docs/operations\.md\.$'
 
@@ -55,13 +55,18 @@ expect "critical latency row" '^\| regulatory_compliance_audit_prep \| state_mod
 expect "overall critical" '^\| \*\*overall\*\* \| \| 5500\.2 \| \*\*critical\*\* \|'
 expect "latency hint" '^- \*\*critical\*\*: regulatory_compliance_audit_prep p95 latency 5612\.4 ms is over 5000 ms: follow "High latency" in docs/operations\.md\.$'
 expect "failed runs said" 'Note: overlaid runs failed .*regulatory_compliance_audit_prep 2 of 10'
+expect "2 of 10 failed runs a warning" '^\| regulatory_compliance_audit_prep \| state_model_first \| 5612\.4 \| \*\*critical\*\* \| 7\.9 \| ok \| 0\.880 \| ok \| 20\.0 \| \*\*warning\*\* \|$'
+expect "2 of 200 overall a warning" '^\| \*\*overall\*\* \| \| 5500\.2 \| \*\*critical\*\* \| 8\.0 \| ok \| 0\.884 \| ok \| 1\.0 \| \*\*warning\*\* \|$'
+expect "failed runs hint" '^- \*\*warning\*\*: regulatory_compliance_audit_prep failed runs 20\.0 % is over 0 %: follow "Health checks" in docs/operations\.md\.$'
 
 run "budget --output-format json, critical" 1 "$FH_BIN" budget --report-file "$FIX/critical_latency.json" --output-format json
-json_check "JSON counts" 'd["critical"] == 2 and d["warnings"] == 1 and d["unknown"] == 10'
+json_check "JSON counts" 'd["critical"] == 2 and d["warnings"] == 3 and d["unknown"] == 10'
 json_check "JSON figures" '[s for s in d["scenarios"] if s["id"] == "regulatory_compliance_audit_prep"][0]["figures"]["latency_p95_ms"] == {"value": 5612.4, "status": "critical"}'
 json_check "JSON unknown is null" 'd["scenarios"][1]["figures"]["quality_mean"] == {"value": None, "status": "unknown"}'
 json_check "JSON overall" 'd["overall"]["figures"]["latency_p95_ms"]["status"] == "critical" and d["overall"]["status"] == "critical"'
-json_check "JSON breaches name the procedure" '[b["procedure"] for b in d["breaches"]] == ["High latency"] * 3'
+json_check "JSON failed runs figure" '[s for s in d["scenarios"] if s["id"] == "regulatory_compliance_audit_prep"][0]["figures"]["failed_runs_pct"] == {"value": 20.0, "status": "warning"} and d["scenarios"][0]["figures"]["failed_runs_pct"] == {"value": 0.0, "status": "ok"}'
+json_check "JSON failed runs threshold" 'd["thresholds"]["failed_runs_pct"]["warning_over"] == 0 and d["thresholds"]["failed_runs_pct"]["procedure"] == "Health checks"'
+json_check "JSON breaches name the procedure" '[(b["scenario"], b["procedure"]) for b in d["breaches"]] == [("regulatory_compliance_audit_prep", "High latency"), ("regulatory_compliance_audit_prep", "Health checks"), ("compliance_audit_dsar_backlog", "High latency"), ("overall", "High latency"), ("overall", "Health checks")]'
 run "budget --output-format=json, healthy" 0 "$FH_BIN" budget --output-format=json --report-file="$FIX/healthy.json"
 json_check "healthy JSON" 'd["critical"] == 0 and d["warnings"] == 0 and len(d["scenarios"]) == 10 and d["report"]["iterations"] == 5'
 run "budget --output-format markdown" 0 "$FH_BIN" budget --report-file "$FIX/healthy.json" --output-format markdown
@@ -74,14 +79,38 @@ s[1]["overlay"]["latency_ms"]["p95"] = 2000.1
 s[2]["token_delta_pct"] = 25.0
 s[9]["token_delta_pct"] = None
 s[4]["overlay"]["quality"]["mean"] = 0.8
-del s[5]["overlay"]["latency_ms"]')
+del s[5]["overlay"]["latency_ms"]
+s[6]["overlay"]["failed"] = 1
+s[6]["overlay"]["reasons"] = {"no_match": 4, "http_502": 1}
+d["overall"]["failed"] = 1
+del s[7]["overlay"]["runs"]')
 run "budget: exactly at the thresholds is not critical" 0 "$FH_BIN" budget --report-file "$f"
 expect "2000 ms is ok" '^\| refund_processing_duplicate \| refund_lot_switch \| 2000\.0 \| ok \|'
 expect "2000.1 ms is a warning" '^\| security_incident_containment \| baseline \| 2000\.1 \| \*\*warning\*\* \|'
 expect "25 % is a warning" '^\| regulatory_compliance_audit_prep \| state_model_first \| [0-9.]+ \| ok \| 25\.0 \| \*\*warning\*\* \|'
-expect "null token delta is unknown" '^\| refund_duplicate_webhook_replay \| refund_lot_switch \| [0-9.]+ \| ok \| - \| unknown \| 0\.930 \| ok \|$'
-expect "quality 0.8 is ok" '^\| lot_switch_recall_reallocation \| refund_lot_switch \| [0-9.]+ \| ok \| [0-9.]+ \| ok \| 0\.800 \| ok \|$'
+expect "null token delta is unknown" '^\| refund_duplicate_webhook_replay \| refund_lot_switch \| [0-9.]+ \| ok \| - \| unknown \| 0\.930 \| ok \| 0\.0 \| ok \|$'
+expect "quality 0.8 is ok" '^\| lot_switch_recall_reallocation \| refund_lot_switch \| [0-9.]+ \| ok \| [0-9.]+ \| ok \| 0\.800 \| ok \| 0\.0 \| ok \|$'
 expect "absent latency is unknown" '^\| data_migration_rollback_orders \| baseline \| - \| unknown \|'
+expect "1 of 5 failed runs is a warning, not critical" '^\| webhook_failure_cascade_orders \| baseline \| [0-9.]+ \| ok \| - \| unknown \| - \| unknown \| 20\.0 \| \*\*warning\*\* \|$'
+expect "absent runs: failed runs unknown" '^\| compliance_audit_dsar_backlog \| state_model_first \| [0-9.]+ \| ok \| [0-9.]+ \| ok \| [0-9.]+ \| ok \| - \| unknown \|$'
+
+# Every run failed (bench against an upstream that never answered): the
+# other figures are unknown, and the report must not read as healthy.
+run "budget: every run failed exit 1" 1 "$FH_BIN" budget --report-file "$FIX/all_failed.json"
+expect "a scenario row" '^\| refund_processing_duplicate \| baseline \| - \| unknown \| - \| unknown \| - \| unknown \| 100\.0 \| \*\*critical\*\* \|$'
+expect "overall row" '^\| \*\*overall\*\* \| \| - \| unknown \| - \| unknown \| - \| unknown \| 100\.0 \| \*\*critical\*\* \|$'
+expect "summary names failed runs" '^\*\*11 critical \(refund_processing_duplicate failed runs, .*, overall failed runs\)\*\*; 33 unknown'
+expect "hint names Health checks" '^- \*\*critical\*\*: refund_processing_duplicate failed runs: every run failed: follow "Health checks" in docs/operations\.md\.$'
+expect "failed runs said" 'Note: overlaid runs failed .*refund_processing_duplicate 2 of 2'
+if grep -q 'All figures within the runbook thresholds' "$FH_TMP/out"; then
+    not_ok "every run failed does not read as healthy"
+else
+    ok "every run failed does not read as healthy"
+fi
+run "budget --output-format json, every run failed" 1 "$FH_BIN" budget --report-file "$FIX/all_failed.json" --output-format json
+json_check "JSON every row critical on failed runs" 'all(s["status"] == "critical" and s["figures"]["failed_runs_pct"] == {"value": 100.0, "status": "critical"} for s in d["scenarios"] + [d["overall"]])'
+json_check "JSON counts" 'd["critical"] == 11 and d["warnings"] == 0 and d["unknown"] == 33 and len(d["scenarios"]) == 10'
+json_check "JSON breaches: failed runs, Health checks" '{(b["figure"], b["procedure"]) for b in d["breaches"]} == {("failed_runs_pct", "Health checks")} and len(d["breaches"]) == 11'
 
 # Reports that cannot be read: exit 2, the file and the cause named.
 run "budget: missing file" 2 "$FH_BIN" budget --report-file "$FH_TMP/nope.json"

@@ -454,11 +454,12 @@ static void test_budget_warnings_only(void **state)
     (void)state;
     char *w = scenario_json("w", 4999.9, 24.9, 0.1);
     char *s = NULL;
-    assert_true(asprintf(&s,
-                         "%s, {\"id\": \"flaky\", \"overlay\": {\"name\": \"refund_lot_switch\", "
-                         "\"runs\": 5, \"failed\": 4, \"latency_ms\": {\"p50\": 10.0, \"p95\": 12.0}, "
-                         "\"quality\": {\"mean\": 0.9}}, \"token_delta_pct\": 1.0}",
-                         w) > 0);
+    assert_true(
+        asprintf(&s,
+                 "%s, {\"id\": \"flaky\", \"overlay\": {\"name\": \"refund_lot_switch\", "
+                 "\"runs\": 5, \"failed\": 4, \"latency_ms\": {\"p50\": 10.0, \"p95\": 12.0}, "
+                 "\"quality\": {\"mean\": 0.9}}, \"token_delta_pct\": 1.0}",
+                 w) > 0);
     fh_report *r = report_of(s, OVERALL_OK, NULL);
     assert_near(r->rows[1].failed_pct, 80.0, 1e-9);
     json_t *a = fh_budget_analyze(r);
@@ -469,7 +470,8 @@ static void test_budget_warnings_only(void **state)
     assert_string_equal(status_of(flaky, "failed_runs_pct"), "warning");
     assert_string_equal(json_string_value(json_object_get(flaky, "status")), "warning");
     char *md = render(fh_budget_markdown, a);
-    contains(md, "**4 warnings (w p95 latency, w token delta, w mean quality, flaky failed runs)**.");
+    contains(md,
+             "**4 warnings (w p95 latency, w token delta, w mean quality, flaky failed runs)**.");
     contains(md, "| flaky | refund_lot_switch | 12.0 | ok | 1.0 | ok | 0.900 | ok | 80.0 | "
                  "**warning** |\n");
     contains(md, "- **warning**: flaky failed runs 80.0 % is over 0 %: follow \"Health checks\" in "
@@ -550,7 +552,7 @@ static void test_budget_all_failed(void **state)
                  "unknown |\n");
     contains(md, "| **overall** | | 20.0 | ok | 5.0 | ok | 0.900 | ok | 33.3 | **warning** |\n");
     contains(md, "**1 critical (dead failed runs), 1 warning (overall failed runs)**; 7 unknown");
-    contains(md, "- **critical**: dead failed runs 100.0 %");
+    contains(md, "- **critical**: dead failed runs: every run failed: follow \"Health checks\"");
     contains(md, "follow \"Health checks\" in docs/operations.md.");
     contains(md, "Note: overlaid runs failed (no HTTP 200) and are left out of the figures: "
                  "dead 5 of 5.");
@@ -695,14 +697,22 @@ static void test_compare_failed_runs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_latency_edges),        cmocka_unit_test(test_tokens_edges),
-        cmocka_unit_test(test_quality_edges),        cmocka_unit_test(test_failed_edges),
-        cmocka_unit_test(test_p95_rule_edges),       cmocka_unit_test(test_tokens_rule_edges),
-        cmocka_unit_test(test_quality_and_rules_edges), cmocka_unit_test(test_unknown_figures),
-        cmocka_unit_test(test_malformed),            cmocka_unit_test(test_load_files),
-        cmocka_unit_test(test_budget_analysis),      cmocka_unit_test(test_budget_warnings_only),
-        cmocka_unit_test(test_budget_all_failed),    cmocka_unit_test(test_compare_regressions),
-        cmocka_unit_test(test_compare_same),         cmocka_unit_test(test_compare_failed_runs),
+        cmocka_unit_test(test_latency_edges),
+        cmocka_unit_test(test_tokens_edges),
+        cmocka_unit_test(test_quality_edges),
+        cmocka_unit_test(test_failed_edges),
+        cmocka_unit_test(test_p95_rule_edges),
+        cmocka_unit_test(test_tokens_rule_edges),
+        cmocka_unit_test(test_quality_and_rules_edges),
+        cmocka_unit_test(test_unknown_figures),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_load_files),
+        cmocka_unit_test(test_budget_analysis),
+        cmocka_unit_test(test_budget_warnings_only),
+        cmocka_unit_test(test_budget_all_failed),
+        cmocka_unit_test(test_compare_regressions),
+        cmocka_unit_test(test_compare_same),
+        cmocka_unit_test(test_compare_failed_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
