@@ -46,7 +46,7 @@
                .token_window = 20,                                                                 \
                .consecutive_breaches = 3,                                                          \
                .tokens_per_minute = 0},                                                            \
-    .quality_threshold = 0.8
+    .quality_threshold = 0.8, .rule_pass_mark = 0.5
 
 static const char *const top_keys[] = {"listen",
                                        "admin",
@@ -72,8 +72,8 @@ static const char *const upstream_keys[] = {
     "base_url",           "api_key_env",        "timeout_ms",  "idle_timeout_ms",
     "connect_timeout_ms", "forward_client_key", "model_rules", NULL};
 static const char *const plugins_keys[] = {"dir", "watch", NULL};
-static const char *const overlay_keys[] = {"breaker", "budget", "quality_threshold", "config",
-                                           NULL};
+static const char *const overlay_keys[] = {"breaker",        "budget", "quality_threshold",
+                                           "rule_pass_mark", "config", NULL};
 static const char *const breaker_keys[] = {"failure_threshold", "recovery_timeout_s",
                                            "half_open_max_calls", NULL};
 static const char *const budget_keys[] = {"hook_latency_ms",
@@ -438,6 +438,7 @@ static void read_overlay(loader *L, const char *name, yaml_node_t *node, fh_over
     fh_keypath_pop(&kp, mark);
 
     fh_yaml_get_double(y, node, kp.buf, "quality_threshold", 0, 1, &o->quality_threshold);
+    fh_yaml_get_double(y, node, kp.buf, "rule_pass_mark", 0, 1, &o->rule_pass_mark);
     o->quality_set = fh_yaml_get(y, node, "quality_threshold") != NULL;
 
     mark = fh_keypath_push(&kp, "config");

@@ -39,6 +39,7 @@ typedef struct fh_overlay_cfg {
     fh_breaker_cfg breaker;
     fh_budget_cfg budget;
     double quality_threshold; /* default 0.8, 0..1 */
+    double rule_pass_mark;    /* default 0.5, 0..1: a rule passes at this score */
     /* Which the file set: the others come from the flags file's global
      * circuit_breaker and environment (gates.c). */
     struct {

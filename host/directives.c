@@ -128,6 +128,7 @@ int fh_inputs_for(void *provider, const char *name, fh_overlay_inputs *in)
     if (!p->cfg)
         return 0;
     in->config_json = fh_config_overlay(p->cfg, name)->config_json;
+    in->rule_pass_mark = fh_config_overlay(p->cfg, name)->rule_pass_mark;
     const fh_feature *feature = p->flags ? fh_flags_feature(p->flags, name) : NULL;
     if (!feature)
         return 0; /* no feature: init decides whether it can work without texts */

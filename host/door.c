@@ -28,6 +28,7 @@
 #include "util.h"
 
 #include <assert.h>
+#include <jansson.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
@@ -238,6 +239,7 @@ typedef struct box {
     /* init: private copies of the arguments, valid as long as the box. */
     fusion_init_args init;
     char *config_json;
+    json_t *config_tree; /* 1.1: what the config_*() accessors read */
     fusion_directive *directives;
     char error[512];
 } box;
@@ -251,6 +253,7 @@ static void box_free(box *b)
         }
     free(b->directives);
     free(b->config_json);
+    json_decref(b->config_tree);
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     free(b);
@@ -274,6 +277,11 @@ static int copy_init_args(box *b, const fusion_init_args *a)
     if (!b->config_json)
         return -1;
     b->init.config_json = b->config_json;
+    if (a->size >= offsetof(fusion_init_args, host_config) + sizeof(a->host_config) &&
+        a->host_config) {
+        b->config_tree = json_deep_copy(a->host_config);
+        b->init.host_config = b->config_tree;
+    }
     b->init.error = b->error;
     b->init.error_size = sizeof(b->error);
     if (a->directive_count) {

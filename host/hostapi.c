@@ -354,6 +354,78 @@ static void api_metric_count(const char *event, double delta)
         sink(fh_log_current_overlay(), event, delta);
 }
 
+static const char *api_model(const fusion_request *req)
+{
+    const char *m =
+        req && req->body ? json_string_value(json_object_get(req->body, "model")) : NULL;
+    return m ? m : "";
+}
+
+/* ---- 1.1: the overlay's config by key path, during init() -------------------- */
+
+/* "a.b.2": object keys and list indexes, dotted. NULL when absent. */
+static const json_t *config_at(const fusion_init_args *args, const char *path)
+{
+    if (!args || !path ||
+        args->size < offsetof(fusion_init_args, host_config) + sizeof(args->host_config))
+        return NULL;
+    const json_t *j = args->host_config;
+    char key[256];
+    for (const char *p = path; j && *p;) {
+        size_t n = strcspn(p, ".");
+        if (n == 0 || n >= sizeof(key))
+            return NULL;
+        memcpy(key, p, n);
+        key[n] = '\0';
+        if (json_is_object(j)) {
+            j = json_object_get(j, key);
+        } else if (json_is_array(j)) {
+            char *end = NULL;
+            unsigned long i = strtoul(key, &end, 10);
+            j = end && !*end ? json_array_get(j, i) : NULL;
+        } else {
+            return NULL;
+        }
+        p += n + (p[n] == '.');
+    }
+    return j;
+}
+
+static const char *api_config_string(const fusion_init_args *args, const char *path,
+                                     const char *dflt)
+{
+    const char *v = json_string_value(config_at(args, path));
+    return v ? v : dflt;
+}
+
+static double api_config_number(const fusion_init_args *args, const char *path, double dflt)
+{
+    const json_t *j = config_at(args, path);
+    return json_is_number(j) ? json_number_value(j) : dflt;
+}
+
+static int64_t api_config_integer(const fusion_init_args *args, const char *path, int64_t dflt)
+{
+    const json_t *j = config_at(args, path);
+    if (json_is_integer(j))
+        return (int64_t)json_integer_value(j);
+    double v = json_is_real(j) ? json_real_value(j) : NAN;
+    /* 3.0 is whole; 3.5 is not an integer and gets the default. */
+    return isfinite(v) && v == floor(v) && fabs(v) < 9.0e15 ? (int64_t)v : dflt;
+}
+
+static int api_config_bool(const fusion_init_args *args, const char *path, int dflt)
+{
+    const json_t *j = config_at(args, path);
+    return json_is_boolean(j) ? json_is_true(j) : dflt;
+}
+
+static size_t api_config_count(const fusion_init_args *args, const char *path)
+{
+    const json_t *j = config_at(args, path);
+    return json_is_array(j) ? json_array_size(j) : 0;
+}
+
 static const fusion_host_api host_api = {
     .size = (uint32_t)sizeof(fusion_host_api),
     .abi_major = FUSION_ABI_MAJOR,
@@ -370,6 +442,12 @@ static const fusion_host_api host_api = {
     .req_set_number = api_set_number,
     .req_set_integer = api_set_integer,
     .metric_count = api_metric_count,
+    .req_model = api_model,
+    .config_string = api_config_string,
+    .config_number = api_config_number,
+    .config_integer = api_config_integer,
+    .config_bool = api_config_bool,
+    .config_count = api_config_count,
 };
 
 const fusion_host_api *fh_host_api(void)

@@ -1172,8 +1172,9 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
         }
         line = eol + 1;
     }
-    static const char *const paths[] = {"choices", "choices.0.delta.content", "usage"};
-    fh_jval top, found[3];
+    static const char *const paths[] = {"choices", "choices.0.delta.content", "usage",
+                                        "choices.0.index"};
+    fh_jval top, found[4];
     if (!data) {
         buf_add(&t->resp, ev, len); /* comments, `event:`/`id:` only: as is */
         return;
@@ -1183,7 +1184,7 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
         buf_add(&t->resp, ev, len);
         return;
     }
-    if (*data != '{' || !fh_json_scan_paths(data, dlen, &top, paths, found, 3) ||
+    if (*data != '{' || !fh_json_scan_paths(data, dlen, &top, paths, found, 4) ||
         top.type != FH_J_OBJECT) {
         /* Never passed on as if it were valid: the stream ends here with
          * an error event the SDKs turn into their API error. */
@@ -1194,7 +1195,11 @@ static void relay_event(fh_txn *t, const char *ev, size_t len)
         t->stream_bad = true;
         return;
     }
-    if (found[1].type == FH_J_STRING && !t->text_truncated) {
+    /* With n > 1 every chunk carries one choice and its index: the answer
+     * evaluate() sees is choice 0's text (<fusion/overlay.h>). */
+    bool choice0 = found[3].type != FH_J_NUMBER ||
+                   (found[3].end - found[3].start == 1 && found[3].start[0] == '0');
+    if (found[1].type == FH_J_STRING && !t->text_truncated && choice0) {
         size_t n = 0;
         char *piece = fh_jstr_unescape(&found[1], &n);
         if (!piece || t->text.len + n > TEXT_MAX || buf_add(&t->text, piece, n) != 0)

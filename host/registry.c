@@ -59,6 +59,7 @@
 #include "util.h"
 
 #include <assert.h>
+#include <jansson.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -83,6 +84,7 @@ struct fh_generation {
     void *state; /* from init() */
     atomic_ulong refs;
     atomic_int hung;        /* detached hook calls not yet returned (door.h) */
+    double rule_pass_mark;  /* overlays.<name>.rule_pass_mark, at load */
     struct fh_entry *entry; /* set when published; valid while referenced */
     bool retired;           /* under lock */
     unsigned holds;         /* unload waiters sleeping on it; under lock */
@@ -586,11 +588,17 @@ static fh_load_err run_init(fh_registry *r, fh_generation *g, char *msg, size_t 
         .error_size = sizeof(error),
     };
     args.config_len = strlen(args.config_json);
+    /* 1.1: the config parsed once, for the config_*() accessors. */
+    json_t *tree = json_loads(args.config_json, 0, NULL);
+    args.host_config = tree;
+    g->rule_pass_mark = in.rule_pass_mark > 0 ? in.rule_pass_mark : 0.5;
     fh_hook_call c = {.kind = FH_HOOK_INIT, .desc = &g->plugin.desc, .init_args = &args};
     fh_strlcpy(c.who, g->name, sizeof(c.who));
     c.version = g->version;
     c.sha256 = g->plugin.sha256;
-    if (fh_door_call(&c, r->opts.hook_deadline_ms) != FH_DOOR_OK) {
+    fh_door_result dr = fh_door_call(&c, r->opts.hook_deadline_ms);
+    json_decref(tree); /* an abandoned init() reads the door's own copy */
+    if (dr != FH_DOOR_OK) {
         snprintf(msg, msglen,
                  "%s: overlay '%s' %s init() did not return within %d ms (hooks.deadline_ms); "
                  "it stays mapped until a restart: fix its init() and load it again",
@@ -914,7 +922,16 @@ int fh_generation_evaluate(fh_generation *g, const fusion_request *req, const ch
     if (offline_call(g, &c) != FH_DOOR_OK)
         return FH_GENERATION_TIMEOUT;
     *out = c.eval;
+    fh_generation_mark_rules(g, out);
     return c.rc;
+}
+
+void fh_generation_mark_rules(const fh_generation *g, fusion_evaluation *ev)
+{
+    /* 1.1: whether a rule holds is the host's to say, per overlay, so the
+     * mark changes with the config, not with a rebuild of the plugin. */
+    for (size_t i = 0; i < ev->rule_count && i < FUSION_EVAL_MAX_RULES; i++)
+        ev->rules[i].passed = ev->rules[i].score >= g->rule_pass_mark;
 }
 
 /* ---- listing ---------------------------------------------------------- */

@@ -44,6 +44,7 @@ typedef struct fh_overlay_inputs {
     const char *config_json; /* NULL means "{}" */
     const fusion_directive *directives;
     size_t directive_count;
+    double rule_pass_mark; /* a rule passes at this score; 0 means 0.5 */
 } fh_overlay_inputs;
 
 typedef struct fh_registry_opts {
@@ -118,6 +119,10 @@ void *fh_generation_state(const fh_generation *g);
  * for the request path, which runs it with fh_door_run(). The caller holds
  * a reference on g. */
 void fh_generation_prepare(fh_generation *g, fh_hook_kind kind, fh_hook_call *c);
+/* Sets each rule's `passed` from its score and the overlay's
+ * rule_pass_mark (1.1: the host's to decide, not the plugin's). */
+void fh_generation_mark_rules(const fh_generation *g, fusion_evaluation *ev);
+
 /* Counts a request routed to g's overlay, and whether it was served
  * overlaid (`list` shows both). The caller holds a reference on g. */
 void fh_generation_count(fh_generation *g, bool applied);

@@ -1,5 +1,5 @@
 /*
- * fusion/overlay.h - the fusion-host overlay ABI, version 1.
+ * fusion/overlay.h - the fusion-host overlay ABI, version 1.1.
  *
  * This header is the whole contract between fusion-host and an overlay
  * plugin. It depends on nothing but <stddef.h> and <stdint.h>; a plugin never
@@ -64,6 +64,25 @@
  *   up to its own. A plugin checks FUSION_HOST_HAS() before calling a host
  *   function newer than 1.0.
  *     1.0  first release: descriptor, init args, host table, evaluation.
+ *     1.1  typed config accessors (config_string, config_number,
+ *          config_integer, config_bool, config_count) so init() needs no
+ *          JSON parser; req_model; fusion_init_args.host_config (the host's,
+ *          opaque); a rule's `passed` is the host's to decide from its score
+ *          (overlays.<name>.rule_pass_mark, default 0.5). A 1.0 plugin loads
+ *          unchanged into a 1.1 host.
+ *
+ * THE ANSWER evaluate() SEES
+ *   The text of the first choice's message (choices[0].message.content),
+ *   whole. For a streamed request it is the concatenation of the
+ *   delta.content of choice 0 over every chunk, scored once the stream has
+ *   ended (the client already has it: the score goes to metrics and gates).
+ *   With n > 1 only choice 0 is scored; the other choices pass untouched.
+ *   An answer with no text (tool calls only, refusal) is "" with len 0.
+ *
+ * READING THE REQUEST
+ *   req_model() is the model the caller asked for; req_get_number() reads
+ *   the caller's sampling values (temperature, top_p, ...) before you set
+ *   yours, so an overlay can keep a caller's stricter choice.
  *
  * A MINIMAL OVERLAY
  *
@@ -108,7 +127,7 @@ extern "C" {
 /* "FSOV" in ASCII: the first field of every descriptor. */
 #define FUSION_OVERLAY_MAGIC 0x46534f56u
 #define FUSION_ABI_MAJOR     1
-#define FUSION_ABI_MINOR     0
+#define FUSION_ABI_MINOR     1
 
 /* The one symbol a plugin exports. */
 #define FUSION_OVERLAY_ENTRY      fusion_overlay_entry
@@ -137,6 +156,9 @@ typedef enum fusion_log_level {
 /* A request being routed; opaque, reached only through the host table. */
 typedef struct fusion_request fusion_request;
 
+/* What init() receives (defined below). */
+typedef struct fusion_init_args fusion_init_args;
+
 /* One micro-overlay text (directive) that the overlay's feature enables. */
 typedef struct fusion_directive {
     const char *name; /* e.g. "rollback_first" */
@@ -148,7 +170,9 @@ typedef struct fusion_directive {
 typedef struct fusion_rule_result {
     const char *name;   /* static or state-owned, [a-z0-9_] */
     double score;       /* [0,1] */
-    int passed;         /* non-zero when the rule holds */
+    int passed;         /* non-zero when the rule holds; since 1.1 the host
+                           sets it from score and the overlay's
+                           rule_pass_mark (default 0.5) after evaluate() */
     const char *detail; /* optional, static or state-owned; may be NULL */
 } fusion_rule_result;
 
@@ -204,6 +228,24 @@ typedef struct fusion_host_api {
      * ([a-z0-9_], at most 50 chars), exported as
      * fusion_overlay_events_total{overlay,result=event}. */
     void (*metric_count)(const char *event, double delta);
+
+    /* ---- 1.1: check FUSION_HOST_HAS(host, member) before use ---- */
+
+    /* The model the caller asked for ("" when none). */
+    const char *(*req_model)(const fusion_request *req);
+
+    /* The overlay's `config:` by key path, during init() only (`args` is
+     * init's): "temperature", "limits.max_tokens", "keywords.2" (a list
+     * element). Each returns `dflt` when the key is absent, null, or of
+     * another type; config_integer also when the number is not whole.
+     * Strings are valid until init() returns: copy what you keep.
+     * config_count is the length of a list (0 when not a list); read its
+     * strings with config_string(args, "list.N", NULL). */
+    const char *(*config_string)(const fusion_init_args *args, const char *path, const char *dflt);
+    double (*config_number)(const fusion_init_args *args, const char *path, double dflt);
+    int64_t (*config_integer)(const fusion_init_args *args, const char *path, int64_t dflt);
+    int (*config_bool)(const fusion_init_args *args, const char *path, int dflt);
+    size_t (*config_count)(const fusion_init_args *args, const char *path);
 } fusion_host_api;
 
 #define FUSION_HOST_HAS(host, member)                                                              \
@@ -211,7 +253,7 @@ typedef struct fusion_host_api {
      (host)->member != NULL)
 
 /* What init() receives. Append-only; check `size` like the host table. */
-typedef struct fusion_init_args {
+struct fusion_init_args {
     uint32_t size;
     const fusion_host_api *host;
     const char *config_json; /* the overlay's `config:` as a JSON object text */
@@ -220,7 +262,9 @@ typedef struct fusion_init_args {
     size_t directive_count;
     char *error;       /* init() may write why it failed here ... */
     size_t error_size; /* ... at most this many bytes, NUL included */
-} fusion_init_args;
+    /* 1.1: the host's parsed config, read through config_*(); opaque. */
+    const void *host_config;
+};
 
 typedef struct fusion_overlay_descriptor {
     /* Checked by the host before anything else; set by FUSION_OVERLAY_DEFINE. */
@@ -276,7 +320,7 @@ static inline int fusion_eval_add(fusion_evaluation *out, const char *name, doub
     fusion_rule_result *r = &out->rules[out->rule_count++];
     r->name = name;
     r->score = score < 0.0 ? 0.0 : (score > 1.0 ? 1.0 : score);
-    r->passed = r->score >= 0.5;
+    r->passed = r->score >= 0.5; /* a 1.1 host sets it again (rule_pass_mark) */
     r->detail = detail;
     return 0;
 }
