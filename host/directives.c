@@ -165,5 +165,11 @@ uint64_t fh_inputs_fingerprint(fh_inputs_provider *p, const char *name)
         for (size_t k = 0; k < in.directives[i].text_len; k++)
             h = (h ^ (unsigned char)in.directives[i].text[k]) * 1099511628211ull;
     }
+    /* The rule pass mark is the generation's too (set at load). */
+    unsigned char mark[sizeof(double)];
+    memcpy(mark, &in.rule_pass_mark, sizeof(mark));
+    h = (h ^ 0x1d) * 1099511628211ull;
+    for (size_t k = 0; k < sizeof(mark); k++)
+        h = (h ^ mark[k]) * 1099511628211ull;
     return h;
 }
