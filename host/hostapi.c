@@ -426,6 +426,53 @@ static size_t api_config_count(const fusion_init_args *args, const char *path)
     return json_is_array(j) ? json_array_size(j) : 0;
 }
 
+static int api_config_type(const fusion_init_args *args, const char *path)
+{
+    /* "" is the whole config. */
+    const json_t *j =
+        path && !*path && args &&
+                args->size >= offsetof(fusion_init_args, host_config) + sizeof(args->host_config)
+            ? args->host_config
+            : config_at(args, path);
+    switch (j ? json_typeof(j) : JSON_NULL) {
+    case JSON_OBJECT:
+        return FUSION_CONFIG_OBJECT;
+    case JSON_ARRAY:
+        return FUSION_CONFIG_LIST;
+    case JSON_STRING:
+        return FUSION_CONFIG_STRING;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return FUSION_CONFIG_NUMBER;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return FUSION_CONFIG_BOOL;
+    case JSON_NULL:
+        return j ? FUSION_CONFIG_NULL : FUSION_CONFIG_ABSENT;
+    }
+    return FUSION_CONFIG_ABSENT;
+}
+
+static const char *api_config_key(const fusion_init_args *args, const char *path, size_t i)
+{
+    const json_t *j =
+        path && !*path && args &&
+                args->size >= offsetof(fusion_init_args, host_config) + sizeof(args->host_config)
+            ? args->host_config
+            : config_at(args, path);
+    if (!json_is_object(j))
+        return NULL;
+    const char *key;
+    json_t *v;
+    size_t k = 0;
+    json_object_foreach((json_t *)j, key, v)
+    {
+        if (k++ == i)
+            return key;
+    }
+    return NULL;
+}
+
 static const fusion_host_api host_api = {
     .size = (uint32_t)sizeof(fusion_host_api),
     .abi_major = FUSION_ABI_MAJOR,
@@ -448,6 +495,8 @@ static const fusion_host_api host_api = {
     .config_integer = api_config_integer,
     .config_bool = api_config_bool,
     .config_count = api_config_count,
+    .config_type = api_config_type,
+    .config_key = api_config_key,
 };
 
 const fusion_host_api *fh_host_api(void)

@@ -144,13 +144,6 @@ static void put_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static size_t skip_ws(const char *s, size_t len, size_t i)
-{
-    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
-    return i;
-}
-
 #define CONFIG_KEYS "temperature, top_p, presence_penalty, frequency_penalty, max_tokens"
 
 static int config_set(okit_config *out, const char *key, double v, char *err, size_t errlen)
@@ -184,76 +177,30 @@ static int config_set(okit_config *out, const char *key, double v, char *err, si
     return -1;
 }
 
-int okit_config_parse(const char *json, size_t len, okit_config *out, char *err, size_t errlen)
+/* The config through the host's typed accessors (SDK 1.1): every key
+ * known, every value a number, or init() refuses with the reason. */
+int okit_config_read(const fusion_init_args *args, okit_config *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     out->max_tokens = OKIT_DEFAULT_MAX_TOKENS;
-    if (!json)
+    const fusion_host_api *h = args->host;
+    int top = h->config_type(args, "");
+    if (top == FUSION_CONFIG_ABSENT || top == FUSION_CONFIG_NULL)
         return 0;
-    size_t i = skip_ws(json, len, 0);
-    if (i == len)
-        return 0;
-    if (len - i >= 4 && memcmp(json + i, "null", 4) == 0 && skip_ws(json, len, i + 4) == len)
-        return 0;
-    if (json[i] != '{') {
-        put_err(err, errlen, "config must be a JSON object (keys: " CONFIG_KEYS ")");
+    if (top != FUSION_CONFIG_OBJECT) {
+        put_err(err, errlen, "config must be an object (keys: " CONFIG_KEYS ")");
         return -1;
     }
-    i = skip_ws(json, len, i + 1);
-    if (i < len && json[i] == '}') {
-        i = skip_ws(json, len, i + 1);
-        if (i != len)
-            goto syntax;
-        return 0;
-    }
-    for (;;) {
-        char key[64];
-        size_t k = 0;
-        if (i >= len || json[i] != '"')
-            goto syntax;
-        for (i++; i < len && json[i] != '"'; i++) {
-            if (json[i] == '\\' || k + 1 >= sizeof(key))
-                goto syntax; /* no key we know needs an escape or is that long */
-            key[k++] = json[i];
-        }
-        key[k] = '\0';
-        if (i >= len)
-            goto syntax;
-        i = skip_ws(json, len, i + 1);
-        if (i >= len || json[i] != ':')
-            goto syntax;
-        i = skip_ws(json, len, i + 1);
-        char num[64];
-        size_t n = 0;
-        while (i < len && n + 1 < sizeof(num) && strchr("+-.0123456789eE", json[i]) && json[i])
-            num[n++] = json[i++];
-        num[n] = '\0';
-        char *end = NULL;
-        double v = n ? strtod(num, &end) : 0.0;
-        if (n == 0 || *end != '\0' || !isfinite(v)) {
+    const char *key;
+    for (size_t i = 0; (key = h->config_key(args, "", i)) != NULL; i++) {
+        if (h->config_type(args, key) != FUSION_CONFIG_NUMBER) {
             put_err(err, errlen, "config.%s must be a number", key);
             return -1;
         }
-        if (config_set(out, key, v, err, errlen) != 0)
+        if (config_set(out, key, h->config_number(args, key, 0), err, errlen) != 0)
             return -1;
-        i = skip_ws(json, len, i);
-        if (i < len && json[i] == ',') {
-            i = skip_ws(json, len, i + 1);
-            continue;
-        }
-        if (i < len && json[i] == '}') {
-            if (skip_ws(json, len, i + 1) != len)
-                goto syntax;
-            return 0;
-        }
-        goto syntax;
     }
-syntax:
-    put_err(err, errlen,
-            "config: malformed JSON near byte %zu; expected a flat object of numbers "
-            "(keys: " CONFIG_KEYS ")",
-            i);
-    return -1;
+    return 0;
 }
 
 void okit_config_override(const okit_config *cfg, okit_sampling *s)
@@ -333,7 +280,9 @@ static int host_complete(const fusion_host_api *h)
            FUSION_HOST_HAS(h, req_scenario_id) && FUSION_HOST_HAS(h, req_message_count) &&
            FUSION_HOST_HAS(h, req_message_role) && FUSION_HOST_HAS(h, req_message_content) &&
            FUSION_HOST_HAS(h, req_get_number) && FUSION_HOST_HAS(h, req_prepend_system) &&
-           FUSION_HOST_HAS(h, req_set_number) && FUSION_HOST_HAS(h, req_set_integer);
+           FUSION_HOST_HAS(h, req_set_number) && FUSION_HOST_HAS(h, req_set_integer) &&
+           FUSION_HOST_HAS(h, config_type) && FUSION_HOST_HAS(h, config_key) &&
+           FUSION_HOST_HAS(h, config_number);
 }
 
 int okit_state_init(const fusion_init_args *args, const char *name, const char *missing_hint,
@@ -341,7 +290,7 @@ int okit_state_init(const fusion_init_args *args, const char *name, const char *
 {
     *out = NULL;
     if (!args || args->size < sizeof(fusion_init_args) || !host_complete(args->host)) {
-        okit_set_error(args, "%s: the host's API table lacks functions of ABI 1.0", name);
+        okit_set_error(args, "%s: the host's API table lacks functions of ABI 1.1", name);
         return -1;
     }
     okit_state *st = calloc(1, sizeof(*st));
@@ -351,7 +300,7 @@ int okit_state_init(const fusion_init_args *args, const char *name, const char *
     }
     st->name = name;
     char why[200] = "";
-    if (okit_config_parse(args->config_json, args->config_len, &st->cfg, why, sizeof(why)) != 0) {
+    if (okit_config_read(args, &st->cfg, why, sizeof(why)) != 0) {
         okit_set_error(args, "%s: %s", name, why);
         okit_state_free(st);
         return -1;

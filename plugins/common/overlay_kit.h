@@ -70,9 +70,11 @@ typedef struct okit_config {
                            max_completion_tokens */
 } okit_config;
 
-/* Parses {"temperature":0.2,"max_tokens":1024,...}; NULL or "" is {}.
- * Returns 0, or -1 with a message in err. */
-int okit_config_parse(const char *json, size_t len, okit_config *out, char *err, size_t errlen);
+/* Reads the overlay's `config:` ({"temperature": 0.2, "max_tokens": 1024,
+ * ...}; absent or null is {}) through the host's typed accessors (SDK 1.1):
+ * 0, or -1 with a message in err for an unknown key or a value that is not
+ * a number. During init() only. */
+int okit_config_read(const fusion_init_args *args, okit_config *out, char *err, size_t errlen);
 
 /* Applies the config's forced values over s. */
 void okit_config_override(const okit_config *cfg, okit_sampling *s);

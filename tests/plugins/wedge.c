@@ -7,6 +7,7 @@
  */
 #include <fusion/overlay.h>
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,11 +22,11 @@ static int wedge_init(const fusion_init_args *a, void **state)
     wedge_state *s = malloc(sizeof(*s));
     if (!s)
         return -1;
-    s->block_ms = 3000;
-    const char *k = a->config_json ? strstr(a->config_json, "\"block_ms\"") : NULL;
-    if (k && (k = strchr(k, ':')) != NULL)
-        s->block_ms = strtol(k + 1, NULL, 10);
-    s->on_evaluate = a->config_json && strstr(a->config_json, "\"evaluate\"") != NULL;
+    /* The SDK 1.1 accessors; a host without them gets the defaults. */
+    const fusion_host_api *h = a->host;
+    bool typed = h && FUSION_HOST_HAS(h, config_integer) && FUSION_HOST_HAS(h, config_string);
+    s->block_ms = typed ? (long)h->config_integer(a, "block_ms", 3000) : 3000;
+    s->on_evaluate = typed && strcmp(h->config_string(a, "hook", "apply"), "evaluate") == 0;
     *state = s;
     return 0;
 }

@@ -7,6 +7,7 @@
  * init failures. Each test loads its own handle; the hooks run on the test
  * thread except in test_concurrent_hooks.
  */
+#include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -78,6 +79,9 @@ static int init_args(loaded *l, const char *const *names, size_t n, const char *
         l->texts[i] = read_text(names[i], &len);
         l->dirs[i] = (fusion_directive){.name = names[i], .text = l->texts[i], .text_len = len};
     }
+    /* As the host hands it over since SDK 1.1: the text and, for the
+     * config accessors, the parsed tree. */
+    json_t *tree = config ? json_loads(config, 0, NULL) : NULL;
     fusion_init_args a = {.size = sizeof(a),
                           .host = fh_host_api(),
                           .config_json = config,
@@ -85,8 +89,11 @@ static int init_args(loaded *l, const char *const *names, size_t n, const char *
                           .directives = l->dirs,
                           .directive_count = n,
                           .error = err,
-                          .error_size = errlen};
-    return l->d->init(&a, &l->state);
+                          .error_size = errlen,
+                          .host_config = tree};
+    int rc = l->d->init(&a, &l->state);
+    json_decref(tree);
+    return rc;
 }
 
 static const char *const rls_dirs[] = {"rollback_first"};
@@ -748,20 +755,25 @@ static void test_init_failures(void **unused)
         assert_int_not_equal(l.d->init(&a, &state), 0);
         assert_non_null(strstr(err, "no directive text"));
 
-        /* Malformed or unknown config. */
+        /* Unknown keys and wrong types (read through the SDK 1.1 accessors;
+         * malformed JSON never reaches a plugin: the host reads YAML). */
         fusion_directive ok = {.name = "rollback_first", .text = "Do it.", .text_len = 6};
         a.directives = &ok;
-        const char *bad[] = {
-            "{\"temprature\":0.2}",   "{\"temperature\":\"hot\"}", "[1]",
-            "{\"temperature\":0.2,}", "{\"max_tokens\":1.5}",      "{\"top_p\":1e999}"};
+        const char *bad[] = {"{\"temprature\":0.2}", "{\"temperature\":\"hot\"}", "[1]",
+                             "{\"max_tokens\":1.5}", "{\"top_p\":true}"};
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
             err[0] = '\0';
+            json_t *tree = json_loads(bad[i], JSON_DECODE_ANY, NULL);
+            assert_non_null(tree);
             a.config_json = bad[i];
             a.config_len = strlen(bad[i]);
+            a.host_config = tree;
             if (l.d->init(&a, &state) == 0)
                 fail_msg("config %s accepted", bad[i]);
             assert_non_null(strstr(err, "config"));
+            json_decref(tree);
         }
+        a.host_config = NULL;
         /* No host table, or a too-small init struct. */
         a.config_json = "{}";
         a.config_len = 2;

@@ -65,7 +65,8 @@
  *   function newer than 1.0.
  *     1.0  first release: descriptor, init args, host table, evaluation.
  *     1.1  typed config accessors (config_string, config_number,
- *          config_integer, config_bool, config_count) so init() needs no
+ *          config_integer, config_bool, config_count, config_type,
+ *          config_key) so init() needs no
  *          JSON parser; req_model; fusion_init_args.host_config (the host's,
  *          opaque); a rule's `passed` is the host's to decide from its score
  *          (overlays.<name>.rule_pass_mark, default 0.5). A 1.0 plugin loads
@@ -246,7 +247,23 @@ typedef struct fusion_host_api {
     int64_t (*config_integer)(const fusion_init_args *args, const char *path, int64_t dflt);
     int (*config_bool)(const fusion_init_args *args, const char *path, int dflt);
     size_t (*config_count)(const fusion_init_args *args, const char *path);
+    /* What is at a path (FUSION_CONFIG_ABSENT when nothing), and the keys
+     * of an object ("" is the whole config): the i-th key, NULL past the
+     * last. Enough to refuse unknown keys and wrong types with a message. */
+    int (*config_type)(const fusion_init_args *args, const char *path);
+    const char *(*config_key)(const fusion_init_args *args, const char *path, size_t i);
 } fusion_host_api;
+
+/* config_type() values (1.1). */
+enum {
+    FUSION_CONFIG_ABSENT = 0,
+    FUSION_CONFIG_NULL,
+    FUSION_CONFIG_BOOL,
+    FUSION_CONFIG_NUMBER,
+    FUSION_CONFIG_STRING,
+    FUSION_CONFIG_LIST,
+    FUSION_CONFIG_OBJECT
+};
 
 #define FUSION_HOST_HAS(host, member)                                                              \
     ((host)->size >= offsetof(fusion_host_api, member) + sizeof((host)->member) &&                 \
