@@ -15,8 +15,10 @@
 #include "registry.h"
 #include "request.h"
 
+#include <jansson.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +189,42 @@ static void test_rule_pass_mark_is_the_hosts(void **state)
     fh_generation_release(g);
 }
 
+/* The accessors alone, on init args built as the host builds them. */
+static void test_config_type_and_keys(void **state)
+{
+    (void)state;
+    const char *text = "{\"a\":1,\"b\":\"x\",\"c\":[true,null],\"d\":{\"e\":false}}";
+    json_t *tree = json_loads(text, 0, NULL);
+    assert_non_null(tree);
+    fusion_init_args a = {.size = sizeof(a),
+                          .host = fh_host_api(),
+                          .config_json = text,
+                          .config_len = strlen(text),
+                          .host_config = tree};
+    const fusion_host_api *h = fh_host_api();
+    assert_int_equal(h->config_type(&a, ""), FUSION_CONFIG_OBJECT);
+    assert_int_equal(h->config_type(&a, "a"), FUSION_CONFIG_NUMBER);
+    assert_int_equal(h->config_type(&a, "b"), FUSION_CONFIG_STRING);
+    assert_int_equal(h->config_type(&a, "c"), FUSION_CONFIG_LIST);
+    assert_int_equal(h->config_type(&a, "c.0"), FUSION_CONFIG_BOOL);
+    assert_int_equal(h->config_type(&a, "c.1"), FUSION_CONFIG_NULL);
+    assert_int_equal(h->config_type(&a, "c.2"), FUSION_CONFIG_ABSENT);
+    assert_int_equal(h->config_type(&a, "d.e"), FUSION_CONFIG_BOOL);
+    assert_int_equal(h->config_type(&a, "zz"), FUSION_CONFIG_ABSENT);
+    /* Keys in the file's order; NULL past the last, and for a non-object. */
+    assert_string_equal(h->config_key(&a, "", 0), "a");
+    assert_string_equal(h->config_key(&a, "", 3), "d");
+    assert_null(h->config_key(&a, "", 4));
+    assert_string_equal(h->config_key(&a, "d", 0), "e");
+    assert_null(h->config_key(&a, "a", 0));
+    assert_int_equal(h->config_bool(&a, "d.e", 1), 0);
+    /* Init args of a 1.0 layout (smaller size): nothing, never a crash. */
+    a.size = (uint32_t)offsetof(fusion_init_args, host_config);
+    assert_int_equal(h->config_type(&a, "a"), FUSION_CONFIG_ABSENT);
+    assert_int_equal(h->config_number(&a, "a", 7.0), 7.0);
+    json_decref(tree);
+}
+
 static void test_req_model(void **state)
 {
     (void)state;
@@ -211,6 +249,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rule_pass_mark_is_the_hosts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_req_model, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_type_and_keys, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
