@@ -2,6 +2,9 @@
 # Installs the Debian packages fusion-host needs to build and test, when
 # something is missing. As root it runs apt-get; otherwise it prints the exact
 # command and fails, so a user knows what to do.
+#   scripts/deps.sh               # build and test
+#   scripts/deps.sh --packaging   # also build, lint and try the .deb files
+#                                 # (tests/packaging/run.sh, CI)
 set -euo pipefail
 
 # prometheus: its promtool checks and unit-tests packaging/prometheus/ (the
@@ -10,6 +13,16 @@ set -euo pipefail
 # the alert rules.
 FH_PACKAGES=(cmake gcc clang make pkg-config libyaml-dev libjansson-dev libmicrohttpd-dev
     libsystemd-dev libcmocka-dev libcurl4-openssl-dev curl jq python3 python3-yaml prometheus)
+# Packaging (packaging/debian, built with dpkg-buildpackage): debhelper also
+# provides dh-sequence-installsysusers; man-db for `man fusion-host` once
+# the package is installed. No fakeroot: the build declares
+# Rules-Requires-Root: no.
+if [ "${1:-}" = "--packaging" ]; then
+    FH_PACKAGES+=(dpkg-dev debhelper lintian man-db)
+elif [ $# -gt 0 ]; then
+    echo "deps: unknown argument '$1' (--packaging)" >&2
+    exit 2
+fi
 
 missing=()
 for p in "${FH_PACKAGES[@]}"; do

@@ -11,9 +11,23 @@ for f in bin/fusion-host lib/fusion-host/plugins/refund_lot_switch.so \
     lib/pkgconfig/fusion-overlay.pc lib/cmake/FusionOverlay/FusionOverlayConfig.cmake \
     lib/systemd/system/fusion-host.service etc/fusion-host/fusion-host.yaml \
     etc/fusion-host/overlay_feature_flags.yaml etc/fusion-host/emergency_baseline.yaml \
-    etc/fusion-host/micro_overlays/rollback_first.md; do
+    etc/fusion-host/micro_overlays/rollback_first.md share/man/man8/fusion-host.8 \
+    share/doc/fusion-host/operations.md; do
     if [ -e "$P/$f" ]; then ok "installed $f"; else not_ok "missing $f"; fi
 done
+if [ -e "$P/share/doc/fusion-host/fusion-host.8" ]; then not_ok "the man page is also in the doc folder"; fi
+if command -v man >/dev/null; then
+    # groff's warnings (man exits 0 with them): none expected.
+    warn=$(man --warnings -l "$P/share/man/man8/fusion-host.8" 2>&1 >/dev/null)
+    if [ -z "$warn" ]; then ok "the man page renders without warnings"; else not_ok "man page: $warn"; fi
+    if MANPATH="$P/share/man" man -P cat fusion-host 2>/dev/null | grep -q '^SYNOPSIS'; then
+        ok "man fusion-host finds the installed page"
+    else
+        not_ok "man fusion-host with MANPATH=$P/share/man"
+    fi
+else
+    echo "# man not installed: the man page's rendering is not checked"
+fi
 unit=$P/lib/systemd/system/fusion-host.service
 expect_unit() { if grep -q "^$1" "$unit"; then ok "unit: $1"; else not_ok "unit lacks $1"; fi; }
 for k in Type=notify WatchdogSec= Restart=on-failure 'ExecReload=/bin/kill -HUP' User=fusion-host \
