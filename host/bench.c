@@ -117,20 +117,10 @@ static void run_once(fh_runner *r, fh_evaluator *ev, const json_t *s, const char
         p->with_quality++;
     }
     /* Each rule's verdict: the overlay's evaluate() on this answer. */
-    const char *overlay = json_string_value(json_object_get(fusion, "overlay"));
-    const char *text = json_string_value(json_object_get(
-        json_object_get(json_array_get(json_object_get(answer, "choices"), 0), "message"),
-        "content"));
-    if (overlay && text && ev) {
-        char path[200], *info = NULL;
-        snprintf(path, sizeof(path), "/admin/overlays/%s", overlay);
-        json_t *o =
-            fh_runner_admin(r, "GET", path, &info) == 200 ? json_loads(info, 0, NULL) : NULL;
-        free(info);
-        const char *file = json_string_value(json_object_get(o, "file"));
-        char *upstream = fh_runner_upstream_last(r);
-        json_t *e = file ? fh_evaluator_run(ev, file, s, upstream ? upstream : body, text) : NULL;
-        free(upstream);
+    char *upstream = ev ? fh_runner_upstream_last(r) : NULL;
+    json_t *e = fh_golden_score(r, ev, s, upstream ? upstream : body, answer);
+    free(upstream);
+    if (e) {
         const char *name;
         json_t *v;
         json_object_foreach(json_object_get(e, "rules"), name, v)
@@ -143,7 +133,6 @@ static void run_once(fh_runner *r, fh_evaluator *ev, const json_t *s, const char
                                 json_pack("[I, I]", (json_int_t)passed, (json_int_t)(runs + 1)));
         }
         json_decref(e);
-        json_decref(o);
     }
     json_decref(answer);
 }

@@ -34,6 +34,7 @@
 #include "registry.h"
 #include "request.h"
 #include "scenarios.h"
+#include "util.h"
 #include "stress.h"
 #include "yamlutil.h"
 
@@ -432,24 +433,6 @@ typedef struct plugin_test_opts {
     int threads;
 } plugin_test_opts;
 
-static char *read_file(const char *path, size_t max, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = malloc(max + 1);
-    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
-    fclose(f);
-    if (!buf || n > max) {
-        free(buf);
-        errno = EFBIG;
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 /* The config plugin-test reads directive texts and settings from: -c, else
  * the in-tree development config when run from a checkout, else the
  * installed one. NULL when there is none (the plugin gets no texts). */
@@ -469,7 +452,7 @@ static const char *find_config(const char *given)
 static char *load_overlay_config(const char *path)
 {
     size_t len;
-    char *text = read_file(path, FH_YAML_MAX_FILE_BYTES, &len);
+    char *text = fh_read_file(path, FH_YAML_MAX_FILE_BYTES, &len);
     if (!text) {
         fprintf(stderr, "fusion-host: --config %s: cannot read it: %s\n", path, strerror(errno));
         return NULL;
@@ -550,7 +533,7 @@ static int scenario_from_file(const char *path, bench_scenario *sc)
 {
     char err[256];
     size_t len;
-    char *text = read_file(path, 4 << 20, &len);
+    char *text = fh_read_file(path, 4 << 20, &len);
     if (!text) {
         fprintf(stderr, "fusion-host: cannot read scenario %s: %s\n", path, strerror(errno));
         return -1;
@@ -799,7 +782,7 @@ static int bench_overlay(bench_ctx *b, fh_registry *reg, const char *name, fh_be
     if (o->answer) {
         size_t len;
         free(sc.answer);
-        if (!(sc.answer = read_file(o->answer, 4 << 20, &len))) {
+        if (!(sc.answer = fh_read_file(o->answer, 4 << 20, &len))) {
             fprintf(stderr, "fusion-host: cannot read answer %s: %s\n", o->answer, strerror(errno));
             goto out;
         }

@@ -150,6 +150,11 @@ struct fh_evaluator {
         char name[FUSION_NAME_MAX + 1];
     } * loaded;
     size_t nloaded;
+    struct named_file { /* overlay name -> the file the daemon loaded it from */
+        char name[FUSION_NAME_MAX + 1];
+        char *file;
+    } * files;
+    size_t nfiles;
 };
 
 fh_evaluator *fh_evaluator_new(const char *config_path)
@@ -193,6 +198,9 @@ void fh_evaluator_free(fh_evaluator *ev)
     for (size_t i = 0; i < ev->nloaded; i++)
         free(ev->loaded[i].file);
     free(ev->loaded);
+    for (size_t i = 0; i < ev->nfiles; i++)
+        free(ev->files[i].file);
+    free(ev->files);
     fh_flags_free(ev->flags);
     fh_config_free(ev->cfg);
     free(ev);
@@ -262,6 +270,41 @@ json_t *fh_evaluator_run(fh_evaluator *ev, const char *file, const json_t *s,
     return out;
 }
 
+/* The file the private daemon loaded overlay `name` from, asked once. */
+static const char *evaluator_file(fh_evaluator *ev, fh_runner *r, const char *name)
+{
+    for (size_t i = 0; i < ev->nfiles; i++)
+        if (strcmp(ev->files[i].name, name) == 0)
+            return ev->files[i].file;
+    char path[FUSION_NAME_MAX + 32], *info = NULL;
+    snprintf(path, sizeof(path), "/admin/overlays/%s", name);
+    json_t *o = fh_runner_admin(r, "GET", path, &info) == 200 ? json_loads(info, 0, NULL) : NULL;
+    free(info);
+    const char *file = json_string_value(json_object_get(o, "file"));
+    struct named_file *g = file ? realloc(ev->files, (ev->nfiles + 1) * sizeof(*g)) : NULL;
+    char *copy = g ? strdup(file) : NULL;
+    json_decref(o);
+    if (g)
+        ev->files = g;
+    if (!copy)
+        return NULL;
+    fh_strlcpy(g[ev->nfiles].name, name, sizeof(g[ev->nfiles].name));
+    g[ev->nfiles].file = copy;
+    return ev->files[ev->nfiles++].file;
+}
+
+json_t *fh_golden_score(fh_runner *r, fh_evaluator *ev, const json_t *scenario,
+                        const char *request_body, const json_t *answer)
+{
+    const char *overlay =
+        json_string_value(json_object_get(json_object_get(answer, "fusion"), "overlay"));
+    const char *text = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(answer, "choices"), 0), "message"),
+        "content"));
+    const char *file = overlay && text && ev ? evaluator_file(ev, r, overlay) : NULL;
+    return file ? fh_evaluator_run(ev, file, scenario, request_body, text) : NULL;
+}
+
 /* Every request parameter but the conversation: what the overlay tuned. */
 static json_t *sampling_of(const json_t *upstream)
 {
@@ -291,7 +334,6 @@ static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *e
     json_t *answer = json_loadb(res.body, res.len, 0, NULL);
     free(res.body);
     json_t *fusion = json_object_get(answer, "fusion");
-    const char *overlay = json_string_value(json_object_get(fusion, "overlay"));
     json_t *routing = json_pack("{s:I, s:O?, s:O?, s:O?, s:O?}", "status", (json_int_t)res.status,
                                 "decision", json_object_get(fusion, "decision"), "overlay",
                                 json_object_get(fusion, "overlay"), "version",
@@ -304,28 +346,14 @@ static json_t *capture(fh_runner *r, fh_evaluator *evr, const json_t *s, char *e
                           fh_runner_config_hash(r), "routing", routing, "upstream_request",
                           upstream ? json_incref(upstream) : json_null(), "sampling",
                           upstream ? sampling_of(upstream) : json_null());
-    /* The scores: the daemon's, and each rule's from the same plugin. */
-    json_t *ev = json_null();
-    const char *text = json_string_value(json_object_get(
-        json_object_get(json_array_get(json_object_get(answer, "choices"), 0), "message"),
-        "content"));
-    if (overlay && text) {
-        char path[300], *info = NULL;
-        snprintf(path, sizeof(path), "/admin/overlays/%s", overlay);
-        json_t *o =
-            fh_runner_admin(r, "GET", path, &info) == 200 ? json_loads(info, 0, NULL) : NULL;
-        free(info);
-        const char *file = json_string_value(json_object_get(o, "file"));
-        /* Without the stub the rewritten request is unknown; the caller's
-         * carries the same context for the scoring. */
-        json_t *off = file && evr ? fh_evaluator_run(evr, file, s, last ? last : body, text) : NULL;
-        json_decref(o);
-        if (off) {
-            json_object_set(off, "quality_score", json_object_get(fusion, "quality_score"));
-            json_decref(ev);
-            ev = off;
-        }
-    }
+    /* The scores: the daemon's, and each rule's from the same plugin.
+     * Without the stub the rewritten request is unknown; the caller's
+     * carries the same context for the scoring. */
+    json_t *ev = fh_golden_score(r, evr, s, last ? last : body, answer);
+    if (ev)
+        json_object_set(ev, "quality_score", json_object_get(fusion, "quality_score"));
+    else
+        ev = json_null();
     json_object_set_new(g, "evaluation", ev);
     free(body);
     json_decref(upstream);

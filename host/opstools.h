@@ -37,4 +37,12 @@ void fh_evaluator_free(fh_evaluator *ev);
 json_t *fh_evaluator_run(fh_evaluator *ev, const char *file, const json_t *scenario,
                          const char *request_body, const char *answer);
 
+struct fh_runner;
+/* The scores of a daemon's answer (its parsed JSON): the overlay that
+ * served it (its `fusion` object) run offline on choice 0's text, with the
+ * plugin file the daemon loaded (asked over the admin API once per
+ * overlay). NULL when no overlay served it or it cannot be scored. */
+json_t *fh_golden_score(struct fh_runner *r, fh_evaluator *ev, const json_t *scenario,
+                        const char *request_body, const json_t *answer);
+
 #endif

@@ -27,6 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The files read here: logs, ports, configs, directive texts. */
+#define RUNNER_FILE_MAX (16u << 20)
+
 struct fh_runner {
     char dir[512];
     pid_t stub, daemon;
@@ -124,42 +127,12 @@ static bool wait_file(const char *file, pid_t *pid, int ms)
     return false;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *g = realloc(buf, cap);
-            if (!g) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = g;
-        }
-        size_t got = fread(buf + n, 1, 4096, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    if (len)
-        *len = n;
-    return buf;
-}
-
 /* The last lines of the daemon's log, for a start that failed. */
 static void log_tail(const char *dir, char *out, size_t len)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/daemon.log", dir);
-    char *text = slurp(path, NULL);
+    char *text = fh_read_file(path, RUNNER_FILE_MAX, NULL);
     if (!text) {
         out[0] = '\0';
         return;
@@ -180,7 +153,7 @@ static int cmp_str(const void *a, const void *b)
 static void hash_file(fh_sha256_ctx *h, const char *path)
 {
     size_t len = 0;
-    char *text = slurp(path, &len);
+    char *text = fh_read_file(path, RUNNER_FILE_MAX, &len);
     /* Its name too (not where it is: the same tree anywhere hashes the
      * same), so moving a text between files changes the digest. */
     const char *slash = strrchr(path, '/');
@@ -222,7 +195,7 @@ static void config_hash(const fh_config *cfg, const char *config_path, char out[
          * source tree is. */
         fh_sha256_update(&h, names[i] ? names[i] : "", names[i] ? strlen(names[i]) + 1 : 1);
         size_t len = 0;
-        char *text = slurp(path, &len);
+        char *text = fh_read_file(path, RUNNER_FILE_MAX, &len);
         if (text)
             fh_sha256_update(&h, text, len);
         free(text);
@@ -391,7 +364,7 @@ fh_runner *fh_runner_start(const char *config_path, const char *upstream, char *
             snprintf(err, errlen, "the stub model %s did not start (see %s)", exe, log);
             goto fail;
         }
-        char *port = slurp(file, NULL);
+        char *port = fh_read_file(file, RUNNER_FILE_MAX, NULL);
         snprintf(r->stub_url, sizeof(r->stub_url), "http://127.0.0.1:%ld",
                  port ? strtol(port, NULL, 10) : 0L);
         free(port);
@@ -412,7 +385,7 @@ fh_runner *fh_runner_start(const char *config_path, const char *upstream, char *
         snprintf(err, errlen, "the daemon did not start; its log ends with:\n%s", tail);
         goto fail;
     }
-    char *rf = slurp(ready, NULL);
+    char *rf = fh_read_file(ready, RUNNER_FILE_MAX, NULL);
     const char *l = rf ? strstr(rf, "listen=") : NULL;
     if (!l) {
         free(rf);

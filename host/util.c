@@ -131,3 +131,28 @@ fail:;
     errno = saved;
     return -1;
 }
+
+char *fh_read_file(const char *path, size_t max, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    /* Sized by the file (a pipe or a file still growing gets `max`), and
+     * one byte more read than allowed, to tell "too large" apart. */
+    struct stat st;
+    size_t want = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size < max
+                      ? (size_t)st.st_size + 1
+                      : max + 1;
+    char *buf = malloc(want + 1);
+    size_t n = buf ? fread(buf, 1, want, f) : 0;
+    fclose(f);
+    if (!buf || n > max) {
+        free(buf);
+        errno = buf ? EFBIG : ENOMEM;
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (len)
+        *len = n;
+    return buf;
+}

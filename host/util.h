@@ -32,6 +32,10 @@ size_t fh_utoa(unsigned long long v, char *out);
  * level with `last`. Returns 0 (also when it exists), or -1 with errno. */
 int fh_mkdir_p(const char *path, mode_t parents, mode_t last);
 
+/* A whole file of at most `max` bytes, NUL-terminated (malloc'd); its
+ * length in *len when given. NULL with errno set (EFBIG when larger). */
+char *fh_read_file(const char *path, size_t max, size_t *len);
+
 /* Replaces dir/name with `len` bytes, atomically and durably: a temporary
  * file in dir (mode 0600), fsync, rename, fsync of dir. A crash at any
  * point leaves the old file or the new one, never a mix. 0, or -1 with

@@ -142,27 +142,6 @@ static void stage(fixture *f, const char *name, char *path)
     copy_file(from, path, 0644);
 }
 
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        char p[PATH_MAX];
-        xsnprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void reset_counters(void)
 {
     for (int i = 0; i < V_COUNT; i++) {

@@ -89,9 +89,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     fh_registry_free(f->reg, 1000);
-    char cmd[PATH_MAX + 16];
-    xsnprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->root);
-    assert_int_equal(system(cmd), 0);
+    remove_tree(f->root);
     free(f);
     return 0;
 }
